@@ -1,0 +1,25 @@
+"""luxlib: fused neural-network primitives with reverse-mode rules.
+
+The Python counterpart of Julia's LuxLib. Every function runs on NumPy arrays
+through Cython/OpenMP kernels where they exist, on CuPy arrays through CUDA
+kernels, and on any other array type through a generic broadcasting path.
+See ``SPEC.md`` (shipped as ``doc/``) for the contract.
+"""
+
+__version__ = "0.1.0"
+
+from . import activations
+from ._autodiff import vjp, within_gradient
+from ._dispatch import (
+    AbstractInternalArrayOpMode,
+    GenericBroadcastOp,
+    GPUBroadcastOp,
+    LoopedArrayOp,
+    backend,
+    internal_operation_mode,
+)
+from . import _generic  # noqa: F401  (registers the reference implementations)
+
+# public ops, one module per family
+from .api.activation import fast_activation, fast_activation_
+from .api.bias_activation import bias_activation, bias_activation_

@@ -1,0 +1,68 @@
+"""Generic ``fast_activation`` and ``bias_activation``, and the fused-activation helper
+that every other generic op uses for its last step."""
+
+from .._dispatch import register
+from .._validation import array_namespace
+
+
+def activation_vjp(act, z):
+    """Apply ``act`` to ``z``; return ``(y, pullback)`` with ``pullback(dy) -> dz``.
+
+    The pullback keeps only ``y`` when the activation's derivative needs only the
+    output (LuxLib's memory rule), otherwise ``z`` and ``y``.
+    """
+    if not act.has_derivative:
+        act.derivative()  # raises the TypeError that explains how to register one
+    y = act(z)
+    if act.id == 0:  # identity
+        return y, lambda dy: dy
+    if act.output_only:
+        return y, lambda dy: dy * act.derivative(y=y)
+    return y, lambda dy: dy * act.derivative(z, y)
+
+
+def bias_shape(x):
+    """Shape that broadcasts a ``(C,)`` bias along axis 1 (the only axis of 1-D ``x``)."""
+    return (-1,) if x.ndim == 1 else (1, -1) + (1,) * (x.ndim - 2)
+
+
+def reduce_bias(dz):
+    """Sum ``dz`` over every axis but the bias axis."""
+    xp = array_namespace(dz)
+    if dz.ndim == 1:
+        return dz
+    return xp.sum(dz, axis=(0,) + tuple(range(2, dz.ndim)))
+
+
+def _add_bias(x, bias):
+    return x if bias is None else x + bias.reshape(bias_shape(x))
+
+
+def fast_activation_forward(act, x):
+    return act(x)
+
+
+def fast_activation_vjp(act, x):
+    y, dz = activation_vjp(act, x)
+    return y, lambda dy: {"x": dz(dy)}
+
+
+def bias_activation_forward(act, x, bias):
+    return act(_add_bias(x, bias))
+
+
+def bias_activation_vjp(act, x, bias):
+    y, dz = activation_vjp(act, _add_bias(x, bias))
+
+    def pullback(dy):
+        g = dz(dy)
+        return {"x": g, "bias": None if bias is None else reduce_bias(g)}
+
+    return y, pullback
+
+
+# The in-place variants may overwrite x; the generic path never does.
+for _op in ("fast_activation", "fast_activation_"):
+    register(_op, "generic", forward=fast_activation_forward, vjp=fast_activation_vjp)
+for _op in ("bias_activation", "bias_activation_"):
+    register(_op, "generic", forward=bias_activation_forward, vjp=bias_activation_vjp)

@@ -1,0 +1,103 @@
+"""Argument checks shared by the public functions (run once, before any kernel)."""
+
+import numpy as np
+
+__all__ = [
+    "array_namespace",
+    "check_array",
+    "check_shape",
+    "promote",
+    "resolve_epsilon",
+    "resolve_training",
+]
+
+
+def array_namespace(*arrays):
+    """Return the array namespace (``numpy``, ``cupy``, ...) of the given arrays."""
+    for x in arrays:
+        if x is None or type(x) is np.ndarray:
+            continue
+        if type(x).__module__.split(".")[0] == "cupy":
+            import cupy  # the caller already has it, so this costs nothing
+
+            return cupy
+        if hasattr(x, "__array_namespace__"):
+            return x.__array_namespace__()
+    return np
+
+
+def _is_float_dtype(dtype):
+    try:
+        return np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:  # dtypes NumPy does not know (e.g. an array library's bfloat16)
+        return "float" in str(dtype)
+
+
+def check_array(fname, argname, x, *, ndim=None, min_ndim=None, allow_none=False):
+    """Check that ``x`` is a floating array, turning array-likes into NumPy arrays.
+
+    Raises ``TypeError`` for non-floating input and ``ValueError`` for a wrong rank,
+    both naming the function and the argument.
+    """
+    if x is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{fname}: {argname} must be an array, got None")
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:
+            raise TypeError(f"{fname}: {argname} must be an array, got {type(x).__name__}") from exc
+        if x.dtype.kind in "iub":
+            x = x.astype(np.float64)
+    if not _is_float_dtype(x.dtype):
+        raise TypeError(f"{fname}: {argname} must have a floating dtype, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{fname}: {argname} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(
+            f"{fname}: {argname} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+def check_shape(fname, argname, x, expected, what=""):
+    """Raise ``ValueError`` unless ``x.shape == expected`` (``x`` may be ``None``)."""
+    if x is not None and tuple(x.shape) != tuple(expected):
+        extra = f" ({what})" if what else ""
+        raise ValueError(
+            f"{fname}: {argname} must have shape {tuple(expected)}{extra}, got {tuple(x.shape)}"
+        )
+
+
+def promote(*arrays):
+    """Cast the arrays (``None`` passes through) to their common floating dtype."""
+    present = [a for a in arrays if a is not None]
+    if not present:
+        return arrays
+    xp = array_namespace(*present)
+    dtype = present[0].dtype
+    for a in present[1:]:
+        dtype = xp.result_type(dtype, a.dtype)
+    return tuple(a if a is None or a.dtype == dtype else a.astype(dtype) for a in arrays)
+
+
+def resolve_epsilon(epsilon, dtype):
+    """``epsilon=None`` means ``eps(dtype) ** (5/7)``, as in LuxLib."""
+    if epsilon is None:
+        return float(np.finfo(np.dtype(dtype)).eps) ** (5 / 7)
+    epsilon = float(epsilon)
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be a non-negative number, got {epsilon}")
+    return epsilon
+
+
+def resolve_training(fname, training):
+    """``training=None`` means "inside :func:`luxlib.vjp`"."""
+    if training is None:
+        from ._autodiff import within_gradient
+
+        return within_gradient()
+    if training is True or training is False or isinstance(training, np.bool_):
+        return bool(training)
+    raise TypeError(f"{fname}: training must be True, False or None, got {training!r}")
