@@ -1,0 +1,111 @@
+"""Shared test tools: finite differences, memory layouts, backends, tolerances."""
+
+import contextlib
+
+import numpy as np
+
+import luxlib
+
+#: per-dtype tolerances for forward comparisons against NumPy formulas
+RTOL = {np.float16: 2e-3, np.float32: 2e-5, np.float64: 1e-12}
+ATOL = {np.float16: 2e-3, np.float32: 1e-6, np.float64: 1e-12}
+FLOAT_DTYPES = [np.float16, np.float32, np.float64]
+
+#: "auto" lets luxlib pick (the Cython kernels for float32/float64 NumPy arrays);
+#: "generic" forces the reference path.
+BACKENDS = ["auto", "generic"]
+
+LAYOUTS = ["C", "F", "strided", "negstride", "readonly"]
+
+
+def backend_ctx(name):
+    """Context manager that runs luxlib calls on backend ``name`` ("auto" = no override)."""
+    return contextlib.nullcontext() if name == "auto" else luxlib.backend(name)
+
+
+def with_layout(x, layout):
+    """Return an array equal to ``x`` stored in the given memory layout."""
+    x = np.asarray(x)
+    if layout == "C":
+        return np.ascontiguousarray(x)
+    if layout == "F":
+        return np.asfortranarray(x)
+    if layout == "strided":
+        big = np.zeros(tuple(2 * s for s in x.shape), dtype=x.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in x.shape)]
+        view[...] = x
+        return view
+    if layout == "negstride":
+        flipped = np.ascontiguousarray(x[tuple(slice(None, None, -1) for _ in x.shape)])
+        return flipped[tuple(slice(None, None, -1) for _ in x.shape)]
+    if layout == "readonly":
+        y = np.array(x)
+        y.flags.writeable = False
+        return y
+    raise ValueError(layout)
+
+
+def snapshot(*arrays):
+    """Copies of the arrays, to check later that nothing was mutated."""
+    return [None if a is None else np.array(a, copy=True) for a in arrays]
+
+
+def assert_unchanged(before, arrays):
+    for b, a in zip(before, arrays):
+        if b is not None:
+            np.testing.assert_array_equal(np.asarray(a), b, err_msg="input was mutated")
+
+
+def _primary(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def numerical_gradient(f, args, kwargs, index, dy, h=1e-6):
+    """Central-difference gradient of ``sum(f(*args)[primary] * dy)`` w.r.t. ``args[index]``.
+
+    Each evaluation runs under ``luxlib.vjp`` so ``training=None`` resolves as in the
+    differentiated call.
+    """
+    x = np.array(args[index], dtype=np.float64, copy=True)
+    grad = np.zeros_like(x)
+    flat = x.reshape(-1)
+    gflat = grad.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        vals = []
+        for step in (h, -h):
+            flat[i] = orig + step
+            a = list(args)
+            a[index] = x.copy()
+            out, _ = luxlib.vjp(f, *a, **kwargs)
+            vals.append(np.sum(np.asarray(_primary(out), dtype=np.float64) * dy))
+        flat[i] = orig
+        gflat[i] = (vals[0] - vals[1]) / (2 * h)
+    return grad
+
+
+def check_gradients(f, args, kwargs=None, rtol=1e-6, seed=0, expect=None):
+    """Compare ``luxlib.vjp`` gradients with central differences (float64 inputs).
+
+    Every positional argument that gets a gradient is checked; ``expect`` (indices)
+    asserts which arguments must get one. The error is the norm-relative error
+    ``|g - n| / max(|n|, 1e-8)``.
+    """
+    kwargs = kwargs or {}
+    out, pullback = luxlib.vjp(f, *args, **kwargs)
+    y = _primary(out)
+    dy = np.random.default_rng(seed).standard_normal(y.shape)
+    grads = pullback(dy)
+    assert len(grads) == len(args)
+    checked = []
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        assert g.shape == np.shape(args[i]), (i, g.shape, np.shape(args[i]))
+        num = numerical_gradient(f, args, kwargs, i, dy)
+        err = np.linalg.norm(g - num) / max(np.linalg.norm(num), 1e-8)
+        assert err <= rtol, f"argument {i}: relative gradient error {err:.3g} > {rtol}"
+        checked.append(i)
+    if expect is not None:
+        assert checked == list(expect), f"gradients given for {checked}, expected {list(expect)}"
+    return grads
