@@ -23,3 +23,7 @@ from . import _generic  # noqa: F401  (registers the reference implementations)
 # public ops, one module per family
 from .api.activation import fast_activation, fast_activation_
 from .api.bias_activation import bias_activation, bias_activation_
+from .api.batched_matmul import batched_matmul
+from .api.dense import fused_dense_bias_activation
+from .api.dropout import alpha_dropout, dropout
+from .api.conv import ConvDims, fused_conv_bias_activation

@@ -1,0 +1,110 @@
+"""Philox4x32-10, the counter-based generator behind every dropout mask.
+
+The reference implementation, vectorized in the array namespace: the Cython and
+CUDA kernels compute the same words from the same key and counters, so a seed
+gives the same mask on every backend and for every thread count. The mask
+contract (key from the caller's generator, counter layout, ``u``) is written
+down in ``doc/dropout.md``.
+
+Reference: J. K. Salmon, M. A. Moraes, R. O. Dror, D. E. Shaw, "Parallel random
+numbers: as easy as 1, 2, 3", SC 2011 (Random123).
+"""
+
+import copy
+
+import numpy as np
+
+from .._validation import array_namespace
+
+__all__ = ["philox4x32", "draw_key", "uniform"]
+
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+_LOW32 = 0xFFFFFFFF
+
+
+def _mulhilo(m, a, xp):
+    """High and low 32-bit halves of the 64-bit product ``m * a`` (``a`` uint32)."""
+    prod = a.astype(xp.uint64) * xp.uint64(m)
+    return (prod >> xp.uint64(32)).astype(xp.uint32), prod.astype(xp.uint32)
+
+
+def philox4x32(counter, key, rounds=10):
+    """Apply Philox4x32 with ``rounds`` rounds to counters, elementwise.
+
+    Parameters
+    ----------
+    counter : sequence of 4 uint32 arrays
+        Words 0..3 of the counters (broadcast against each other).
+    key : sequence of 2 int
+        Key words 0 and 1, each in ``[0, 2**32)``.
+    rounds : int, default 10
+
+    Returns
+    -------
+    tuple of 4 uint32 arrays
+        Words 0..3 of the output blocks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z = np.zeros((), np.uint32)
+    >>> [f"{int(w):08x}" for w in philox4x32((z, z, z, z), (0, 0))]
+    ['6627e8d5', 'e169c58d', 'bc57ac4c', '9b00dbd8']
+    """
+    c0, c1, c2, c3 = counter
+    xp = array_namespace(c0)
+    k0, k1 = int(key[0]), int(key[1])
+    for r in range(rounds):
+        if r:  # Random123 bumps the key before every round but the first
+            k0, k1 = (k0 + _W0) & _LOW32, (k1 + _W1) & _LOW32
+        hi0, lo0 = _mulhilo(_M0, c0, xp)
+        hi1, lo1 = _mulhilo(_M1, c2, xp)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ xp.uint32(k0), lo1, hi0 ^ c3 ^ xp.uint32(k1), lo0
+    return c0, c1, c2, c3
+
+
+def draw_key(rng):
+    """Draw a Philox key from a copy of ``rng``; the caller's generator is not advanced.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    key : tuple of 2 int
+        ``(seed & 0xFFFFFFFF, seed >> 32)`` for one 64-bit ``seed`` drawn from the copy.
+    rng : numpy.random.Generator
+        The advanced copy.
+    """
+    rng = copy.deepcopy(rng)
+    seed = int(rng.integers(0, 2**64, dtype=np.uint64))
+    return (seed & _LOW32, seed >> 32), rng
+
+
+def uniform(key, shape, xp=np):
+    """The uniform numbers ``u`` in ``[0, 1)`` of a mask of ``shape``, as float64.
+
+    Element ``i`` (C-order linear index) takes word ``i % 4`` of the Philox4x32-10
+    block with counter ``(i // 4 low 32 bits, i // 4 high 32 bits, 0, 0)`` and
+    ``u = (word >> 8) * 2**-24``, a multiple of ``2**-24`` (exact in float32 too).
+
+    Parameters
+    ----------
+    key : tuple of 2 int
+    shape : tuple of int
+    xp : array namespace, default numpy
+
+    Returns
+    -------
+    u : float64 array of ``shape``
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    block = xp.arange((n + 3) // 4, dtype=xp.uint64)
+    zero = xp.zeros_like(block, dtype=xp.uint32)
+    words = philox4x32(
+        (block.astype(xp.uint32), (block >> xp.uint64(32)).astype(xp.uint32), zero, zero), key
+    )
+    bits = xp.stack(words, axis=-1).reshape(-1)[:n] >> xp.uint32(8)
+    return (bits.astype(xp.float64) * 2.0**-24).reshape(shape)
