@@ -54,14 +54,15 @@ def within_gradient():
     return _IN_GRADIENT.get()
 
 
-def _fit(grad, arg):
-    """Give ``grad`` the shape and dtype of the argument it belongs to."""
-    if grad is None or not hasattr(arg, "shape"):
+def _fit(grad, like):
+    """Give ``grad`` the ``(shape, dtype)`` of the argument it belongs to (``like``)."""
+    if grad is None or like is None:
         return grad
-    if grad.shape != arg.shape:
-        grad = grad.reshape(arg.shape)
-    if grad.dtype != arg.dtype:
-        grad = grad.astype(arg.dtype)
+    shape, dtype = like
+    if grad.shape != shape:
+        grad = grad.reshape(shape)
+    if grad.dtype != dtype:
+        grad = grad.astype(dtype)
     return grad
 
 
@@ -109,16 +110,19 @@ def vjp(f, *args, **kwargs):
     (rule,) = slot
     y = out[0] if isinstance(out, tuple) else out
     names = positional[: len(args)]
+    # Only shapes and dtypes are kept: holding the arrays themselves would keep inputs
+    # alive that the rule let go (an output-only activation keeps nothing but y).
+    y_shape, y_dtype, xp = tuple(y.shape), y.dtype, array_namespace(y)
+    likes = [(tuple(a.shape), a.dtype) if hasattr(a, "shape") else None for a in args]
 
     def pullback(dy):
         dy = check_array(f"{f.__name__} pullback", "dy", dy)
-        if dy.shape != y.shape:
+        if tuple(dy.shape) != y_shape:
             raise ValueError(
-                f"{f.__name__} pullback: dy must have the output's shape {tuple(y.shape)}, got {tuple(dy.shape)}"
+                f"{f.__name__} pullback: dy must have the output's shape {y_shape}, got {tuple(dy.shape)}"
             )
-        xp = array_namespace(y)
-        dy = xp.asarray(dy, dtype=y.dtype)
+        dy = xp.asarray(dy, dtype=y_dtype)
         grads = rule(dy)
-        return tuple(_fit(grads.get(name), arg) for name, arg in zip(names, args))
+        return tuple(_fit(grads.get(name), like) for name, like in zip(names, likes))
 
     return out, pullback

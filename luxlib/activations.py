@@ -89,6 +89,8 @@ class Activation:
                 f"activation {self.name!r} has no derivative: register it with "
                 "luxlib.activations.register(name, forward, derivative) to differentiate through it"
             )
+        if x is None and not self.output_only:
+            raise TypeError(f"activation {self.name!r}: its derivative needs the input x, not only y")
         if y is None:
             y = self(x)
         return self._derivative(array_namespace(y), None if self.output_only else x, y, *self.params)
@@ -320,6 +322,11 @@ def register(name, forward, derivative=None, *, output_only=False):
         The registered activation; passing either it or ``forward`` as ``act``
         runs it (on the generic path) with its reverse rule.
 
+    Raises
+    ------
+    ValueError
+        If ``name`` is a built-in activation or alias, or is already registered.
+
     Examples
     --------
     >>> import numpy as np
@@ -332,6 +339,8 @@ def register(name, forward, derivative=None, *, output_only=False):
         raise TypeError(f"register: name must be a str, got {type(name).__name__}")
     if name in ACTIVATIONS or name in _ALIASES:
         raise ValueError(f"register: {name!r} is a built-in activation")
+    if name in _REGISTERED_NAMES:
+        raise ValueError(f"register: {name!r} is already registered")
     if not callable(forward) or (derivative is not None and not callable(derivative)):
         raise TypeError("register: forward and derivative must be callables")
     if derivative is None:

@@ -53,10 +53,11 @@ def bias_activation_forward(act, x, bias):
 
 def bias_activation_vjp(act, x, bias):
     y, dz = activation_vjp(act, _add_bias(x, bias))
+    has_bias = bias is not None  # the pullback keeps no reference to the arrays
 
     def pullback(dy):
         g = dz(dy)
-        return {"x": g, "bias": None if bias is None else reduce_bias(g)}
+        return {"x": g, "bias": reduce_bias(g) if has_bias else None}
 
     return y, pullback
 

@@ -9,7 +9,7 @@ from .._validation import check_array, check_shape, promote
 def _check(fname, act, x, bias):
     act = activations.get(act)
     x = check_array(fname, "x", x)
-    bias = check_array(fname, "bias", bias, ndim=1, allow_none=True)
+    bias = check_array(fname, "bias", bias, allow_none=True)  # its shape, rank included, below
     if bias is not None:
         if x.ndim == 0:
             raise ValueError(f"{fname}: x must have at least 1 dimension when bias is given, got shape ()")
