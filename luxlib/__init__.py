@@ -27,3 +27,4 @@ from .api.batched_matmul import batched_matmul
 from .api.dense import fused_dense_bias_activation
 from .api.dropout import alpha_dropout, dropout
 from .api.conv import ConvDims, fused_conv_bias_activation
+from .api.normalization import batchnorm, groupnorm, instancenorm, layernorm

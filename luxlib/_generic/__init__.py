@@ -7,3 +7,4 @@ from . import activation  # noqa: F401
 from . import dense, matmul  # noqa: F401
 from . import dropout  # noqa: F401
 from . import conv  # noqa: F401
+from . import normalization  # noqa: F401
