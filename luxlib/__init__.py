@@ -19,6 +19,8 @@ from ._dispatch import (
     internal_operation_mode,
 )
 from . import _generic  # noqa: F401  (registers the reference implementations)
+from . import _looped  # noqa: F401  (registers the Cython kernels)
+from ._config import get_num_threads, set_num_threads, show_config
 
 # public ops, one module per family
 from .api.activation import fast_activation, fast_activation_
