@@ -3,7 +3,8 @@
 OpenMP is used when a probe program compiled with the OpenMP flags of the compiler
 setuptools picked also runs; otherwise (or with ``LUXLIB_NO_OPENMP=1``) the
 kernels build single-threaded and a warning says so. ``LUXLIB_DEBUG=1`` turns
-bounds checking back on.
+bounds checking back on; ``LUXLIB_ONLY=activation,...`` (development) builds only
+the named kernel modules.
 
 Development: ``python setup.py build_ext --inplace``; installation: ``pip install .``.
 """
@@ -91,6 +92,8 @@ class BuildExt(build_ext):
 
 def _extensions():
     debug = _env_flag("LUXLIB_DEBUG")
+    # development: LUXLIB_ONLY=name1,name2 builds just those kernel modules
+    only = set(filter(None, os.environ.get("LUXLIB_ONLY", "").split(",")))
     directives = {
         "language_level": 3,
         "boundscheck": debug,
@@ -106,6 +109,7 @@ def _extensions():
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for path in sorted(glob(os.path.join("luxlib", "_kernels", "*.pyx")))
+        if not only or os.path.splitext(os.path.basename(path))[0] in only
     ]
     return cythonize(extensions, compiler_directives=directives)
 
