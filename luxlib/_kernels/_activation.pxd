@@ -242,3 +242,26 @@ cdef inline floating _dact_from_input(int act, floating z, floating p) noexcept 
         return t * t
 
 
+
+
+# ---- contiguous runs: what the fused kernels call --------------------------------
+
+cdef inline void act_forward_n(int act, floating p, const floating* z, floating* y,
+                               Py_ssize_t n) noexcept nogil:
+    """``y[i] = act(z[i])`` for ``i < n``; ``y`` may be ``z``."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = _act(act, z[i], p)
+
+
+cdef inline void act_backward_n(int act, floating p, const floating* src, const floating* dy,
+                                floating* dz, Py_ssize_t n) noexcept nogil:
+    """``dz[i] = dy[i] * act'`` for ``i < n``, from ``src`` = the output ``y`` when
+    ``_output_only(act)``, else the pre-activation ``z``; ``dz`` may be ``dy``."""
+    cdef Py_ssize_t i
+    if _output_only(act):
+        for i in range(n):
+            dz[i] = dy[i] * _dact_from_output(act, src[i], p)
+    else:
+        for i in range(n):
+            dz[i] = dy[i] * _dact_from_input(act, src[i], p)
