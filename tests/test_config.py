@@ -21,11 +21,17 @@ def default_threads():
 
 
 def run_python(code, **env):
-    """Run ``code`` in a fresh interpreter that imports the in-tree luxlib."""
+    """Run ``code`` in a fresh interpreter that imports the luxlib under test.
+
+    It runs in luxlib's parent directory: ``python -c`` puts the working directory
+    first on ``sys.path``, and a source checkout there would shadow an installed,
+    built luxlib.
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(luxlib.__file__)))
     full_env = {**os.environ, "PYTHONPATH": root, **env}
     result = subprocess.run(
-        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code], env=full_env, cwd=root, capture_output=True, text=True, timeout=120,
+        check=True,
     )
     return result.stdout.strip()
 
