@@ -1,0 +1,128 @@
+"""Looped (Cython/OpenMP + BLAS) ``fused_conv_bias_activation``.
+
+Glue around :mod:`luxlib._kernels.conv`: every convolution runs as a 3-D one (1-D and
+2-D get leading unit spatial axes), on C-contiguous arrays (non-contiguous inputs are
+copied once). Depthwise convolutions (``groups == C_in > 1``) run the direct kernel,
+everything else im2col tiles + BLAS gemm (1x1 with unit stride and no padding: gemm on
+``x`` itself). The reverse pass first forms ``dz = dy * act'`` and the bias gradient in
+one pass with the activation kernel, then the conv kernels give ``dx`` and ``dweight``.
+"""
+
+import contextlib
+
+import numpy as np
+
+from .._dispatch import register
+from .._kernels import activation as act_kernels
+from .._kernels import conv as kernels
+from .._threads import single_threaded_blas
+
+# bytes of one im2col (or col2im) tile; each thread holds one (two in the reverse pass)
+_TILE_BYTES = 4 << 20
+
+
+def _supports(act, weight, x, **_):
+    # user activations and zero-size problems (empty batch, no channels) run generic
+    return 0 <= act.id < act_kernels.N_ACTIVATIONS and x.size > 0 and weight.size > 0
+
+
+def _param(act):
+    return act.params[0] if act.params else 0.0
+
+
+class _Plan:
+    """Shapes, options and threading of one call, as the kernels take them."""
+
+    def __init__(self, weight, x, cdims):
+        pad3 = (1,) * (5 - x.ndim)  # leading unit spatial axes
+        self.x_shape, self.w_shape = x.shape, weight.shape
+        self.x = np.ascontiguousarray(x).reshape(x.shape[:2] + pad3 + x.shape[2:])
+        self.w = np.ascontiguousarray(weight).reshape(weight.shape[:2] + pad3 + weight.shape[2:])
+        self.y_shape = (x.shape[0],) + tuple(cdims.output_shape[1:])
+        self.y5 = self.y_shape[:2] + pad3 + self.y_shape[2:]
+        unit = (1,) * (3 - cdims.spatial_dims)
+        self.options = (
+            unit + cdims.stride,
+            unit + cdims.dilation,
+            (0,) * len(unit) + tuple(lo for lo, _ in cdims.padding),
+        )
+        self.groups, self.flip = cdims.groups, cdims.flipkernel
+        n, c = x.shape[:2]
+        self.depthwise = self.groups == c > 1
+        taps = int(np.prod(weight.shape[1:]))  # Cg * K
+        positions = int(np.prod(self.y5[2:]))
+        macs = n * weight.shape[0] * positions * taps
+        # depthwise: parallel over (sample, channel) planes; gemm: over samples
+        self.nt = kernels.threads(macs, n * weight.shape[0] if self.depthwise else n)
+        self.pc = max(1, min(positions, _TILE_BYTES // (taps * x.dtype.itemsize)))
+        one_by_one = (
+            taps == weight.shape[1]
+            and all(s == 1 for s in cdims.stride)
+            and all(p == (0, 0) for p in cdims.padding)
+        )
+        self.tile = 0 if one_by_one else taps * self.pc
+
+    def blas_threads(self):
+        """One BLAS thread inside the kernels' OpenMP regions (they call BLAS per thread)."""
+        return single_threaded_blas() if self.nt > 1 else contextlib.nullcontext()
+
+    def conv(self, act, bias, z, y):
+        """``z = conv + bias``, ``y = act(z)`` into the given ``y5``-shaped arrays."""
+        if bias is not None:
+            bias = np.ascontiguousarray(bias)
+        if self.depthwise:
+            kernels.depthwise_forward(act.id, _param(act), self.x, self.w, bias, z, y,
+                                      *self.options, self.flip, self.nt)
+            return
+        ws = np.empty((self.nt, self.tile), self.x.dtype)
+        with self.blas_threads():
+            kernels.gemm_forward(act.id, _param(act), self.x, self.w, bias, z, y, ws, self.pc,
+                                 *self.options, self.groups, self.flip, self.nt)
+
+    def backward(self, dz):
+        """``(dweight, dx)`` in the caller's shapes for the cotangent ``dz`` (``y5``-shaped)."""
+        dx = np.empty_like(self.x)
+        dw = np.empty_like(self.w)
+        if self.depthwise:
+            kernels.depthwise_backward(self.x, self.w, dz, dx, dw, *self.options, self.flip, self.nt)
+        else:
+            ws = np.empty((self.nt, 2 * self.tile), self.x.dtype)
+            dwacc = np.empty((self.nt, self.w.size), self.x.dtype)
+            with self.blas_threads():
+                kernels.gemm_backward(self.x, self.w, dz, dx, dw, ws, dwacc, self.pc, *self.options,
+                                      self.groups, self.flip, self.nt)
+        return dw.reshape(self.w_shape), dx.reshape(self.x_shape)
+
+
+def forward(act, weight, x, bias, cdims):
+    plan = _Plan(weight, x, cdims)
+    y = np.empty(plan.y5, x.dtype)
+    plan.conv(act, bias, y, y)
+    return y.reshape(plan.y_shape)
+
+
+def vjp(act, weight, x, bias, cdims):
+    """``(y, pullback)``; keeps ``x``, ``weight`` and ``y`` (output-only activations) or ``z``."""
+    plan = _Plan(weight, x, cdims)
+    y = np.empty(plan.y5, x.dtype)
+    src = y if act.output_only else np.empty_like(y)  # what act' is computed from
+    plan.conv(act, bias, src, y)
+    wants_db = bias is not None
+
+    def pullback(dy):
+        dy = np.ascontiguousarray(dy).reshape(plan.y5)
+        if act.id == 0 and not wants_db:
+            dz, db = dy, None
+        else:
+            dz = np.empty_like(dy)
+            db = np.empty(dy.shape[1], dy.dtype) if wants_db else None
+            ncs = (dy.shape[0], dy.shape[1], -1)
+            act_kernels.backward(act.id, _param(act), src.reshape(ncs), None, dy.reshape(ncs),
+                                 dz.reshape(ncs), db)
+        dweight, dx = plan.backward(dz)
+        return {"weight": dweight, "x": dx, "bias": db}
+
+    return y.reshape(plan.y_shape), pullback
+
+
+register("fused_conv_bias_activation", "looped", forward=forward, vjp=vjp, supports=_supports)

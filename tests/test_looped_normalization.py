@@ -1,0 +1,303 @@
+"""The Cython/OpenMP normalization kernels against the generic path.
+
+Reference: the generic path run in float64 on the same inputs (float32 inputs are
+upcast exactly). Each output (``y``, the running statistics, every gradient) must
+satisfy ``max|looped - reference| <= TOL[dtype] * max(1, max|reference|)`` with
+``TOL = 1e-12`` (float64) and ``1e-5`` (float32, about 80 ulp: the kernels round
+``xhat``, ``z`` and ``act'`` to float32 and accumulate in float64).
+"""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import luxlib
+from luxlib import activations
+from luxlib._dispatch import _REGISTRY, trace
+from luxlib._kernels import IMPORT_ERROR
+
+if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
+    pytest.skip(f"kernels not built: {IMPORT_ERROR}", allow_module_level=True)
+
+from luxlib._kernels import normalization as kernels  # noqa: E402
+from _helpers import LAYOUTS, assert_unchanged, snapshot, with_layout  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+EPS = 1e-5
+
+BOUND = [activations.leakyrelu.with_params(a=0.2), activations.trelu.with_params(theta=0.5)]
+ACTS = list(activations.ACTIVATIONS.values()) + BOUND
+ACT_IDS = [repr(a)[12:-1] for a in ACTS]
+# identity, output-only, input-needing, bound parameter
+SOME_ACTS = [activations.identity, activations.relu, activations.gelu, BOUND[0]]
+SOME_IDS = ["identity", "relu", "gelu", "leakyrelu(a=0.2)"]
+
+# (op, variant): batchnorm/instancenorm training with running statistics, inference
+# with them (given statistics), and without them; layernorm's variant is its dims
+VARIANTS = [
+    ("batchnorm", "train"),
+    ("batchnorm", "infer"),
+    ("batchnorm", "none"),
+    ("instancenorm", "train"),
+    ("instancenorm", "infer"),
+    ("groupnorm", 1),
+    ("groupnorm", 3),
+    ("layernorm", "default"),
+    ("layernorm", (-1,)),
+]
+# odd sizes (1, 3, 17, 1023, 4097); the kernels' blocks are 1024 and runs 4096 long
+SMALL = [(1, 3, 17), (2, 3, 1023), (1, 3, 4097), (3, 6, 1, 1), (2, 3, 5, 7)]
+# above the serial threshold (32768): few channels / groups / rows (groups split into
+# chunks of runs) and many
+LARGE = [
+    ("batchnorm", "train", (8, 2, 4097)),
+    ("batchnorm", "none", (4, 17, 1023)),
+    ("instancenorm", "train", (2, 3, 6001)),
+    ("groupnorm", 2, (1, 4, 9001)),
+    ("groupnorm", 3, (3, 6, 2001)),
+    ("layernorm", (1,), (2, 33001)),
+    ("layernorm", "default", (40, 3, 341)),
+]
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"threads={n}")
+def threads(request):
+    luxlib.set_num_threads(request.param)
+    yield request.param
+    luxlib.set_num_threads(None)
+
+
+def make_inputs(op, variant, shape, dtype, seed=0):
+    """``(x, scale, bias, running_mean, running_var, dy)``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    if op == "layernorm":
+        affine = shape[-1:] if variant == (-1,) else shape[1:]
+    else:
+        affine = shape[1:2]
+    scale, bias = rng.uniform(0.5, 1.5, affine), rng.standard_normal(affine)
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    dy = rng.standard_normal(shape)
+    return tuple(a.astype(dtype) for a in (x, scale, bias, rm, rv, dy))
+
+
+def call(op, variant, act, x, scale, bias, rm, rv):
+    """``(function, args, kwargs)`` of one VARIANTS entry (epsilon fixed: its default
+    depends on the dtype, and the reference runs in float64)."""
+    kw = {"epsilon": EPS}
+    if op == "batchnorm":
+        stats = (None, None) if variant == "none" else (rm, rv)
+        return luxlib.batchnorm, (x, scale, bias, *stats, variant == "train", act), kw
+    if op == "instancenorm":
+        kw.update(running_mean=rm, running_var=rv)
+        return luxlib.instancenorm, (x, scale, bias, variant == "train", act), kw
+    if op == "groupnorm":
+        return luxlib.groupnorm, (x, scale, bias, variant, act), kw
+    if variant != "default":
+        kw["dims"] = variant
+    return luxlib.layernorm, (x, scale, bias, act), kw
+
+
+def outputs(f, args, kwargs, dy):
+    """``[y, *running stats, *gradients]`` (None entries dropped) from one vjp call."""
+    with np.errstate(all="ignore"):
+        out, pullback = luxlib.vjp(f, *args, **kwargs)
+        grads = pullback(dy)
+    y, stats = out if isinstance(out, tuple) else (out, None)
+    return [y] + list(stats or ()) + [g for g in grads if g is not None]
+
+
+def reference(f, args, kwargs, dy):
+    up = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    kw = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    with luxlib.backend("generic"):
+        return outputs(f, up, kw, dy.astype(np.float64))
+
+
+def assert_close(got, want, dtype):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == dtype
+        err = np.max(np.abs(g - w), initial=0)
+        assert err <= TOL[dtype] * max(1.0, np.max(np.abs(w), initial=0)), f"max error {err:.3g}"
+
+
+def check(op, variant, act, shape, dtype, seed=0):
+    """The looped op ran (forward and vjp), agrees with the reference, mutated nothing."""
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed)
+    f, args, kwargs = call(op, variant, act, x, scale, bias, rm, rv)
+    before = snapshot(x, scale, bias, rm, rv, dy)
+    with trace() as record:
+        plain = f(*args, **kwargs)
+        got = outputs(f, args, kwargs, dy)
+    assert record == [(op, "looped")] * 2
+    assert_unchanged(before, (x, scale, bias, rm, rv, dy))
+    np.testing.assert_array_equal(plain[0] if isinstance(plain, tuple) else plain, got[0])
+    assert_close(got, reference(f, args, kwargs, dy), dtype)
+    return got
+
+
+def _valid(op, variant, shape):
+    """Combinations the op accepts: groups divide C; a running variance needs n > 1."""
+    if op == "groupnorm" and shape[1] % variant:
+        return False
+    return not (op == "instancenorm" and variant == "train" and np.prod(shape[2:]) == 1)
+
+
+@pytest.mark.parametrize(
+    "op, variant, shape",
+    [(op, variant, shape) for op, variant in VARIANTS for shape in SMALL if _valid(op, variant, shape)],
+    ids=str,
+)
+@pytest.mark.parametrize("act", SOME_ACTS, ids=SOME_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_matches_generic_small(dtype, act, op, variant, shape):
+    check(op, variant, act, shape, dtype)
+
+
+@pytest.mark.parametrize("op, variant, shape", LARGE, ids=str)
+@pytest.mark.parametrize("act", [activations.relu, activations.gelu], ids=["relu", "gelu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_matches_generic_large(dtype, act, op, variant, shape, threads):
+    check(op, variant, act, shape, dtype, seed=1)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("op, variant", [VARIANTS[0], VARIANTS[4], VARIANTS[6], VARIANTS[7]], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_every_activation(dtype, op, variant, act):
+    check(op, variant, act, (2, 3, 7), dtype, seed=2)
+
+
+def split_on_two_threads(op, variant, shape):
+    """Whether two threads split groups into chunks (fewer than 8 groups of several runs)."""
+    n, c = shape[:2]
+    groups, runs = {
+        "batchnorm": (c, n),
+        "instancenorm": (n * c, 1),
+        "groupnorm": (n * variant, c // variant if op == "groupnorm" else 0),
+        "layernorm": (n, -(-int(np.prod(shape[1:])) // 4096)),
+    }[op]
+    return groups < 8 and runs > 1
+
+
+@pytest.mark.parametrize("op, variant, shape", LARGE, ids=str)
+def test_thread_counts(op, variant, shape):
+    """Unsplit groups: identical results whatever the thread count; split groups and
+    per-thread affine sums: deterministic for a thread count, otherwise within rounding."""
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, np.float64, seed=3)
+    f, args, kwargs = call(op, variant, activations.relu, x, scale, bias, rm, rv)
+    results = {}
+    try:
+        for n in (1, 2, 2):
+            luxlib.set_num_threads(n)
+            got = outputs(f, args, kwargs, dy)
+            if n in results:
+                for a, b in zip(got, results[n]):
+                    np.testing.assert_array_equal(a, b)
+            results[n] = got
+    finally:
+        luxlib.set_num_threads(None)
+    assert_close(results[2], results[1], np.float64)
+    if not split_on_two_threads(op, variant, shape):  # y, dx and the per-run sums do not depend on the thread count
+        for a, b in zip(results[1], results[2]):
+            if op != "layernorm" or a.shape == x.shape:
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op, variant", VARIANTS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_layouts(dtype, op, variant, layout):
+    """Every array argument in the layout gives the C-contiguous results exactly."""
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, (3, 6, 4, 5), dtype, seed=4)
+    f, args, kwargs = call(op, variant, activations.gelu, x, scale, bias, rm, rv)
+    want = outputs(f, args, kwargs, dy)
+    lay = lambda a: with_layout(a, layout) if isinstance(a, np.ndarray) else a  # noqa: E731
+    arrays = [lay(a) for a in (x, scale, bias, rm, rv, dy)]
+    f, args, kwargs = call(op, variant, activations.gelu, *arrays[:5])
+    with trace() as record:
+        got = outputs(f, args, kwargs, arrays[5])
+    assert record == [(op, "looped")]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "dims, scale_shape",
+    [((0, 2), (4, 1, 6)), ((1,), (5, 1)), ((0,), (4, 1, 1)), ("all", (4, 5, 6)), ((1, 2), (6,))],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_layernorm_axes_not_trailing(dtype, dims, scale_shape):
+    """Reduced axes anywhere: x is copied to the layout where they are trailing."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 5, 6)).astype(dtype)
+    scale = rng.uniform(0.5, 1.5, scale_shape).astype(dtype)
+    bias = rng.standard_normal(scale_shape).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    args, kwargs = (x, scale, bias, activations.swish), {"dims": dims, "epsilon": EPS}
+    with trace() as record:
+        got = outputs(luxlib.layernorm, args, kwargs, dy)
+    assert record == [("layernorm", "looped")]
+    assert_close(got, reference(luxlib.layernorm, args, kwargs, dy), dtype)
+
+
+def test_fallbacks_to_generic():
+    """User activations, empty arrays and scale varying along a non-reduced axis."""
+    x = np.random.default_rng(6).standard_normal((2, 3, 4))
+    cube = activations.register("looped_norm_test_cube", lambda v: v**3, lambda v: 3 * v**2)
+    with trace() as record:
+        luxlib.groupnorm(x, None, None, 3, cube)
+        luxlib.batchnorm(np.ones((0, 3, 4)), None, None, None, None, True)
+        luxlib.layernorm(x, np.ones((3, 4)), None, dims=(2,))
+        y = luxlib.layernorm(x, np.arange(4.0), None, dims=(2,))
+    assert record == [("groupnorm", "generic"), ("batchnorm", "generic"), ("layernorm", "generic"),
+                      ("layernorm", "looped")]
+    with luxlib.backend("generic"):
+        np.testing.assert_allclose(y, luxlib.layernorm(x, np.arange(4.0), None, dims=(2,)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_nan_inf_propagate(dtype):
+    """A NaN or Inf poisons its own group only, as on the generic path."""
+    for op, variant in VARIANTS:
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, (3, 6, 5), dtype, seed=7)
+        x[1, 1, 2] = np.nan
+        x[0, 3, 0] = np.inf
+        f, args, kwargs = call(op, variant, activations.relu, x, scale, bias, rm, rv)
+        got = outputs(f, args, kwargs, dy)
+        want = reference(f, args, kwargs, dy)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            finite = np.isfinite(b)
+            np.testing.assert_array_equal(np.isfinite(a), finite)
+            np.testing.assert_allclose(a[finite], b[finite], rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("act", [activations.relu, activations.gelu], ids=["relu", "gelu"])
+def test_backward_keeps_y_only_when_it_reads_it(act):
+    x, scale, bias, *_ = make_inputs("groupnorm", 3, (2, 6, 5), np.float64)
+    y, _ = _REGISTRY[("groupnorm", "looped")].vjp(act=act, x=x, scale=scale, bias=bias, groups=3, epsilon=1e-5)
+    alive = weakref.ref(y.base if y.base is not None else y)
+    del y
+    gc.collect()
+    assert (alive() is None) != act.output_only
+
+
+def test_kernel_argument_checks():
+    x = np.zeros(12)
+    mean, var = np.zeros(3), np.ones(3)
+    geom = (3, 1, 4, 4, 4, 4, 3, 1, 0, False)
+    ones = np.ones(3)
+    with pytest.raises(ValueError, match="unknown activation id 26"):
+        kernels.forward(26, 0.0, x, ones, ones, np.empty(12), mean, var, False, 0.0, geom)
+    with pytest.raises(ValueError, match="y must have 12 elements, got 11"):
+        kernels.forward(0, 0.0, x, ones, ones, np.empty(11), mean, var, False, 0.0, geom)
+    with pytest.raises(ValueError, match="bad geometry"):
+        kernels.forward(0, 0.0, x, ones, ones, np.empty(12), mean, var, False, 0.0, (3, 1, 5, 5, 5, 5, 3, 1, 0, False))
+    with pytest.raises(ValueError, match="mean must have 3 elements, got 2"):
+        kernels.backward(0, 0.0, x, None, ones, ones, x, np.empty(12), mean[:2], var, True, 0.0, geom)
