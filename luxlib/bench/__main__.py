@@ -1,0 +1,67 @@
+"""Command line of ``python -m luxlib.bench``."""
+
+import argparse
+import sys
+
+from . import report
+from .cases import select
+from .runner import run
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m luxlib.bench",
+        description="Time luxlib against PyTorch (CPU) and plain NumPy, forward and forward+backward, "
+        "on realistic float32 shapes. Run it as `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+        "python -m luxlib.bench` (see doc/benchmarks.md).",
+    )
+    add = p.add_argument
+    add("--quick", action="store_true", help="tiny shapes and 3 repeats (smoke test; numbers meaningless)")
+    add("--filter", metavar="SUBSTR", help="only cases whose 'family name' contains SUBSTR (case-insensitive)")
+    add("--repeats", type=int, metavar="N", help="timed calls per contender (default 7, --quick 3)")
+    add("--threads", type=int, metavar="N", help="threads for luxlib, BLAS and torch (default: luxlib's count)")
+    add("--json", default="bench_results.json", metavar="PATH", help="results file (default %(default)s)")
+    add("--png", metavar="PATH", help="bar chart of the ratios (skipped when matplotlib is not importable)")
+    add("--device", choices=("cpu", "cuda"), default="cpu", help="cuda is not implemented yet (exits with status 2)")
+    add("--list", action="store_true", help="list the cases (and whether luxlib has their op) and exit")
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.device == "cuda":
+        print(
+            "python -m luxlib.bench: the CUDA path is not implemented yet (a later issue); use --device cpu",
+            file=sys.stderr,
+        )
+        return 2
+    cases = select(args.filter)
+    if args.list:
+        for c in cases:
+            missing = c.missing()
+            print(f"{c.family:14} {c.name:32} {'not in luxlib yet: ' + ', '.join(missing) if missing else 'ready'}")
+        return 0
+    if not cases:
+        print(f"python -m luxlib.bench: no case matches --filter {args.filter!r} (see --list)", file=sys.stderr)
+        return 1
+    if args.repeats is not None and args.repeats < 1 or args.threads is not None and args.threads < 1:
+        print("python -m luxlib.bench: --repeats and --threads must be at least 1", file=sys.stderr)
+        return 1
+    result = run(
+        cases,
+        quick=args.quick,
+        repeats=args.repeats,
+        threads=args.threads,
+        on_start=lambda head: print(report.header(head), flush=True),
+        on_case=lambda record: print(report.rows(record), flush=True),
+    )
+    print(report.footer(result))
+    report.write_json(result, args.json)
+    print(f"\nresults written to {args.json}")
+    if args.png and report.write_png(result, args.png):
+        print(f"chart written to {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Smoke tests of ``python -m luxlib.bench`` on tiny shapes (speed is never asserted)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import luxlib
+from luxlib.bench import CASES, main, report
+from luxlib.bench.cases import import_torch
+from luxlib.bench.timing import interleaved
+
+HAS_TORCH = import_torch() is not None
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One ``--quick`` run over every case: ``(exit status, stdout, JSON record)``."""
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    # a subprocess: the tool sets thread counts and must be runnable as `python -m`;
+    # it runs outside the source tree so that it imports the luxlib under test
+    root = os.path.dirname(os.path.dirname(os.path.abspath(luxlib.__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "luxlib.bench", "--quick", "--json", str(path)],
+        cwd=path.parent,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, json.loads(path.read_text())
+
+
+def test_quick_run_writes_machine_and_settings(quick):
+    rc, out, result = quick
+    assert rc == 0, out
+    m = result["machine"]
+    assert m["cpu_model"] and m["usable_cores"] >= 1 and m["threads"] >= 1
+    assert m["numpy"] == np.__version__ and m["luxlib"] == luxlib.__version__
+    assert (m["torch"] is not None) == HAS_TORCH
+    assert result["settings"] == {"quick": True, "repeats": 3, "warmup": 1, "threads": m["threads"], "device": "cpu"}
+    assert result["copy_bandwidth_gbs"] > 0 and "np.copyto" in result["copy_bandwidth_method"]
+    assert "copy bandwidth" in out and "geometric mean of luxlib/torch" in out
+
+
+def test_quick_run_covers_every_case(quick):
+    _, out, result = quick
+    assert [r["name"] for r in result["cases"]] == [c.name for c in CASES]
+    for case, r in zip(CASES, result["cases"]):
+        assert r["name"] in out
+        if case.missing():
+            assert r["skipped"] == "not in luxlib yet: " + ", ".join(case.missing())
+            continue
+        assert "skipped" not in r and "failed" not in r, r
+        for mode in ("forward", "forward_backward"):
+            m = r["modes"][mode]
+            assert m["failed"] == {}, m["failed"]
+            expected = {"luxlib", "numpy"} | ({"torch"} if HAS_TORCH else set())
+            if getattr(case, "inplace", False) and mode == "forward_backward":
+                expected.discard("torch")  # autograd has no in-place op on a leaf
+            assert set(m["median_s"]) == expected
+            assert all(len(m["times_s"][who]) == 3 for who in expected)
+            for who, t in m["median_s"].items():
+                assert t > 0
+                assert m["rate"][who] == pytest.approx(m["amount"] / t / 1e9)
+            for other in ("torch", "numpy"):
+                if other in expected:
+                    ratio = m["median_s"]["luxlib"] / m["median_s"][other]
+                    assert m["ratio"][f"luxlib/{other}"] == pytest.approx(ratio)
+            assert bool(m["pct_copy_bandwidth"]) == (r["metric"] == "GB/s")
+
+
+def test_contenders_agree_with_the_numpy_composition(quick):
+    """The three contenders compute the same thing (random masks excepted)."""
+    _, _, result = quick
+    for case, r in zip(CASES, result["cases"]):
+        if "modes" not in r:
+            continue
+        for mode, m in r["modes"].items():
+            if case.random:
+                assert m["check"] == {}
+            else:
+                assert "luxlib" in m["check"] and m["check_ok"], (r["name"], mode, m["check"])
+
+
+def test_amounts_follow_the_stated_formulas(quick):
+    _, _, result = quick
+    by_name = {r["name"]: r for r in result["cases"] if "modes" in r}
+    nbytes = 2 * 8 * 8 * 8 * 4  # quick activation shape (2, 8, 8, 8), float32
+    if "fast_activation gelu" in by_name:
+        modes = by_name["fast_activation gelu"]["modes"]
+        assert (modes["forward"]["amount"], modes["forward_backward"]["amount"]) == (2 * nbytes, 5 * nbytes)
+    if "dropout p=0.5" in by_name:
+        modes = by_name["dropout p=0.5"]["modes"]
+        assert (modes["forward"]["amount"], modes["forward_backward"]["amount"]) == (3 * nbytes, 6 * nbytes)
+    if "batched_matmul 64x256x256x256" in by_name:
+        modes = by_name["batched_matmul 64x256x256x256"]["modes"]
+        assert (modes["forward"]["amount"], modes["forward_backward"]["amount"]) == (2 * 4 * 8**3, 6 * 4 * 8**3)
+
+
+def test_summary_is_the_geometric_mean_of_the_ratios(quick):
+    _, _, result = quick
+    for mode in ("forward", "forward_backward"):
+        ratios = [r["modes"][mode]["ratio"]["luxlib/numpy"] for r in result["cases"] if "modes" in r]
+        expected = math.exp(np.mean(np.log(ratios))) if ratios else None
+        assert result["summary"]["geomean_luxlib/numpy"][mode] == pytest.approx(expected)
+
+
+def test_missing_op_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.delattr(luxlib, "groupnorm", raising=False)
+    path = tmp_path / "r.json"
+    assert main(["--quick", "--filter", "groupnorm", "--json", str(path)]) == 0
+    (record,) = json.loads(path.read_text())["cases"]
+    assert record["skipped"] == "not in luxlib yet: groupnorm" and "modes" not in record
+    out = capsys.readouterr().out
+    assert "skipped (not in luxlib yet: groupnorm)" in out
+    assert "geometric mean of luxlib/torch time ratios (< 1: luxlib faster): forward -" in out
+
+
+def test_failing_contender_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    def broken(act, x):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(luxlib, "fast_activation", broken)
+    path = tmp_path / "r.json"
+    assert main(["--quick", "--filter", "fast_activation relu", "--repeats", "1", "--json", str(path)]) == 0
+    (record,) = json.loads(path.read_text())["cases"]
+    assert record["modes"]["forward"]["failed"] == {"luxlib": "RuntimeError: kernel exploded"}
+    assert "luxlib" not in record["modes"]["forward"]["median_s"]
+    assert record["modes"]["forward"]["ratio"] == {}
+    assert record["modes"]["forward_backward"]["failed"]["luxlib"].startswith("TypeError: vjp")
+    assert "luxlib failed: RuntimeError: kernel exploded" in capsys.readouterr().out
+
+
+def test_filter_repeats_and_threads(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    before = luxlib.get_num_threads() if hasattr(luxlib, "get_num_threads") else None
+    assert main(["--quick", "--filter", "MATMUL 4096", "--repeats", "2", "--threads", "1", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert [r["name"] for r in result["cases"]] == ["batched_matmul 4096x16x16x16"]
+    assert result["settings"]["repeats"] == 2 and result["machine"]["threads"] == 1
+    if before is not None:
+        assert luxlib.get_num_threads() == before  # restored afterwards
+
+
+def test_list_cuda_and_bad_arguments(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(c.name in out for c in CASES)
+    assert main(["--device", "cuda"]) == 2
+    assert "CUDA path is not implemented" in capsys.readouterr().err
+    assert main(["--filter", "no such op"]) == 1
+    assert main(["--repeats", "0"]) == 1
+
+
+def test_png_is_skipped_silently_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    png = tmp_path / "r.png"
+    args = ["--quick", "--filter", "gemm", "--repeats", "1", "--json", str(tmp_path / "r.json"), "--png", str(png)]
+    assert main(args) == 0
+    assert not png.exists() and "chart" not in capsys.readouterr().out
+
+
+def test_png_is_written_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "r.png"
+    args = ["--quick", "--filter", "gemm", "--repeats", "1", "--json", str(tmp_path / "r.json"), "--png", str(png)]
+    assert main(args) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interleaved_rotates_the_order_and_reports_failures():
+    calls = []
+
+    def contender(name):
+        return lambda: calls.append(name) or name
+
+    def broken():
+        raise ValueError("nope")
+
+    times, first, failed = interleaved({"a": contender("a"), "b": contender("b"), "x": broken, "c": contender("c")}, 3)
+    assert first == {"a": "a", "b": "b", "c": "c"} and failed == {"x": "ValueError: nope"}
+    assert calls == list("abc" "abc" "bca" "cab")  # warm-up, then rounds starting one later each
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_json_has_no_nan(tmp_path):
+    path = tmp_path / "r.json"
+    report.write_json({"a": [math.nan, 1.0, {"b": math.inf}]}, path)
+    assert json.loads(path.read_text()) == {"a": [None, 1.0, {"b": None}]}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_numpy_composition_stays_float32(case):
+    """The NumPy baseline must not silently compute in float64 (that would flatter luxlib)."""
+    numpy = case.contender("numpy", case.arrays(quick=True))
+    outputs = (numpy.forward(),) + tuple(numpy.forward_backward())
+    assert all(o.dtype == np.float32 for o in outputs), [o.dtype for o in outputs]
