@@ -1,16 +1,24 @@
 # Scalar activation math shared by every kernel that fuses an activation: the
 # table of luxlib.activations evaluated by id, its derivative from the output
-# (output-only activations) or from the input, in the element type's precision.
+# (output-only activations) or from the input, and loops over contiguous runs.
 #
-# Every formula repeats the table's expression in the same order of operations, so
-# NaN/Inf propagate exactly as on the generic path. float32 runs in float32 (libm's
-# *f functions) except erf, which runs in float64 as SciPy's float32 loop does.
+# The formulas are written once, in C, as a template over the element type
+# (LX_DEFINE_ACTIVATIONS below): float32 uses the vectorizable math of _fastmath.pxd,
+# float64 libm. Every formula repeats the table's expression in the same order of
+# operations, with NumPy's NaN rules, so NaN/Inf propagate exactly as on the generic
+# path; branches are written as selects (both sides computed) so that the loops
+# vectorize. The run loops switch on the id once, outside the loop, and are compiled
+# in several instruction-set versions (LX_CLONES, see _fastmath.pxd).
 
 from cython cimport floating
-from libc.math cimport erf, exp, expf, expm1, expm1f, fabs, fabsf, log1p, log1pf, tanh, tanhf
+
+from ._fastmath cimport fast_exp  # noqa: F401  (emits the fast-math C code first)
 
 cdef extern from *:
     """
+    #ifndef LUXLIB_ACTIVATION_H
+    #define LUXLIB_ACTIVATION_H
+    #include <stddef.h>
     #define LUXLIB_GELU_LAMBDA 0.79788456080286535588     /* sqrt(2 / pi) */
     #define LUXLIB_GELU_2LAMBDA 1.5957691216057307118     /* sqrt(8 / pi) */
     #define LUXLIB_GELU_ALPHA 0.044715
@@ -20,228 +28,181 @@ cdef extern from *:
     #define LUXLIB_SELU_LAMBDA 1.0507009873554804934193349852946
     #define LUXLIB_SELU_ALPHA 1.6732632423543772848170429916717
     #define LUXLIB_SELU_ALPHA_LAMBDA (1.6732632423543772848170429916717 * 1.0507009873554804934193349852946)
+
+    /* output-only activations: the derivative is a function of y */
+    #define LX_OUTPUT_ONLY(act) ((act) <= 6 || ((act) >= 10 && (act) <= 15) || (act) >= 24)
+
+    #define LX_FOR_IDS(M, S) M(0, S) M(1, S) M(2, S) M(3, S) M(4, S) M(5, S) M(6, S) \
+        M(7, S) M(8, S) M(9, S) M(10, S) M(11, S) M(12, S) M(13, S) M(14, S) M(15, S) \
+        M(16, S) M(17, S) M(18, S) M(19, S) M(20, S) M(21, S) M(22, S) M(23, S) M(24, S) M(25, S)
+    /* one loop per id: the id is a constant inside, so the switch in lx_act_* folds away */
+    #define LX_FORWARD_CASE(ID, S) case ID: \
+        for (i = 0; i < n; i++) y[i] = lx_act_##S(ID, z[i], p); break;
+    #define LX_BACKWARD_CASE(ID, S) case ID: \
+        for (i = 0; i < n; i++) dz[i] = dy[i] * (LX_OUTPUT_ONLY(ID) \
+            ? lx_dact_from_output_##S(ID, src[i], p) : lx_dact_from_input_##S(ID, src[i], p)); \
+        break;
+
+    /* The activation table for element type T (suffix S) over the math functions
+       EXP, EXPM1, LOG1P, TANH, ERF, ABS of that type. */
+    #define LX_DEFINE_ACTIVATIONS(T, S, EXP, EXPM1, LOG1P, TANH, ERF, ABS) \
+    LX_INLINE T lx_clip_##S(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); } \
+    LX_INLINE T lx_sigmoid_##S(T v) { \
+        T t = EXP(-ABS(v)); \
+        return (v >= 0 ? (T)1 : t) / ((T)1 + t); \
+    } \
+    LX_INLINE T lx_softplus_##S(T v) { return LOG1P(EXP(-ABS(v))) + (v < 0 ? (T)0 : v); } \
+    LX_INLINE T lx_gelu_sigmoid_arg_##S(T z, T z2) { \
+        return (T)LUXLIB_GELU_2LAMBDA * z * (z2 * (T)LUXLIB_GELU_ALPHA + (T)1); \
+    } \
+    \
+    LX_INLINE T lx_act_##S(int act, T z, T p) { \
+        T t; \
+        switch (act) { \
+        case 0: return z;                                         /* identity */ \
+        case 1: return z < 0 ? (T)0 : z;                          /* relu */ \
+        case 2: return lx_clip_##S(z, (T)0, (T)6);                /* relu6 */ \
+        case 3: t = p * z; return z > 0 ? z : t;                  /* leakyrelu(a) */ \
+        case 4: t = p * EXPM1(z); return z >= 0 ? z : t;          /* elu(alpha) */ \
+        case 5: t = p * EXPM1(z / p); return z >= 0 ? z : t;      /* celu(alpha) */ \
+        case 6: t = (T)LUXLIB_SELU_ALPHA * EXPM1(z);              /* selu */ \
+            return (T)LUXLIB_SELU_LAMBDA * (z > 0 ? z : t); \
+        case 7: return z / (T)2 * ((T)1 + TANH(                   /* gelu (tanh) */ \
+            (T)LUXLIB_GELU_LAMBDA * (z + (T)LUXLIB_GELU_ALPHA * z * z * z))); \
+        case 8: return z / (T)2 * ((T)1 + ERF(z / (T)LUXLIB_SQRT2));   /* gelu_erf */ \
+        case 9: return z * lx_sigmoid_##S(lx_gelu_sigmoid_arg_##S(z, z * z)); /* gelu_sigmoid */ \
+        case 10: return lx_sigmoid_##S(z);                        /* sigmoid */ \
+        case 11: t = lx_sigmoid_##S(z);                           /* sigmoid_fast */ \
+            return z > 40 ? (T)1 : (z < -80 ? (T)0 : t); \
+        case 12: return lx_clip_##S((z + (T)3) / (T)6, (T)0, (T)1);  /* hardsigmoid */ \
+        case 13: case 14: return TANH(z);                         /* tanh, tanh_fast */ \
+        case 15: return lx_clip_##S(z, (T)-1, (T)1);              /* hardtanh */ \
+        case 16: return lx_softplus_##S(z);                       /* softplus */ \
+        case 17: return z / ((T)1 + ABS(z));                      /* softsign */ \
+        case 18: return -lx_softplus_##S(-z);                     /* logsigmoid */ \
+        case 19: return z * lx_sigmoid_##S(z);                    /* swish */ \
+        case 20: return z * lx_clip_##S((z + (T)3) / (T)6, (T)0, (T)1);  /* hardswish */ \
+        case 21: return z * TANH(z);                              /* lisht */ \
+        case 22: return z * TANH(lx_softplus_##S(z));             /* mish */ \
+        case 23: return z - TANH(z);                              /* tanhshrink */ \
+        case 24: t = z - p;                                       /* softshrink(lam) */ \
+            return z + p > 0 ? (t < 0 ? (T)0 : t) : z + p; \
+        default: return z <= p ? (T)0 : z;                        /* 25: trelu(theta) */ \
+        } \
+    } \
+    \
+    LX_INLINE T lx_dact_from_output_##S(int act, T y, T p) { \
+        switch (act) { \
+        case 0: return (T)1; \
+        case 1: return (T)(y > 0); \
+        case 2: return (T)(y > 0 && y < 6); \
+        case 3: return y > 0 ? (T)1 : p; \
+        case 4: return y >= 0 ? (T)1 : y + p; \
+        case 5: return y > 0 ? (T)1 : y / p + (T)1; \
+        case 6: return y > 0 ? (T)LUXLIB_SELU_LAMBDA : y + (T)LUXLIB_SELU_ALPHA_LAMBDA; \
+        case 10: case 11: return y * ((T)1 - y); \
+        case 12: return (T)(y > 0 && y < 1) / (T)6; \
+        case 13: case 14: return (T)1 - y * y; \
+        case 15: return (T)(y > -1 && y < 1); \
+        default: return (T)(y != 0);                              /* softshrink, trelu */ \
+        } \
+    } \
+    \
+    LX_INLINE T lx_dact_from_input_##S(int act, T z, T p) { \
+        T z2, w, t; \
+        switch (act) { \
+        case 7:                                                   /* gelu (tanh) */ \
+            z2 = z * z; \
+            w = TANH((T)LUXLIB_GELU_LAMBDA * z * (z2 * (T)LUXLIB_GELU_ALPHA + (T)1)); \
+            return ((T)1 + w) / (T)2 + z * (T)LUXLIB_GELU_LAMBDA \
+                * (z2 * (T)LUXLIB_GELU_3ALPHA + (T)1) * ((T)1 - w * w) / (T)2; \
+        case 8:                                                   /* gelu_erf */ \
+            w = ((T)1 + ERF(z / (T)LUXLIB_SQRT2)) / (T)2; \
+            return w + z * EXP(-(z * z) / (T)2) / (T)LUXLIB_SQRT2PI; \
+        case 9:                                                   /* gelu_sigmoid */ \
+            z2 = z * z; \
+            w = lx_sigmoid_##S(lx_gelu_sigmoid_arg_##S(z, z2)); \
+            return w * ((T)1 - w) * (T)LUXLIB_GELU_2LAMBDA \
+                * (z2 * (T)LUXLIB_GELU_3ALPHA + (T)1) * z + w; \
+        case 16: return lx_sigmoid_##S(z);                        /* softplus */ \
+        case 17: t = (T)1 + ABS(z); return (T)1 / (t * t);        /* softsign */ \
+        case 18: return lx_sigmoid_##S(-z);                       /* logsigmoid */ \
+        case 19:                                                  /* swish: y + sigmoid(z) (1 - y) */ \
+            w = lx_sigmoid_##S(z); \
+            t = z * w; \
+            return t + w * ((T)1 - t); \
+        case 20:                                                  /* hardswish */ \
+            return z < -3 ? (T)0 : (z > 3 ? (T)1 : z / (T)3 + (T)0.5); \
+        case 21: t = TANH(z); return t + z * ((T)1 - t * t);      /* lisht */ \
+        case 22:                                                  /* mish */ \
+            t = TANH(lx_softplus_##S(z)); \
+            return t + z * ((T)1 - t * t) * lx_sigmoid_##S(z); \
+        default: t = z - (z - TANH(z)); return t * t;             /* 23: tanhshrink: (z - y)^2 */ \
+        } \
+    } \
+    \
+    /* y[i] = act(z[i]); y may be z */ \
+    static LX_CLONES void lx_forward_##S(int act, T p, const T* z, T* y, ptrdiff_t n) { \
+        ptrdiff_t i; \
+        switch (act) { LX_FOR_IDS(LX_FORWARD_CASE, S) } \
+    } \
+    \
+    /* dz[i] = dy[i] * act'(src[i]), src = y for output-only ids, else z; dz may be dy or src */ \
+    static LX_CLONES void lx_backward_##S(int act, T p, const T* src, const T* dy, T* dz, \
+                                          ptrdiff_t n) { \
+        ptrdiff_t i; \
+        switch (act) { LX_FOR_IDS(LX_BACKWARD_CASE, S) } \
+    }
+
+    LX_DEFINE_ACTIVATIONS(float, f, lx_expf, lx_expm1f, lx_log1pf, lx_tanhf, lx_erff, fabsf)
+    LX_DEFINE_ACTIVATIONS(double, d, exp, expm1, log1p, tanh, erf, fabs)
+    #endif
     """
-    const double GELU_LAMBDA "LUXLIB_GELU_LAMBDA"
-    const double GELU_2LAMBDA "LUXLIB_GELU_2LAMBDA"
-    const double GELU_ALPHA "LUXLIB_GELU_ALPHA"
-    const double GELU_3ALPHA "LUXLIB_GELU_3ALPHA"
-    const double SQRT2 "LUXLIB_SQRT2"
-    const double SQRT2PI "LUXLIB_SQRT2PI"
-    const double SELU_LAMBDA "LUXLIB_SELU_LAMBDA"
-    const double SELU_ALPHA "LUXLIB_SELU_ALPHA"
-    const double SELU_ALPHA_LAMBDA "LUXLIB_SELU_ALPHA_LAMBDA"
+    bint _lx_output_only "LX_OUTPUT_ONLY"(int) noexcept nogil
+    float _act_f "lx_act_f"(int, float, float) noexcept nogil
+    double _act_d "lx_act_d"(int, double, double) noexcept nogil
+    float _dact_from_output_f "lx_dact_from_output_f"(int, float, float) noexcept nogil
+    double _dact_from_output_d "lx_dact_from_output_d"(int, double, double) noexcept nogil
+    float _dact_from_input_f "lx_dact_from_input_f"(int, float, float) noexcept nogil
+    double _dact_from_input_d "lx_dact_from_input_d"(int, double, double) noexcept nogil
+    void _forward_f "lx_forward_f"(int, float, const float*, float*, Py_ssize_t) noexcept nogil
+    void _forward_d "lx_forward_d"(int, double, const double*, double*, Py_ssize_t) noexcept nogil
+    void _backward_f "lx_backward_f"(int, float, const float*, const float*, float*,
+                                     Py_ssize_t) noexcept nogil
+    void _backward_d "lx_backward_d"(int, double, const double*, const double*, double*,
+                                     Py_ssize_t) noexcept nogil
 
 #: number of activation ids implemented (ids 0 .. N_ACTIVATIONS - 1)
 cdef enum:
     N_ACTIVATIONS = 26
 
 
-# ---- libm in the precision of the element type --------------------------------
-
-cdef inline floating _exp(floating v) noexcept nogil:
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
-
-
-cdef inline floating _expm1(floating v) noexcept nogil:
-    if floating is float:
-        return expm1f(v)
-    else:
-        return expm1(v)
-
-
-cdef inline floating _log1p(floating v) noexcept nogil:
-    if floating is float:
-        return log1pf(v)
-    else:
-        return log1p(v)
-
-
-cdef inline floating _tanh(floating v) noexcept nogil:
-    if floating is float:
-        return tanhf(v)
-    else:
-        return tanh(v)
-
-
-cdef inline floating _fabs(floating v) noexcept nogil:
-    if floating is float:
-        return fabsf(v)
-    else:
-        return fabs(v)
-
-
-cdef inline floating _erf(floating v) noexcept nogil:
-    return <floating>erf(<double>v)
-
-
-# ---- helpers with NumPy's NaN semantics (np.clip / np.maximum propagate NaN) --
-
-cdef inline floating _clip(floating v, floating lo, floating hi) noexcept nogil:
-    if v < lo:
-        return lo
-    if v > hi:
-        return hi
-    return v
-
-
-cdef inline floating _sigmoid(floating v) noexcept nogil:
-    cdef floating t = _exp(-_fabs(v))
-    if v >= 0:
-        return <floating>1 / (<floating>1 + t)
-    return t / (<floating>1 + t)
-
-
-cdef inline floating _softplus(floating v) noexcept nogil:
-    return _log1p(_exp(-_fabs(v))) + (<floating>0 if v < 0 else v)
-
-
-cdef inline floating _gelu_sigmoid_arg(floating z, floating z2) noexcept nogil:
-    return <floating>GELU_2LAMBDA * z * (z2 * <floating>GELU_ALPHA + <floating>1)
-
-
-# ---- the table -----------------------------------------------------------------
-
 cdef inline bint _output_only(int act) noexcept nogil:
-    return act <= 6 or 10 <= act <= 15 or act >= 24
+    return _lx_output_only(act)
 
 
 cdef inline floating _act(int act, floating z, floating p) noexcept nogil:
     """``act(z)``; ``p`` is the activation's bound parameter, if it has one."""
-    if act == 0:  # identity
-        return z
-    elif act == 1:  # relu
-        return <floating>0 if z < 0 else z
-    elif act == 2:  # relu6
-        return _clip(z, <floating>0, <floating>6)
-    elif act == 3:  # leakyrelu(a)
-        return z if z > 0 else p * z
-    elif act == 4:  # elu(alpha)
-        return z if z >= 0 else p * _expm1(z)
-    elif act == 5:  # celu(alpha)
-        return z if z >= 0 else p * _expm1(z / p)
-    elif act == 6:  # selu
-        return <floating>SELU_LAMBDA * (z if z > 0 else <floating>SELU_ALPHA * _expm1(z))
-    elif act == 7:  # gelu (tanh approximation)
-        return z / <floating>2 * (<floating>1 + _tanh(
-            <floating>GELU_LAMBDA * (z + <floating>GELU_ALPHA * z * z * z)))
-    elif act == 8:  # gelu_erf
-        return z / <floating>2 * (<floating>1 + _erf(z / <floating>SQRT2))
-    elif act == 9:  # gelu_sigmoid
-        return z * _sigmoid(_gelu_sigmoid_arg(z, z * z))
-    elif act == 10:  # sigmoid
-        return _sigmoid(z)
-    elif act == 11:  # sigmoid_fast
-        if z > 40:
-            return <floating>1
-        if z < -80:
-            return <floating>0
-        return _sigmoid(z)
-    elif act == 12:  # hardsigmoid
-        return _clip((z + <floating>3) / <floating>6, <floating>0, <floating>1)
-    elif act == 13 or act == 14:  # tanh, tanh_fast
-        return _tanh(z)
-    elif act == 15:  # hardtanh
-        return _clip(z, <floating>-1, <floating>1)
-    elif act == 16:  # softplus
-        return _softplus(z)
-    elif act == 17:  # softsign
-        return z / (<floating>1 + _fabs(z))
-    elif act == 18:  # logsigmoid
-        return -_softplus(-z)
-    elif act == 19:  # swish
-        return z * _sigmoid(z)
-    elif act == 20:  # hardswish
-        return z * _clip((z + <floating>3) / <floating>6, <floating>0, <floating>1)
-    elif act == 21:  # lisht
-        return z * _tanh(z)
-    elif act == 22:  # mish
-        return z * _tanh(_softplus(z))
-    elif act == 23:  # tanhshrink
-        return z - _tanh(z)
-    elif act == 24:  # softshrink(lam)
-        if z + p > 0:
-            return <floating>0 if z - p < 0 else z - p
-        return z + p
-    else:  # 25: trelu(theta)
-        return <floating>0 if z <= p else z
+    if floating is float:
+        return _act_f(act, z, p)
+    else:
+        return _act_d(act, z, p)
 
 
 cdef inline floating _dact_from_output(int act, floating y, floating p) noexcept nogil:
     """``act'`` from the output ``y``, for the output-only activations."""
-    if act == 0:  # identity
-        return <floating>1
-    elif act == 1:  # relu
-        return <floating>(y > 0)
-    elif act == 2:  # relu6
-        return <floating>(y > 0 and y < 6)
-    elif act == 3:  # leakyrelu(a)
-        return <floating>1 if y > 0 else p
-    elif act == 4:  # elu(alpha)
-        return <floating>1 if y >= 0 else y + p
-    elif act == 5:  # celu(alpha)
-        return <floating>1 if y > 0 else y / p + <floating>1
-    elif act == 6:  # selu
-        return <floating>SELU_LAMBDA if y > 0 else y + <floating>SELU_ALPHA_LAMBDA
-    elif act == 10 or act == 11:  # sigmoid, sigmoid_fast
-        return y * (<floating>1 - y)
-    elif act == 12:  # hardsigmoid
-        return <floating>(y > 0 and y < 1) / <floating>6
-    elif act == 13 or act == 14:  # tanh, tanh_fast
-        return <floating>1 - y * y
-    elif act == 15:  # hardtanh
-        return <floating>(y > -1 and y < 1)
-    else:  # 24 softshrink, 25 trelu
-        return <floating>(y != 0)
+    if floating is float:
+        return _dact_from_output_f(act, y, p)
+    else:
+        return _dact_from_output_d(act, y, p)
 
 
 cdef inline floating _dact_from_input(int act, floating z, floating p) noexcept nogil:
     """``act'`` from the input ``z``, for the activations that need it."""
-    cdef floating z2, w, t
-    if act == 7:  # gelu (tanh approximation)
-        z2 = z * z
-        w = _tanh(<floating>GELU_LAMBDA * z * (z2 * <floating>GELU_ALPHA + <floating>1))
-        return ((<floating>1 + w) / <floating>2
-                + z * <floating>GELU_LAMBDA * (z2 * <floating>GELU_3ALPHA + <floating>1)
-                * (<floating>1 - w * w) / <floating>2)
-    elif act == 8:  # gelu_erf
-        w = (<floating>1 + _erf(z / <floating>SQRT2)) / <floating>2
-        return w + z * _exp(-(z * z) / <floating>2) / <floating>SQRT2PI
-    elif act == 9:  # gelu_sigmoid
-        z2 = z * z
-        w = _sigmoid(_gelu_sigmoid_arg(z, z2))
-        return (w * (<floating>1 - w) * <floating>GELU_2LAMBDA
-                * (z2 * <floating>GELU_3ALPHA + <floating>1) * z + w)
-    elif act == 16:  # softplus
-        return _sigmoid(z)
-    elif act == 17:  # softsign
-        t = <floating>1 + _fabs(z)
-        return <floating>1 / (t * t)
-    elif act == 18:  # logsigmoid
-        return _sigmoid(-z)
-    elif act == 19:  # swish: y + sigmoid(z) (1 - y)
-        w = _sigmoid(z)
-        t = z * w
-        return t + w * (<floating>1 - t)
-    elif act == 20:  # hardswish
-        if z < -3:
-            return <floating>0
-        if z > 3:
-            return <floating>1
-        return z / <floating>3 + <floating>0.5
-    elif act == 21:  # lisht
-        t = _tanh(z)
-        return t + z * (<floating>1 - t * t)
-    elif act == 22:  # mish
-        t = _tanh(_softplus(z))
-        return t + z * (<floating>1 - t * t) * _sigmoid(z)
-    else:  # 23: tanhshrink: (z - y)^2
-        t = z - (z - _tanh(z))
-        return t * t
-
-
+    if floating is float:
+        return _dact_from_input_f(act, z, p)
+    else:
+        return _dact_from_input_d(act, z, p)
 
 
 # ---- contiguous runs: what the fused kernels call --------------------------------
@@ -249,19 +210,17 @@ cdef inline floating _dact_from_input(int act, floating z, floating p) noexcept 
 cdef inline void act_forward_n(int act, floating p, const floating* z, floating* y,
                                Py_ssize_t n) noexcept nogil:
     """``y[i] = act(z[i])`` for ``i < n``; ``y`` may be ``z``."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        y[i] = _act(act, z[i], p)
+    if floating is float:
+        _forward_f(act, p, z, y, n)
+    else:
+        _forward_d(act, p, z, y, n)
 
 
 cdef inline void act_backward_n(int act, floating p, const floating* src, const floating* dy,
                                 floating* dz, Py_ssize_t n) noexcept nogil:
     """``dz[i] = dy[i] * act'`` for ``i < n``, from ``src`` = the output ``y`` when
-    ``_output_only(act)``, else the pre-activation ``z``; ``dz`` may be ``dy``."""
-    cdef Py_ssize_t i
-    if _output_only(act):
-        for i in range(n):
-            dz[i] = dy[i] * _dact_from_output(act, src[i], p)
+    ``_output_only(act)``, else the pre-activation ``z``; ``dz`` may be ``dy`` or ``src``."""
+    if floating is float:
+        _backward_f(act, p, src, dy, dz, n)
     else:
-        for i in range(n):
-            dz[i] = dy[i] * _dact_from_input(act, src[i], p)
+        _backward_d(act, p, src, dy, dz, n)

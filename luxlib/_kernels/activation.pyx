@@ -2,8 +2,9 @@
 
 ``x`` is viewed as a C-contiguous ``(N, C, S)`` array (S = product of the spatial
 axes) and ``bias`` as ``(C,)``. The activation is chosen by its id, the position in
-``luxlib.activations._TABLE``, evaluated by the scalar math in ``_activation.pxd``.
-The ``db`` reduction accumulates in float64.
+``luxlib.activations._TABLE``, evaluated by the vectorized run loops of
+``_activation.pxd`` on each block (the bias is added first, into the output buffer
+while it sits in L1). The ``db`` reduction accumulates in float64.
 
 Parallelism: the work is cut into blocks of at most ``BLOCK`` contiguous elements
 sharing one bias pattern; blocks are spread over threads with a static schedule.
@@ -16,9 +17,8 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from ._activation cimport (
-    N_ACTIVATIONS as _N_IDS, _act, _dact_from_input, _dact_from_output, _output_only,
-)
+from ._activation cimport N_ACTIVATIONS as _N_IDS, _output_only, act_backward_n, act_forward_n
+from ._fastmath cimport fastmath_n
 from ._openmp_helpers cimport num_threads_for
 
 #: number of activation ids the kernels implement (ids 0 .. N_ACTIVATIONS - 1)
@@ -55,20 +55,45 @@ cdef inline Py_ssize_t _block(const Geometry* g, Py_ssize_t u, Py_ssize_t* start
     return k * BLOCK if g.S == 1 else row % g.C
 
 
+cdef inline void _add_bias(const floating* x, const floating* bias, Py_ssize_t bstride,
+                           floating* z, Py_ssize_t n) noexcept nogil:
+    """``z = x + bias``, one bias per element (``bstride`` 1) or one for all (0)."""
+    cdef Py_ssize_t i
+    cdef floating b = bias[0]
+    if bstride:
+        for i in range(n):
+            z[i] = x[i] + bias[i]
+    else:
+        for i in range(n):
+            z[i] = x[i] + b
+
+
+cdef inline double _sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Sum in float64 with 8 independent accumulators (a single one is latency-bound)."""
+    cdef double s[8]
+    cdef Py_ssize_t i = 0, k
+    for k in range(8):
+        s[k] = 0
+    while i + 8 <= n:
+        for k in range(8):
+            s[k] += a[i + k]
+        i += 8
+    for k in range(n - i):
+        s[k] += a[i + k]
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+
+
 cdef void _forward_block(int act, floating p, const floating* x, const floating* bias,
                          floating* y, const Geometry* g, Py_ssize_t u) noexcept nogil:
-    cdef Py_ssize_t start, n, i
+    cdef Py_ssize_t start, n
     cdef Py_ssize_t c = _block(g, u, &start, &n)
-    cdef Py_ssize_t bstride = g.S == 1  # 1: one bias per element, 0: one per block
     x += start
     y += start
     if bias == NULL:
-        for i in range(n):
-            y[i] = _act(act, x[i], p)
+        act_forward_n(act, p, x, y, n)
     else:
-        bias += c
-        for i in range(n):
-            y[i] = _act(act, x[i] + bias[i * bstride], p)
+        _add_bias(x, bias + c, g.S == 1, y, n)
+        act_forward_n(act, p, y, y, n)
 
 
 cdef void _backward_block(int act, floating p, const floating* src, const floating* bias,
@@ -77,32 +102,37 @@ cdef void _backward_block(int act, floating p, const floating* src, const floati
     """``dx = dy * act'`` on block ``u``; adds ``dx`` into ``acc`` (C,) unless NULL."""
     cdef Py_ssize_t start, n, i
     cdef Py_ssize_t c = _block(g, u, &start, &n)
-    cdef Py_ssize_t bstride = g.S == 1
-    cdef bint from_output = _output_only(act)
-    cdef floating d, z
-    cdef double s = 0
     src += start
     dy += start
     dx += start
-    if bias != NULL:
-        bias += c
-    for i in range(n):
-        if from_output:
-            d = _dact_from_output(act, src[i], p)
-        else:
-            z = src[i] if bias == NULL else src[i] + bias[i * bstride]
-            d = _dact_from_input(act, z, p)
-        dx[i] = dy[i] * d
-        if bstride:
-            if acc != NULL:
-                acc[c + i] += dx[i]
-        else:
-            s += dx[i]
-    if acc != NULL and not bstride:
-        acc[c] += s
+    if bias == NULL:
+        act_backward_n(act, p, src, dy, dx, n)
+    else:  # z = x + bias, recomputed into dx
+        _add_bias(src, bias + c, g.S == 1, dx, n)
+        act_backward_n(act, p, dx, dy, dx, n)
+    if acc == NULL:
+        return
+    if g.S == 1:
+        for i in range(n):
+            acc[c + i] += dx[i]
+    else:
+        acc[c] += _sum(dx, n)
 
 
 # ---- entry points ---------------------------------------------------------------
+
+_FAST_MATH = ("exp", "expm1", "log1p", "tanh", "erf")
+
+
+def fastmath(str name, const float[::1] x, float[::1] out):
+    """``out = name(x)`` with the float32 math of ``_fastmath.pxd`` (accuracy tests)."""
+    cdef int which = _FAST_MATH.index(name)
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"fastmath: out must have length {x.shape[0]}, got {out.shape[0]}")
+    if x.shape[0]:
+        with nogil:
+            fastmath_n(which, &x[0], &out[0], x.shape[0])
+
 
 def output_only(int act):
     """Whether the kernels compute activation ``act``'s derivative from its output."""
