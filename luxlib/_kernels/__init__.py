@@ -7,7 +7,7 @@ the reason. Each new ``*.pyx`` module is added to ``_EXTENSIONS``.
 
 import importlib
 
-_EXTENSIONS = ("_openmp_helpers", "activation", "conv", "normalization")
+_EXTENSIONS = ("_openmp_helpers", "activation", "conv", "normalization", "dense", "matmul")
 
 try:
     for _name in _EXTENSIONS:

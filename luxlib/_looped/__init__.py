@@ -11,3 +11,4 @@ if IMPORT_ERROR is None:
     from . import activation  # noqa: F401
     from . import conv  # noqa: F401
     from . import normalization  # noqa: F401
+    from . import dense, matmul  # noqa: F401
