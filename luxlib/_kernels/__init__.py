@@ -7,7 +7,7 @@ the reason. Each new ``*.pyx`` module is added to ``_EXTENSIONS``.
 
 import importlib
 
-_EXTENSIONS = ("_openmp_helpers", "activation", "conv", "normalization", "dense", "matmul")
+_EXTENSIONS = ("_openmp_helpers", "activation", "conv", "dense", "matmul", "normalization", "dropout")
 
 try:
     for _name in _EXTENSIONS:

@@ -10,5 +10,6 @@ from .._kernels import IMPORT_ERROR
 if IMPORT_ERROR is None:
     from . import activation  # noqa: F401
     from . import conv  # noqa: F401
-    from . import normalization  # noqa: F401
     from . import dense, matmul  # noqa: F401
+    from . import normalization  # noqa: F401
+    from . import dropout  # noqa: F401
