@@ -8,6 +8,35 @@ See ``SPEC.md`` (shipped as ``doc/``) for the contract.
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "AbstractInternalArrayOpMode",
+    "ConvDims",
+    "GPUBroadcastOp",
+    "GenericBroadcastOp",
+    "LoopedArrayOp",
+    "activations",
+    "alpha_dropout",
+    "backend",
+    "batched_matmul",
+    "batchnorm",
+    "bias_activation",
+    "bias_activation_",
+    "dropout",
+    "fast_activation",
+    "fast_activation_",
+    "fused_conv_bias_activation",
+    "fused_dense_bias_activation",
+    "get_num_threads",
+    "groupnorm",
+    "instancenorm",
+    "internal_operation_mode",
+    "layernorm",
+    "set_num_threads",
+    "show_config",
+    "vjp",
+    "within_gradient",
+]
+
 from . import activations
 from ._autodiff import vjp, within_gradient
 from ._dispatch import (

@@ -17,6 +17,22 @@ BACKENDS = ["auto", "generic"]
 
 LAYOUTS = ["C", "F", "strided", "negstride", "readonly"]
 
+#: ``name -> (act argument, independent NumPy formula)`` for the family tests: output-only
+#: activations (identity, relu, tanh, leakyrelu), others (gelu, swish, softplus), and
+#: one with a bound parameter (leakyrelu a=0.2).
+REFERENCE_ACTS = {
+    "identity": (None, lambda z: z),
+    "relu": ("relu", lambda z: np.maximum(z, 0)),
+    "tanh": ("tanh", np.tanh),
+    "gelu": ("gelu", lambda z: z / 2 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))),
+    "swish": ("swish", lambda z: z / (1 + np.exp(-z))),
+    "softplus": ("softplus", lambda z: np.log1p(np.exp(z))),
+    "leakyrelu_a0.2": (
+        luxlib.activations.leakyrelu.with_params(a=0.2),
+        lambda z: np.where(z > 0, z, 0.2 * z),
+    ),
+}
+
 
 def backend_ctx(name):
     """Context manager that runs luxlib calls on backend ``name`` ("auto" = no override)."""

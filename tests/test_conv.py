@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 import pytest
 from _helpers import (
+    REFERENCE_ACTS,
     ATOL,
     BACKENDS,
     FLOAT_DTYPES,
@@ -26,16 +27,8 @@ from hypothesis import strategies as st
 import luxlib
 from luxlib import ConvDims, activations, fused_conv_bias_activation as conv
 
-# Independent formulas for a subset of activations: output-only (relu, leakyrelu, tanh)
-# and not (gelu, softplus), one with a bound parameter (leakyrelu a=0.2).
-ACTS = {
-    "identity": (None, lambda z: z),
-    "relu": ("relu", lambda z: np.maximum(z, 0)),
-    "tanh": ("tanh", np.tanh),
-    "gelu": ("gelu", lambda z: z / 2 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))),
-    "leakyrelu_a0.2": (activations.leakyrelu.with_params(a=0.2), lambda z: np.where(z > 0, z, 0.2 * z)),
-    "softplus": ("softplus", lambda z: np.log1p(np.exp(z))),
-}
+# activations with independent formulas, from tests/_helpers.py
+ACTS = {name: REFERENCE_ACTS[name] for name in ("identity", "relu", "tanh", "gelu", "leakyrelu_a0.2", "softplus")}
 
 
 def ref_padding(padding, in_size, kernel, dilation, stride=None):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from _helpers import (
+    REFERENCE_ACTS,
     ATOL,
     BACKENDS,
     FLOAT_DTYPES,
@@ -16,17 +17,10 @@ from _helpers import (
 )
 
 import luxlib
-from luxlib import activations, fused_dense_bias_activation as dense
+from luxlib import fused_dense_bias_activation as dense
 
-# Independent formulas for a subset of activations: output-only (relu, leakyrelu)
-# and not (gelu, softplus), one with a bound parameter (leakyrelu a=0.2).
-ACTS = {
-    "identity": (None, lambda z: z),
-    "relu": ("relu", lambda z: np.maximum(z, 0)),
-    "gelu": ("gelu", lambda z: z / 2 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))),
-    "leakyrelu_a0.2": (activations.leakyrelu.with_params(a=0.2), lambda z: np.where(z > 0, z, 0.2 * z)),
-    "softplus": ("softplus", lambda z: np.log1p(np.exp(z))),
-}
+# activations with independent formulas, from tests/_helpers.py
+ACTS = {name: REFERENCE_ACTS[name] for name in ("identity", "relu", "gelu", "leakyrelu_a0.2", "softplus")}
 
 # (batch, in, out); batch None means a 1-D x (one sample)
 SHAPES = [(4, 5, 3), (1, 3, 2), (None, 4, 3), (0, 4, 3)]

@@ -4,6 +4,7 @@ statistics, gradients vs finite differences, layouts, empty batches, errors, pro
 import numpy as np
 import pytest
 from _helpers import (
+    REFERENCE_ACTS,
     ATOL,
     BACKENDS,
     FLOAT_DTYPES,
@@ -22,16 +23,8 @@ import luxlib
 from luxlib import activations, batchnorm, groupnorm, instancenorm, layernorm
 from luxlib._dispatch import trace
 
-# Independent formulas for a subset of activations: output-only (relu, tanh, leakyrelu)
-# and not (gelu, swish), one with a bound parameter (leakyrelu a=0.2).
-ACTS = {
-    "identity": (None, lambda z: z),
-    "relu": ("relu", lambda z: np.maximum(z, 0)),
-    "tanh": ("tanh", np.tanh),
-    "gelu": ("gelu", lambda z: z / 2 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))),
-    "swish": ("swish", lambda z: z / (1 + np.exp(-z))),
-    "leakyrelu_a0.2": (activations.leakyrelu.with_params(a=0.2), lambda z: np.where(z > 0, z, 0.2 * z)),
-}
+# activations with independent formulas, from tests/_helpers.py
+ACTS = {name: REFERENCE_ACTS[name] for name in ("identity", "relu", "tanh", "gelu", "swish", "leakyrelu_a0.2")}
 GRAD_ACTS = ["identity", "relu", "gelu", "leakyrelu_a0.2"]
 
 # float16 computes its statistics in float16, so a normalized value carries a few ulp

@@ -78,6 +78,37 @@ def _stats(stats):
     return None if stats is None else NormStats(*stats)
 
 
+def _with_running_stats(fname, x, scale, bias, running_mean, running_var, training, act, momentum, epsilon,
+                        min_ndim):
+    """Validate and run batchnorm or instancenorm (same arguments, different statistics axes)."""
+    act = activations.get(act)
+    training = resolve_training(fname, training)
+    x = check_array(fname, "x", x, min_ndim=min_ndim)
+    scale, bias, running_mean, running_var = _channel_vectors(
+        fname, x, scale=scale, bias=bias, running_mean=running_mean, running_var=running_var
+    )
+    # values per running-statistics entry: batchnorm pools the batch, instancenorm does not
+    per_entry = math.prod((x.shape[0] if fname == "batchnorm" else 1,) + x.shape[2:])
+    _check_running(fname, x, running_mean, running_var, training, per_entry)
+    momentum = _momentum(fname, momentum)
+    x, scale, bias, running_mean, running_var = promote(x, scale, bias, running_mean, running_var)
+    epsilon = _epsilon(fname, epsilon, x.dtype)
+    y, stats = run(
+        fname,
+        (x, scale, bias, running_mean, running_var),
+        act=act,
+        x=x,
+        scale=scale,
+        bias=bias,
+        running_mean=running_mean,
+        running_var=running_var,
+        training=training,
+        momentum=momentum,
+        epsilon=epsilon,
+    )
+    return y, _stats(stats)
+
+
 @public_op
 def batchnorm(x, scale, bias, running_mean, running_var, training, act=None, momentum=0.1, epsilon=None):
     """Batch normalization: statistics per channel over the batch and spatial axes.
@@ -124,32 +155,9 @@ def batchnorm(x, scale, bias, running_mean, running_var, training, act=None, mom
     >>> stats.running_mean, stats.running_var
     (array([0.2, 2. ]), array([ 1.1, 20.9]))
     """
-    fname = "batchnorm"
-    act = activations.get(act)
-    training = resolve_training(fname, training)
-    x = check_array(fname, "x", x, min_ndim=2)
-    scale, bias, running_mean, running_var = _channel_vectors(
-        fname, x, scale=scale, bias=bias, running_mean=running_mean, running_var=running_var
+    return _with_running_stats(
+        "batchnorm", x, scale, bias, running_mean, running_var, training, act, momentum, epsilon, min_ndim=2
     )
-    per_channel = math.prod(x.shape[:1] + x.shape[2:])
-    _check_running(fname, x, running_mean, running_var, training, per_channel)
-    momentum = _momentum(fname, momentum)
-    x, scale, bias, running_mean, running_var = promote(x, scale, bias, running_mean, running_var)
-    epsilon = _epsilon(fname, epsilon, x.dtype)
-    y, stats = run(
-        "batchnorm",
-        (x, scale, bias, running_mean, running_var),
-        act=act,
-        x=x,
-        scale=scale,
-        bias=bias,
-        running_mean=running_mean,
-        running_var=running_var,
-        training=training,
-        momentum=momentum,
-        epsilon=epsilon,
-    )
-    return y, _stats(stats)
 
 
 @public_op
@@ -243,31 +251,9 @@ def instancenorm(
     >>> stats is None
     True
     """
-    fname = "instancenorm"
-    act = activations.get(act)
-    training = resolve_training(fname, training)
-    x = check_array(fname, "x", x, min_ndim=3)
-    scale, bias, running_mean, running_var = _channel_vectors(
-        fname, x, scale=scale, bias=bias, running_mean=running_mean, running_var=running_var
+    return _with_running_stats(
+        "instancenorm", x, scale, bias, running_mean, running_var, training, act, momentum, epsilon, min_ndim=3
     )
-    _check_running(fname, x, running_mean, running_var, training, math.prod(x.shape[2:]))
-    momentum = _momentum(fname, momentum)
-    x, scale, bias, running_mean, running_var = promote(x, scale, bias, running_mean, running_var)
-    epsilon = _epsilon(fname, epsilon, x.dtype)
-    y, stats = run(
-        "instancenorm",
-        (x, scale, bias, running_mean, running_var),
-        act=act,
-        x=x,
-        scale=scale,
-        bias=bias,
-        running_mean=running_mean,
-        running_var=running_var,
-        training=training,
-        momentum=momentum,
-        epsilon=epsilon,
-    )
-    return y, _stats(stats)
 
 
 def _axes(fname, x, dims):
