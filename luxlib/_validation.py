@@ -4,6 +4,7 @@ import numpy as np
 
 __all__ = [
     "array_namespace",
+    "check_act",
     "check_array",
     "check_shape",
     "promote",
@@ -59,6 +60,16 @@ def check_array(fname, argname, x, *, ndim=None, min_ndim=None, allow_none=False
             f"{fname}: {argname} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
         )
     return x
+
+
+def check_act(fname, act):
+    """``activations.get(act)``, its errors prefixed with the function and argument."""
+    from . import activations
+
+    try:
+        return activations.get(act)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fname}: act: {exc}") from None
 
 
 def check_shape(fname, argname, x, expected, what=""):

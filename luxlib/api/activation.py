@@ -1,13 +1,12 @@
 """``fast_activation`` and ``fast_activation_``."""
 
-from .. import activations
 from .._autodiff import public_op
 from .._dispatch import run
-from .._validation import check_array
+from .._validation import check_act, check_array
 
 
 def _check(fname, act, x):
-    return activations.get(act), check_array(fname, "x", x)
+    return check_act(fname, act), check_array(fname, "x", x)
 
 
 @public_op

@@ -1,13 +1,12 @@
 """``bias_activation`` and ``bias_activation_``."""
 
-from .. import activations
 from .._autodiff import public_op
 from .._dispatch import run
-from .._validation import check_array, check_shape, promote
+from .._validation import check_act, check_array, check_shape, promote
 
 
 def _check(fname, act, x, bias):
-    act = activations.get(act)
+    act = check_act(fname, act)
     x = check_array(fname, "x", x)
     bias = check_array(fname, "bias", bias, allow_none=True)  # its shape, rank included, below
     if bias is not None:

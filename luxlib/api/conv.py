@@ -2,10 +2,9 @@
 
 import operator
 
-from .. import activations
 from .._autodiff import public_op
 from .._dispatch import run
-from .._validation import check_array, check_shape, promote
+from .._validation import check_act, check_array, check_shape, promote
 
 _NAME = "fused_conv_bias_activation"
 _PADDING_STRINGS = ("valid", "same")
@@ -218,7 +217,7 @@ class ConvDims:
 
 
 def _check(act, weight, x, bias, cdims):
-    act = activations.get(act)
+    act = check_act(_NAME, act)
     weight = check_array(_NAME, "weight", weight)
     x = check_array(_NAME, "x", x)
     bias = check_array(_NAME, "bias", bias, ndim=1, allow_none=True)

@@ -1,15 +1,14 @@
 """``fused_dense_bias_activation``."""
 
-from .. import activations
 from .._autodiff import public_op
 from .._dispatch import run
-from .._validation import check_array, check_shape, promote
+from .._validation import check_act, check_array, check_shape, promote
 
 _NAME = "fused_dense_bias_activation"
 
 
 def _check(act, weight, x, bias):
-    act = activations.get(act)
+    act = check_act(_NAME, act)
     weight = check_array(_NAME, "weight", weight, ndim=2)
     x = check_array(_NAME, "x", x, min_ndim=1)
     if x.ndim > 2:

@@ -9,10 +9,9 @@ import numbers
 import operator
 from collections import namedtuple
 
-from .. import activations
 from .._autodiff import public_op
 from .._dispatch import run
-from .._validation import check_array, check_shape, promote, resolve_epsilon, resolve_training
+from .._validation import check_act, check_array, check_shape, promote, resolve_epsilon, resolve_training
 
 __all__ = ["NormStats", "batchnorm", "groupnorm", "instancenorm", "layernorm"]
 
@@ -81,7 +80,7 @@ def _stats(stats):
 def _with_running_stats(fname, x, scale, bias, running_mean, running_var, training, act, momentum, epsilon,
                         min_ndim):
     """Validate and run batchnorm or instancenorm (same arguments, different statistics axes)."""
-    act = activations.get(act)
+    act = check_act(fname, act)
     training = resolve_training(fname, training)
     x = check_array(fname, "x", x, min_ndim=min_ndim)
     scale, bias, running_mean, running_var = _channel_vectors(
@@ -192,7 +191,7 @@ def groupnorm(x, scale, bias, groups, act=None, epsilon=None):
     array([[-1.,  1., -1.,  1.]])
     """
     fname = "groupnorm"
-    act = activations.get(act)
+    act = check_act(fname, act)
     x = check_array(fname, "x", x, min_ndim=2)
     scale, bias = _channel_vectors(fname, x, scale=scale, bias=bias)
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
@@ -332,7 +331,7 @@ def layernorm(x, scale, bias, act=None, dims=ALL_BUT_BATCH, epsilon=None):
            [-1.,  2.]])
     """
     fname = "layernorm"
-    act = activations.get(act)
+    act = check_act(fname, act)
     x = check_array(fname, "x", x, min_ndim=1)
     scale = check_array(fname, "scale", scale, allow_none=True)
     bias = check_array(fname, "bias", bias, allow_none=True)
