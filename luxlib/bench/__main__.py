@@ -19,6 +19,8 @@ def _parser():
     add("--quick", action="store_true", help="tiny shapes and 3 repeats (smoke test; numbers meaningless)")
     add("--filter", metavar="SUBSTR", help="only cases whose 'family name' contains SUBSTR (case-insensitive)")
     add("--repeats", type=int, metavar="N", help="timed calls per contender (default 7, --quick 3)")
+    add("--pause", type=float, metavar="S", help="seconds of sleep before each timed call, so the previous "
+        "contender's spinning BLAS/OpenMP threads go idle (default 0.1, --quick 0)")
     add("--threads", type=int, metavar="N", help="threads for luxlib, BLAS and torch (default: luxlib's count)")
     add("--json", default="bench_results.json", metavar="PATH", help="results file (default %(default)s)")
     add("--png", metavar="PATH", help="bar chart of the ratios (skipped when matplotlib is not importable)")
@@ -47,10 +49,14 @@ def main(argv=None):
     if args.repeats is not None and args.repeats < 1 or args.threads is not None and args.threads < 1:
         print("python -m luxlib.bench: --repeats and --threads must be at least 1", file=sys.stderr)
         return 1
+    if args.pause is not None and args.pause < 0:
+        print("python -m luxlib.bench: --pause must not be negative", file=sys.stderr)
+        return 1
     result = run(
         cases,
         quick=args.quick,
         repeats=args.repeats,
+        pause=(0.0 if args.quick else 0.1) if args.pause is None else args.pause,
         threads=args.threads,
         on_start=lambda head: print(report.header(head), flush=True),
         on_case=lambda record: print(report.rows(record), flush=True),

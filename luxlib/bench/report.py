@@ -28,7 +28,8 @@ def header(head):
     m, s = head["machine"], head["settings"]
     lines = [
         f"luxlib {m['luxlib']} vs torch {m['torch'] or '(not importable)'} vs NumPy {m['numpy']}, float32, "
-        f"{s['threads']} threads, median of {s['repeats']} interleaved repeats after {s['warmup']} warm-up"
+        f"{s['threads']} threads, median of {s['repeats']} interleaved repeats after {s['warmup']} warm-up, "
+        f"{s.get('pause_s', 0):g} s pause before each"
         + (" [--quick: tiny shapes, numbers meaningless]" if s["quick"] else ""),
         f"CPU: {m['cpu_model']} ({m['usable_cores']} usable cores; {' '.join(m['cpu_simd'])})",
         f"copy bandwidth: {head['copy_bandwidth_gbs']:.1f} GB/s ({head['copy_bandwidth_method']})",

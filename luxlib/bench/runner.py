@@ -112,9 +112,9 @@ def rel_diff(out, ref):
     return worst
 
 
-def _mode(case, contenders, mode, amount, repeats, warmup, copy_gbs):
+def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs):
     funcs = {who: getattr(c, mode) for who, c in contenders.items() if getattr(c, mode) is not None}
-    times, first, failed = interleaved(funcs, repeats, warmup)
+    times, first, failed = interleaved(funcs, repeats, warmup, pause)
     median = {who: statistics.median(t) for who, t in times.items()}
     rate = {who: amount / t / 1e9 for who, t in median.items()}
     result = {
@@ -138,7 +138,7 @@ def _mode(case, contenders, mode, amount, repeats, warmup, copy_gbs):
     return result
 
 
-def run_case(case, *, quick, repeats, warmup, copy_gbs, torch=None):
+def run_case(case, *, quick, repeats, warmup, copy_gbs, pause=0.0, torch=None):
     """Time one case; returns its JSON record (``skipped`` says why when it did not run)."""
     record = {"name": case.name, "family": case.family, "dtype": "float32"}
     record.update(metric=case.metric, formula=case.formula)
@@ -158,7 +158,7 @@ def run_case(case, *, quick, repeats, warmup, copy_gbs, torch=None):
             record.setdefault("failed", {})[who] = f"{type(exc).__name__}: {exc}"
     amounts = case.amount(a)
     record["modes"] = {
-        mode: _mode(case, contenders, mode, amount, repeats, warmup, copy_gbs) for mode, amount in zip(MODES, amounts)
+        mode: _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs) for mode, amount in zip(MODES, amounts)
     }
     del a, contenders
     gc.collect()
@@ -181,7 +181,7 @@ def summarize(records):
     }
 
 
-def run(cases, *, quick=False, repeats=None, warmup=1, threads=None, on_case=None, on_start=None):
+def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, on_case=None, on_start=None):
     """Benchmark ``cases``; return the full JSON-able record.
 
     ``on_start(header)`` is called with the settings and machine record before the
@@ -193,7 +193,10 @@ def run(cases, *, quick=False, repeats=None, warmup=1, threads=None, on_case=Non
     records = []
     with threads_set_to(threads, torch):
         header = {
-            "settings": {"quick": quick, "repeats": repeats, "warmup": warmup, "threads": threads, "device": "cpu"},
+            "settings": {
+                "quick": quick, "repeats": repeats, "warmup": warmup, "pause_s": pause, "threads": threads,
+                "device": "cpu",
+            },
             "machine": machine_info(threads, torch),
             "copy_bandwidth_gbs": copy_bandwidth(16 * 2**20 if quick else 256 * 2**20, 3 if quick else 5),
             "copy_bandwidth_method": (
@@ -205,7 +208,8 @@ def run(cases, *, quick=False, repeats=None, warmup=1, threads=None, on_case=Non
             on_start(header)
         for case in cases:
             record = run_case(
-                case, quick=quick, repeats=repeats, warmup=warmup, copy_gbs=header["copy_bandwidth_gbs"], torch=torch
+                case, quick=quick, repeats=repeats, warmup=warmup, pause=pause, copy_gbs=header["copy_bandwidth_gbs"],
+                torch=torch,
             )
             records.append(record)
             if on_case is not None:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 
-def interleaved(funcs, repeats, warmup=1):
+def interleaved(funcs, repeats, warmup=1, pause=0.0):
     """Time zero-argument callables round-robin, so drift hits every contender alike.
 
     Parameters
@@ -19,6 +19,10 @@ def interleaved(funcs, repeats, warmup=1):
         that no contender always runs first (right after another one's cache traffic).
     warmup : int
         Untimed rounds first (at least one: its outputs are returned for checking).
+    pause : float
+        Seconds to sleep before each timed call, so that the worker threads of the
+        previous contender's thread pools (OpenBLAS, each library's OpenMP runtime),
+        which spin for a while after a call, stop competing for the cores.
 
     Returns
     -------
@@ -52,6 +56,8 @@ def interleaved(funcs, repeats, warmup=1):
         for r in range(repeats):
             for k in range(len(live)):
                 name = live[(r + k) % len(live)]
+                if pause:
+                    time.sleep(pause)
                 start = time.perf_counter()
                 funcs[name]()
                 times[name].append(time.perf_counter() - start)
