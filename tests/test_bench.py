@@ -42,7 +42,9 @@ def test_quick_run_writes_machine_and_settings(quick):
     assert m["cpu_model"] and m["usable_cores"] >= 1 and m["threads"] >= 1
     assert m["numpy"] == np.__version__ and m["luxlib"] == luxlib.__version__
     assert (m["torch"] is not None) == HAS_TORCH
-    assert result["settings"] == {"quick": True, "repeats": 3, "warmup": 1, "threads": m["threads"], "device": "cpu"}
+    assert result["settings"] == {
+        "quick": True, "repeats": 3, "warmup": 1, "pause_s": 0.0, "threads": m["threads"], "device": "cpu"
+    }
     assert result["copy_bandwidth_gbs"] > 0 and "np.copyto" in result["copy_bandwidth_method"]
     assert "copy bandwidth" in out and "geometric mean of luxlib/torch" in out
 
@@ -200,3 +202,10 @@ def test_numpy_composition_stays_float32(case):
     numpy = case.contender("numpy", case.arrays(quick=True))
     outputs = (numpy.forward(),) + tuple(numpy.forward_backward())
     assert all(o.dtype == np.float32 for o in outputs), [o.dtype for o in outputs]
+
+
+def test_pause_sleeps_before_each_timed_call(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr("luxlib.bench.timing.time.sleep", sleeps.append)
+    interleaved({"a": lambda: None, "b": lambda: None}, 3, pause=0.25)
+    assert sleeps == [0.25] * 6  # 2 contenders x 3 timed calls; none before the warm-up
