@@ -131,7 +131,7 @@ class ConvDims:
     >>> cd.output_shape
     (8, 16, 16, 16)
     >>> cd.padding
-    ((1, 1), (1, 1))
+    ((0, 1), (0, 1))
     >>> luxlib.ConvDims((1, 4, 10), (4, 1, 3), padding=((2, 0),), groups=4).output_shape
     (1, 4, 10)
     """
