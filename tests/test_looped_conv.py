@@ -169,6 +169,10 @@ LARGE = {
     "gemm": ((5, 8, 17, 15), (8, 4, 3, 3), dict(padding=1, groups=2, stride=(1, 2))),
     "1x1": ((5, 16, 17, 15), (8, 16, 1, 1), {}),
     "depthwise": ((5, 16, 17, 15), (16, 1, 3, 3), dict(padding=1, groups=16, cross_correlation=False)),
+    # channel multiplier 2, strided and dilated rows (the non-unit-stride row loops)
+    "depthwise-mult-stride": (
+        (3, 7, 29, 31), (14, 1, 3, 3), dict(padding=(2, 1), stride=(1, 2), dilation=(2, 1), groups=7)
+    ),
 }
 
 
@@ -186,10 +190,13 @@ def test_threads(case, dtype, threads):
             assert glue._Plan(w, x, cd).nt == 2
         results.append(compare("gelu", w, x, b, cd, dtype))
     (y1, g1), (y2, g2) = results
-    # y and dx do not depend on the thread count; dweight/dbias only up to rounding
+    # y and dx do not depend on the thread count; dweight/dbias only up to rounding,
+    # except depthwise's dweight (one thread sums each channel over the batch)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(g1[2], g2[2])
     assert_close(g2[1], g1[1], dtype)
+    if case.startswith("depthwise"):
+        np.testing.assert_array_equal(g1[1], g2[1])
 
 
 def test_small_input_runs_serially():
@@ -284,3 +291,7 @@ def test_kernel_rejects_bad_arguments():
         kernels.gemm_forward(1, 0.0, x, w, b, y, y, np.empty((1, 5)), 3, *opts, 1, False, 1)
     with pytest.raises(ValueError, match="do not fit"):
         kernels.gemm_forward(1, 0.0, x, w, b, y[:, :2], y[:, :2], np.empty((1, 18)), 3, *opts, 1, False, 1)
+    dw = np.empty((3, 1, 1, 1, 3))
+    xd, wd, yd = x[:, :1].repeat(3, axis=1), np.ascontiguousarray(w[:, :1]), np.empty((1, 3, 1, 1, 3))
+    with pytest.raises(ValueError, match="workspace"):
+        kernels.depthwise_backward(xd, wd, yd, np.empty_like(xd), dw, np.empty((1, 2)), *opts, False, 1)

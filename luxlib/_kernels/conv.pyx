@@ -15,16 +15,19 @@ Two schemes:
   ``dW_g += dz_tile @ col^T`` into per-thread accumulators added in thread order, and
   ``dcol = W_g^T @ dz_tile`` scattered back into ``dx`` (col2im).
 - Direct depthwise (``depthwise_*``, ``C_in/G == 1``): each output plane is a sum over
-  the taps of a scaled shifted input plane, no workspace.
+  the taps of a scaled shifted input plane; the reverse pass runs per input channel,
+  its ``dx`` planes and its filter gradients in one sweep.
 
-Both schemes visit the input through :func:`_tap`, which walks the output positions of
-one tile for one kernel tap and touches only the in-bounds input samples (padding is
-never materialized). A flipped kernel (true convolution) reads spatial tap ``k-1-t``
-for weight tap ``t``.
+The GEMM scheme visits the input through :func:`_tap` (one tile of output positions,
+any start), the depthwise scheme through :func:`_plane` (whole planes, row by row with
+no division); both touch only the in-bounds input samples (padding is never
+materialized). A flipped kernel (true convolution) reads spatial tap ``k-1-t`` for
+weight tap ``t``.
 
-Threads: samples (GEMM) or planes (depthwise) are spread over threads with a static
-schedule; GEMM regions then need single-threaded BLAS (the caller arranges it). When
-fewer samples than threads exist, the samples run serially and BLAS may thread.
+Threads: samples (GEMM), planes (depthwise forward) or input channels (depthwise
+reverse) are spread over threads with a static schedule; GEMM regions then need
+single-threaded BLAS (the caller arranges it). When fewer samples than threads exist,
+the samples run serially and BLAS may thread.
 """
 
 import numpy as np
@@ -35,6 +38,7 @@ from libc.string cimport memcpy, memset
 
 from ._activation cimport N_ACTIVATIONS, act_forward_n
 from ._blas cimport gemm
+from ._conv cimport lx_conv_plane_d, lx_conv_plane_f
 from ._openmp_helpers cimport num_threads_for
 
 cdef struct Geom:
@@ -52,9 +56,9 @@ cdef struct Geom:
 
 cdef enum Mode:
     GATHER   # seg[p] = x[pos(p)], 0 where out of bounds (im2col)
-    SCATTER  # x[pos(p)] += alpha * seg[p] (col2im, depthwise data gradient)
+    SCATTER  # x[pos(p)] += seg[p] (col2im)
     ACC      # seg[p] += alpha * x[pos(p)] (depthwise forward)
-    DOT      # return sum seg[p] * x[pos(p)] (depthwise filter gradient)
+    GRAD     # dx[pos(p)] += alpha * seg[p], acc[ow(p)] += seg[p] * x[pos(p)] (depthwise reverse)
 
 
 cdef Geom _geom(const Py_ssize_t* xs, const Py_ssize_t* ws, const Py_ssize_t* ys, tuple stride,
@@ -97,25 +101,23 @@ cdef inline Py_ssize_t _end(Py_ssize_t off, Py_ssize_t s, Py_ssize_t n) noexcept
     return 0 if n - 1 - off < 0 else (n - 1 - off) // s + 1
 
 
-cdef double _tap(Mode mode, floating alpha, const floating* x, floating* seg, const Geom* g,
-                 const Py_ssize_t* off, Py_ssize_t p0, Py_ssize_t pc) noexcept nogil:
-    """Apply ``mode`` between one input plane ``x`` (D, H, W) and ``seg``, the values of
-    output positions ``p0 .. p0 + pc`` for one kernel tap with offsets ``off``."""
+cdef void _tap(Mode mode, const floating* x, floating* seg, const Geom* g,
+               const Py_ssize_t* off, Py_ssize_t p0, Py_ssize_t pc) noexcept nogil:
+    """GATHER or SCATTER between one input plane ``x`` (D, H, W) and ``seg``, the values
+    of output positions ``p0 .. p0 + pc`` for one kernel tap with offsets ``off``. The
+    output row ``(od, oh)`` advances incrementally (no division per row)."""
     cdef Py_ssize_t OH = g.outd[1], OW = g.outd[2], IH = g.ind[1], IW = g.ind[2]
     cdef Py_ssize_t sw = g.s[2], offw = off[2]
     cdef Py_ssize_t wlo = _first(offw, sw), whi = min(_end(offw, sw, IW), OW)
-    cdef Py_ssize_t p = p0, end = p0 + pc, r, ow0, ow1, lo, hi, i, di, hi_
+    cdef Py_ssize_t p = p0, end = p0 + pc, ow0 = p0 % OW, ow1, lo, hi, i, di, hi_
+    cdef Py_ssize_t od = p0 // OW // OH, oh = p0 // OW % OH
     cdef const floating* xr
     cdef floating* sr
-    cdef double a4[4]
-    a4[0] = a4[1] = a4[2] = a4[3] = 0
     while p < end:
-        r = p // OW
-        ow0 = p - r * OW
         ow1 = min(OW, ow0 + end - p)
         sr = seg + (p - p0) - ow0  # sr[ow] is the value of output column ow
-        di = (r // OH) * g.s[0] + off[0]
-        hi_ = (r % OH) * g.s[1] + off[1]
+        di = od * g.s[0] + off[0]
+        hi_ = oh * g.s[1] + off[1]
         if 0 <= di < g.ind[0] and 0 <= hi_ < IH:
             lo = min(max(wlo, ow0), ow1)
             hi = max(min(whi, ow1), lo)
@@ -130,36 +132,40 @@ cdef double _tap(Mode mode, floating alpha, const floating* x, floating* seg, co
                         sr[i] = xr[i * sw]
                 for i in range(hi, ow1):
                     sr[i] = 0
-            elif mode == SCATTER:
-                if sw == 1:
-                    for i in range(lo, hi):
-                        (<floating*>xr)[i] += alpha * sr[i]
-                else:
-                    for i in range(lo, hi):
-                        (<floating*>xr)[i * sw] += alpha * sr[i]
-            elif mode == ACC:
-                if sw == 1:
-                    for i in range(lo, hi):
-                        sr[i] += alpha * xr[i]
-                else:
-                    for i in range(lo, hi):
-                        sr[i] += alpha * xr[i * sw]
             elif sw == 1:
-                # four independent partial sums: the loop is latency-bound otherwise
-                for i in range(lo, hi - 3, 4):
-                    a4[0] += sr[i] * xr[i]
-                    a4[1] += sr[i + 1] * xr[i + 1]
-                    a4[2] += sr[i + 2] * xr[i + 2]
-                    a4[3] += sr[i + 3] * xr[i + 3]
-                for i in range(hi - (hi - lo) % 4, hi):
-                    a4[0] += sr[i] * xr[i]
+                for i in range(lo, hi):
+                    (<floating*>xr)[i] += sr[i]
             else:
                 for i in range(lo, hi):
-                    a4[0] += sr[i] * xr[i * sw]
+                    (<floating*>xr)[i * sw] += sr[i]
         elif mode == GATHER:
             memset(sr + ow0, 0, (ow1 - ow0) * sizeof(floating))
         p += ow1 - ow0
-    return (a4[0] + a4[1]) + (a4[2] + a4[3])
+        ow0 = 0
+        oh += 1
+        if oh == OH:
+            oh = 0
+            od += 1
+
+
+cdef void _plane(Mode mode, floating alpha, const floating* x, floating* dx, floating* seg,
+                 floating* acc, const Geom* g, const Py_ssize_t* off) noexcept nogil:
+    """ACC or GRAD between input plane ``x`` (D, H, W) (and its gradient ``dx``) and a
+    whole output plane ``seg`` for one kernel tap with offsets ``off``; ``acc`` has one
+    entry per output column. Only the in-bounds rectangle of output positions is walked,
+    row by row (``lx_conv_plane_*``: one vectorized loop per row, no division)."""
+    cdef Py_ssize_t lo[3]
+    cdef Py_ssize_t hi[3]
+    cdef int a
+    for a in range(3):
+        lo[a] = _first(off[a], g.s[a])
+        hi[a] = max(min(_end(off[a], g.s[a], g.ind[a]), g.outd[a]), lo[a])
+    if floating is float:
+        lx_conv_plane_f(mode == GRAD, alpha, x, dx, seg, acc, lo, hi, g.s, off, g.outd[1],
+                        g.outd[2], g.ind[1], g.ind[2])
+    else:
+        lx_conv_plane_d(mode == GRAD, alpha, x, dx, seg, acc, lo, hi, g.s, off, g.outd[1],
+                        g.outd[2], g.ind[1], g.ind[2])
 
 
 cdef void _cols(Mode mode, const floating* x, floating* col, const Geom* g,
@@ -171,7 +177,7 @@ cdef void _cols(Mode mode, const floating* x, floating* col, const Geom* g,
     for t in range(g.K):
         _offsets(g, t, off)
         for c in range(g.Cg):
-            _tap(mode, <floating>1, x + c * g.S, col + (c * g.K + t) * pc, g, off, p0, pc)
+            _tap(mode, x + c * g.S, col + (c * g.K + t) * pc, g, off, p0, pc)
 
 
 cdef inline void _epilogue(int act, floating p, floating* z, const floating* bias,
@@ -251,40 +257,39 @@ cdef void _gemm_backward_sample(const floating* x, const floating* w, const floa
 cdef void _dw_forward_plane(int act, floating p, const floating* x, const floating* w,
                             const floating* bias, floating* z, floating* y,
                             const Geom* g) noexcept nogil:
-    """One output plane (``w``: its K taps, ``x``: its input plane)."""
-    cdef Py_ssize_t t
+    """One output plane (``w``: its K taps, ``x``: its input plane); starts from the bias."""
+    cdef Py_ssize_t t, i
     cdef Py_ssize_t off[3]
-    memset(z, 0, g.P * sizeof(floating))
+    cdef floating b0 = 0 if bias == NULL else bias[0]
+    for i in range(g.P):
+        z[i] = b0
     for t in range(g.K):
         _offsets(g, t, off)
-        _tap(ACC, w[t], x, z, g, off, 0, g.P)
-    _epilogue(act, p, z, bias, y, 1, g.P, g.P)
+        _plane(ACC, w[t], x, NULL, z, NULL, g, off)
+    _epilogue(act, p, z, NULL, y, 1, g.P, g.P)
 
 
-cdef void _dw_data_plane(const floating* w, const floating* dz, floating* dx,
-                         const Geom* g) noexcept nogil:
-    """``dx`` of one input plane from the Cog output planes it feeds."""
-    cdef Py_ssize_t m, t
-    cdef Py_ssize_t off[3]
-    memset(dx, 0, g.S * sizeof(floating))
-    for m in range(g.Cog):
-        for t in range(g.K):
-            _offsets(g, t, off)
-            _tap(SCATTER, w[m * g.K + t], dx, <floating*>dz + m * g.P, g, off, 0, g.P)
-
-
-cdef void _dw_filter_plane(const floating* x, const floating* dz, floating* dw, Py_ssize_t N,
-                           const Geom* g) noexcept nogil:
-    """The K taps of one output channel, summed over the batch (``x``/``dz``: sample 0)."""
-    cdef Py_ssize_t n, t
+cdef void _dw_backward_channel(const floating* x, const floating* w, const floating* dz,
+                               floating* dx, floating* dw, floating* acc, Py_ssize_t N,
+                               const Geom* g) noexcept nogil:
+    """One input channel: its ``dx`` planes and the taps of the Cog output channels it
+    feeds, summed over the batch in order (``x``/``dx``/``dz``: sample 0's planes,
+    ``acc``: ``Cog*K*OW`` per-column partial sums of the filter gradient)."""
+    cdef Py_ssize_t n, m, t, i, OW = g.outd[2]
     cdef Py_ssize_t off[3]
     cdef double s
-    for t in range(g.K):
-        _offsets(g, t, off)
+    memset(acc, 0, g.Cog * g.K * OW * sizeof(floating))
+    for n in range(N):
+        memset(dx + n * g.C * g.S, 0, g.S * sizeof(floating))
+        for m in range(g.Cog):
+            for t in range(g.K):
+                _offsets(g, t, off)
+                _plane(GRAD, w[m * g.K + t], x + n * g.C * g.S, dx + n * g.C * g.S,
+                       <floating*>dz + (n * g.Co + m) * g.P, acc + (m * g.K + t) * OW, g, off)
+    for t in range(g.Cog * g.K):
         s = 0
-        for n in range(N):
-            s += _tap(DOT, <floating>1, x + n * g.C * g.S, <floating*>dz + n * g.Co * g.P,
-                      g, off, 0, g.P)
+        for i in range(OW):
+            s += acc[t * OW + i]
         dw[t] = <floating>s
 
 
@@ -407,22 +412,28 @@ def depthwise_forward(int act, double p, const floating[:, :, :, :, ::1] x,
 
 def depthwise_backward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
                        const floating[:, :, :, :, ::1] dz, floating[:, :, :, :, ::1] dx,
-                       floating[:, :, :, :, ::1] dw, tuple stride, tuple dilation, tuple lo,
-                       bint flip, int nt):
-    """``dx`` (parallel over input planes) and ``dw`` (parallel over output channels,
-    summed over the batch in order: identical for every thread count)."""
+                       floating[:, :, :, :, ::1] dw, floating[:, ::1] ws, tuple stride,
+                       tuple dilation, tuple lo, bint flip, int nt):
+    """``dx`` and ``dw``, parallel over input channels; each channel sums its filter
+    gradient over the batch in order (identical for every thread count). ``ws`` is
+    ``(nt, (C_out/C_in)*K*OW)``, per-thread partial sums."""
     cdef Geom g = _geom(x.shape, w.shape, dz.shape, stride, dilation, lo, x.shape[1], flip)
-    cdef Py_ssize_t N = x.shape[0], u, n, c
+    cdef Py_ssize_t N = x.shape[0], c, wst = ws.shape[1]
+    if ws.shape[0] < nt or wst < g.Cog * g.K * g.outd[2]:
+        raise ValueError(f"conv kernels: workspace {ws.shape[0], ws.shape[1]} too small")
     cdef const floating* px = &x[0, 0, 0, 0, 0]
     cdef const floating* pw = &w[0, 0, 0, 0, 0]
     cdef const floating* pdz = &dz[0, 0, 0, 0, 0]
     cdef floating* pdx = &dx[0, 0, 0, 0, 0]
     cdef floating* pdw = &dw[0, 0, 0, 0, 0]
+    cdef floating* pws = &ws[0, 0]
     with nogil:
-        for u in prange(N * g.C, num_threads=nt, schedule="static"):
-            n = u // g.C
-            c = u % g.C
-            _dw_data_plane(pw + c * g.Cog * g.K, pdz + (n * g.Co + c * g.Cog) * g.P,
-                           pdx + u * g.S, &g)
-        for c in prange(g.Co, num_threads=nt, schedule="static"):
-            _dw_filter_plane(px + (c // g.Cog) * g.S, pdz + c * g.P, pdw + c * g.K, N, &g)
+        if nt == 1:
+            for c in range(g.C):
+                _dw_backward_channel(px + c * g.S, pw + c * g.Cog * g.K, pdz + c * g.Cog * g.P,
+                                     pdx + c * g.S, pdw + c * g.Cog * g.K, pws, N, &g)
+        else:
+            for c in prange(g.C, num_threads=nt, schedule="static"):
+                _dw_backward_channel(px + c * g.S, pw + c * g.Cog * g.K, pdz + c * g.Cog * g.P,
+                                     pdx + c * g.S, pdw + c * g.Cog * g.K,
+                                     pws + threadid() * wst, N, &g)

@@ -52,8 +52,9 @@ class _Plan:
         taps = int(np.prod(weight.shape[1:]))  # Cg * K
         positions = int(np.prod(self.y5[2:]))
         macs = n * weight.shape[0] * positions * taps
-        # depthwise: parallel over (sample, channel) planes; gemm: over samples
-        self.nt = kernels.threads(macs, n * weight.shape[0] if self.depthwise else n)
+        # depthwise: parallel over (sample, channel) planes forward, input channels in
+        # reverse (there are fewer of those); gemm: over samples
+        self.nt = kernels.threads(macs, c if self.depthwise else n)
         self.pc = max(1, min(positions, _TILE_BYTES // (taps * x.dtype.itemsize)))
         one_by_one = (
             taps == weight.shape[1]
@@ -84,7 +85,10 @@ class _Plan:
         dx = np.empty_like(self.x)
         dw = np.empty_like(self.w)
         if self.depthwise:
-            kernels.depthwise_backward(self.x, self.w, dz, dx, dw, *self.options, self.flip, self.nt)
+            ws = np.empty((self.nt, self.w.shape[0] // self.groups * int(np.prod(self.w.shape[2:]))
+                           * dz.shape[-1]), self.x.dtype)
+            kernels.depthwise_backward(self.x, self.w, dz, dx, dw, ws, *self.options, self.flip,
+                                       self.nt)
         else:
             ws = np.empty((self.nt, 2 * self.tile), self.x.dtype)
             dwacc = np.empty((self.nt, self.w.size), self.x.dtype)
