@@ -22,7 +22,9 @@ The backward pass is closed-form, with ``g = dy * act'`` and ``h = g * scale``:
 ``rstd * h`` (given statistics). Pass 1 writes ``g`` into ``dx`` and reduces
 ``sum(h)``, ``sum(h * xhat)`` per unit and ``sum(g)``, ``sum(g * xhat)`` per run (or
 per affine element, in per-thread float64 rows added in thread order); pass 2
-rewrites ``dx``.
+rewrites ``dx``. ``act'`` is taken from ``z`` (and ``y = act(z)`` for output-only
+activations) recomputed per block from ``x``, which pass 1 reads anyway: bitwise the
+forward's values, and one array less to read than a stored ``y``.
 """
 
 import numpy as np
@@ -80,74 +82,191 @@ cdef inline Py_ssize_t _run(const Geom* g, Py_ssize_t q, Py_ssize_t k, Py_ssize_
     return g.lastlen if k == g.nruns - 1 else g.runlen
 
 
-# ---- reductions: 8 independent float64 partial sums (vectorizable, fixed order) ----
+# ---- leaf loops in C, compiled per instruction set ---------------------------------
+# The module itself is built for baseline x86-64 (SSE2: two float64 lanes, and every
+# float32 -> float64 conversion costs an instruction per two elements); these loops carry
+# LX_CLONES (_fastmath.pxd) so AVX-512 / AVX2+FMA machines get their own versions.
+# Reductions keep LXN_LANES independent float64 partial sums (GCC vectorizes a reduction
+# only over explicit lanes: no reassociation without -ffast-math), combined pairwise in a
+# fixed order, so a result depends on the data and the instruction set only.
 
-cdef inline double _combine(const double* acc) noexcept nogil:
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+cdef extern from *:
+    """
+    #define LXN_LANES 32
+    /* the < LXN_LANES tail elements go to the last lane: indexing lanes by a running */
+    /* tail index kept the accumulators in memory and the main loop scalar */
+
+    LX_INLINE double lxn_combine(double* acc) {
+        for (int w = LXN_LANES / 2; w > 0; w /= 2)
+            for (int k = 0; k < w; k++)
+                acc[k] += acc[k + w];
+        return acc[0];
+    }
+
+    /* lxn_sum_g's loop, with GV(j) the j-th float64 term of g (* w). Each step */
+    /* converts its lanes into v, d first: written as one expression, GCC 12 */
+    /* vectorizes the sum of v but keeps the v * (x - m) chain scalar */
+    #define LXN_G1(j) ((double)g[j])
+    #define LXN_GW(j) (g[j] * (double)w[j])
+    #define LXN_SUM_G_LOOP(GV) \\
+        for (i = 0; i < nl; i += LXN_LANES) { \\
+            for (k = 0; k < LXN_LANES; k++) { v[k] = GV(i + k); d[k] = x[i + k] - m; } \\
+            for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
+        } \\
+        for (i = nl; i < n; i++) { \\
+            v[0] = GV(i); acc[LXN_LANES - 1] += v[0]; accx[LXN_LANES - 1] += v[0] * (x[i] - m); }
+
+    /* lxn_dx computes h - hm with h rounded first, so a group of one element gives */
+    /* exactly 0: no fused multiply-add there (GCC contracts across statements */
+    /* unless told, clang within an expression) */
+    #if defined(__clang__)
+        #define LXN_NO_CONTRACT
+        #define LXN_NO_CONTRACT_BODY _Pragma("clang fp contract(off)")
+    #elif defined(__GNUC__)
+        #define LXN_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+        #define LXN_NO_CONTRACT_BODY
+    #else
+        #define LXN_NO_CONTRACT
+        #define LXN_NO_CONTRACT_BODY
+    #endif
+
+    #define LXN_DEFINE(T, S) \\
+    /* sum(x) */ \\
+    static LX_CLONES double lxn_sum_##S(const T* x, ptrdiff_t n) { \\
+        double acc[LXN_LANES] = {0}; \\
+        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
+        for (i = 0; i < nl; i += LXN_LANES) \\
+            for (k = 0; k < LXN_LANES; k++) acc[k] += x[i + k]; \\
+        for (i = nl; i < n; i++) acc[LXN_LANES - 1] += x[i]; \\
+        return lxn_combine(acc); \\
+    } \\
+    /* sum((x - m)^2) */ \\
+    static LX_CLONES double lxn_sum_sq_dev_##S(const T* x, ptrdiff_t n, double m) { \\
+        double acc[LXN_LANES] = {0}, d; \\
+        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
+        for (i = 0; i < nl; i += LXN_LANES) \\
+            for (k = 0; k < LXN_LANES; k++) { d = x[i + k] - m; acc[k] += d * d; } \\
+        for (i = nl; i < n; i++) { d = x[i] - m; acc[LXN_LANES - 1] += d * d; } \\
+        return lxn_combine(acc); \\
+    } \\
+    /* s += sum(g * w), sx += sum(g * w * (x - m)); w NULL means 1 */ \\
+    static LX_CLONES void lxn_sum_g_##S(const T* g, const T* w, const T* x, ptrdiff_t n, \\
+                                        double m, double* s, double* sx) { \\
+        double acc[LXN_LANES] = {0}, accx[LXN_LANES] = {0}, v[LXN_LANES], d[LXN_LANES]; \\
+        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
+        if (w == NULL) { LXN_SUM_G_LOOP(LXN_G1) } else { LXN_SUM_G_LOOP(LXN_GW) } \\
+        *s += lxn_combine(acc); \\
+        *sx += lxn_combine(accx); \\
+    } \\
+    /* cg[i] += g[i], cgx[i] += g[i] * ((x[i] - m) * r) */ \\
+    static LX_CLONES void lxn_cols_##S(const T* g, const T* x, ptrdiff_t n, double m, \\
+                                       double r, double* restrict cg, double* restrict cgx) { \\
+        for (ptrdiff_t i = 0; i < n; i++) { \\
+            double v = g[i]; cg[i] += v; cgx[i] += v * ((x[i] - m) * r); } \\
+    } \\
+    /* z = (x - m) * r * sc + bias, per element (vec) or sc[0], bias[0] */ \\
+    static LX_CLONES void lxn_affine_##S(const T* x, const T* sc, const T* bias, \\
+                                         T* restrict z, ptrdiff_t n, T m, T r, int vec) { \\
+        ptrdiff_t i; \\
+        if (vec) { \\
+            for (i = 0; i < n; i++) z[i] = (x[i] - m) * r * sc[i] + bias[i]; \\
+        } else { \\
+            T a = r * sc[0], b = bias[0]; \\
+            for (i = 0; i < n; i++) z[i] = (x[i] - m) * a + b; \\
+        } \\
+    } \\
+    /* d = h * r with h = d * (sc[i] or s) (given statistics), or */ \\
+    /* d = (h - hm) * r - (x - m) * cc (batch statistics) */ \\
+    static LX_CLONES LXN_NO_CONTRACT void lxn_dx_##S(T* d, const T* x, const T* sc, T s, \\
+                                                     ptrdiff_t n, T hm, T r, T m, T cc, \\
+                                                     int batch) { \\
+        LXN_NO_CONTRACT_BODY \\
+        ptrdiff_t i; \\
+        if (!batch) { \\
+            if (sc) for (i = 0; i < n; i++) d[i] = d[i] * sc[i] * r; \\
+            else for (i = 0; i < n; i++) d[i] = d[i] * s * r; \\
+        } else if (sc) { \\
+            for (i = 0; i < n; i++) d[i] = (d[i] * sc[i] - hm) * r - (x[i] - m) * cc; \\
+        } else { \\
+            for (i = 0; i < n; i++) d[i] = (d[i] * s - hm) * r - (x[i] - m) * cc; \\
+        } \\
+    }
+
+    LXN_DEFINE(float, f)
+    LXN_DEFINE(double, d)
+    """
+    double lxn_sum_f(const float* x, Py_ssize_t n) nogil
+    double lxn_sum_d(const double* x, Py_ssize_t n) nogil
+    double lxn_sum_sq_dev_f(const float* x, Py_ssize_t n, double m) nogil
+    double lxn_sum_sq_dev_d(const double* x, Py_ssize_t n, double m) nogil
+    void lxn_sum_g_f(const float* g, const float* w, const float* x, Py_ssize_t n, double m,
+                     double* s, double* sx) nogil
+    void lxn_sum_g_d(const double* g, const double* w, const double* x, Py_ssize_t n, double m,
+                     double* s, double* sx) nogil
+    void lxn_cols_f(const float* g, const float* x, Py_ssize_t n, double m, double r, double* cg,
+                    double* cgx) nogil
+    void lxn_cols_d(const double* g, const double* x, Py_ssize_t n, double m, double r, double* cg,
+                    double* cgx) nogil
+    void lxn_affine_f(const float* x, const float* sc, const float* bias, float* z, Py_ssize_t n,
+                      float m, float r, bint vec) nogil
+    void lxn_affine_d(const double* x, const double* sc, const double* bias, double* z,
+                      Py_ssize_t n, double m, double r, bint vec) nogil
+    void lxn_dx_f(float* d, const float* x, const float* sc, float s, Py_ssize_t n, float hm,
+                  float r, float m, float cc, bint batch) nogil
+    void lxn_dx_d(double* d, const double* x, const double* sc, double s, Py_ssize_t n, double hm,
+                  double r, double m, double cc, bint batch) nogil
 
 
 cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef double acc[8]
-    cdef Py_ssize_t i, k, n8 = n - n % 8
-    for k in range(8):
-        acc[k] = 0
-    for i in range(0, n8, 8):
-        for k in range(8):
-            acc[k] += x[i + k]
-    for i in range(n8, n):
-        acc[i - n8] += x[i]
-    return _combine(acc)
+    if floating is float:
+        return lxn_sum_f(x, n)
+    else:
+        return lxn_sum_d(x, n)
 
 
 cdef inline double _sum_sq_dev(const floating* x, Py_ssize_t n, double m) noexcept nogil:
     """``sum((x - m) ** 2)``."""
-    cdef double acc[8]
-    cdef double d
-    cdef Py_ssize_t i, k, n8 = n - n % 8
-    for k in range(8):
-        acc[k] = 0
-    for i in range(0, n8, 8):
-        for k in range(8):
-            d = x[i + k] - m
-            acc[k] += d * d
-    for i in range(n8, n):
-        d = x[i] - m
-        acc[i - n8] += d * d
-    return _combine(acc)
+    if floating is float:
+        return lxn_sum_sq_dev_f(x, n, m)
+    else:
+        return lxn_sum_sq_dev_d(x, n, m)
 
 
 cdef inline void _sum_g(const floating* g, const floating* w, const floating* x, Py_ssize_t n,
                         double m, double* s, double* sx) noexcept nogil:
     """``s += sum(g * w)``, ``sx += sum(g * w * (x - m))``; ``w`` NULL means 1."""
-    cdef double acc[8]
-    cdef double accx[8]
-    cdef double v
-    cdef Py_ssize_t i, k, n8 = n - n % 8
-    for k in range(8):
-        acc[k] = 0
-        accx[k] = 0
-    if w == NULL:
-        for i in range(0, n8, 8):
-            for k in range(8):
-                v = g[i + k]
-                acc[k] += v
-                accx[k] += v * (x[i + k] - m)
-        for i in range(n8, n):
-            v = g[i]
-            acc[i - n8] += v
-            accx[i - n8] += v * (x[i] - m)
+    if floating is float:
+        lxn_sum_g_f(g, w, x, n, m, s, sx)
     else:
-        for i in range(0, n8, 8):
-            for k in range(8):
-                v = g[i + k] * <double>w[i + k]
-                acc[k] += v
-                accx[k] += v * (x[i + k] - m)
-        for i in range(n8, n):
-            v = g[i] * <double>w[i]
-            acc[i - n8] += v
-            accx[i - n8] += v * (x[i] - m)
-    s[0] += _combine(acc)
-    sx[0] += _combine(accx)
+        lxn_sum_g_d(g, w, x, n, m, s, sx)
+
+
+cdef inline void _cols(const floating* g, const floating* x, Py_ssize_t n, double m, double r,
+                       double* cg, double* cgx) noexcept nogil:
+    """``cg[i] += g[i]``, ``cgx[i] += g[i] * (x[i] - m) * r`` (per-element affine sums)."""
+    if floating is float:
+        lxn_cols_f(g, x, n, m, r, cg, cgx)
+    else:
+        lxn_cols_d(g, x, n, m, r, cg, cgx)
+
+
+cdef inline void _affine(const floating* x, const floating* scale, const floating* bias,
+                         floating* z, Py_ssize_t n, floating m, floating r, bint vec) noexcept nogil:
+    """``z = (x - m) * r * scale + bias``: per element (``vec``) or ``scale[0]``, ``bias[0]``."""
+    if floating is float:
+        lxn_affine_f(x, scale, bias, z, n, m, r, vec)
+    else:
+        lxn_affine_d(x, scale, bias, z, n, m, r, vec)
+
+
+cdef inline void _dx(floating* d, const floating* x, const floating* sc, floating s, Py_ssize_t n,
+                     floating hm, floating r, floating m, floating cc, bint batch) noexcept nogil:
+    """``dx`` from ``h = d * (sc[i] if sc else s)``: ``(h - hm) * r - (x - m) * cc`` with
+    ``batch``, else ``h * r``."""
+    if floating is float:
+        lxn_dx_f(d, x, sc, s, n, hm, r, m, cc, batch)
+    else:
+        lxn_dx_d(d, x, sc, s, n, hm, r, m, cc, batch)
 
 
 # ---- per-unit work -----------------------------------------------------------------
@@ -189,21 +308,6 @@ cdef void _merge(const Geom* g, const double* cnt, const double* mean, const dou
         gvar[q] = s / n
 
 
-cdef inline void _affine(const floating* x, const floating* scale, const floating* bias,
-                         floating* z, Py_ssize_t n, floating m, floating r, bint vec) noexcept nogil:
-    """``z = (x - m) * r * scale + bias``: per element (``vec``) or ``scale[0]``, ``bias[0]``."""
-    cdef Py_ssize_t i
-    cdef floating a, b
-    if vec:
-        for i in range(n):
-            z[i] = (x[i] - m) * r * scale[i] + bias[i]
-    else:
-        a = r * scale[0]
-        b = bias[0]
-        for i in range(n):
-            z[i] = (x[i] - m) * a + b
-
-
 cdef void _unit_forward(int act, floating p, const floating* x, const floating* scale,
                         const floating* bias, floating* y, const Geom* g, Py_ssize_t u,
                         double mean, double rstd) noexcept nogil:
@@ -221,23 +325,23 @@ cdef void _unit_forward(int act, floating p, const floating* x, const floating* 
                 act_forward_n(act, p, y + off + b, y + off + b, nb)
 
 
-cdef void _unit_pass1(int act, floating p, const floating* x, const floating* y,
-                      const floating* scale, const floating* bias, const floating* dy,
-                      floating* dx, floating* z, const Geom* g, Py_ssize_t u, double mean,
-                      double rstd, double* run_g, double* run_gx, double* col_g, double* col_gx,
-                      double* usum) noexcept nogil:
+cdef void _unit_pass1(int act, floating p, const floating* x, const floating* scale,
+                      const floating* bias, const floating* dy, floating* dx, floating* z,
+                      const Geom* g, Py_ssize_t u, double mean, double rstd, double* run_g,
+                      double* run_gx, double* col_g, double* col_gx, double* usum) noexcept nogil:
     """``dx = g = dy * act'`` over unit ``u`` and its sums (see the module docstring).
 
-    ``y`` is the output for output-only activations, else NULL (``z`` is recomputed
-    into the ``BLOCK``-long scratch ``z``). ``usum[2u], usum[2u+1]`` receive
+    ``z`` (and ``y = act(z)`` for output-only activations) is recomputed from ``x``
+    into the ``BLOCK``-long scratch ``z``, bitwise as the forward pass computed it:
+    cheaper than reading a stored ``y``. ``usum[2u], usum[2u+1]`` receive
     ``sum(h)``, ``sum(h * (x - mean))``; per-run sums go to ``run_g``/``run_gx``
     (indexed ``offset // runlen``), per-element ones are added into ``col_*``.
     """
-    cdef Py_ssize_t q, k0, k1, k, off, a, n, b, nb, i
+    cdef Py_ssize_t q, k0, k1, k, off, a, n, b, nb
     cdef floating m = <floating>mean, r = <floating>rstd
     cdef const floating* src
     cdef const floating* sc
-    cdef double sh = 0, shx = 0, sg, sgx, v
+    cdef double sh = 0, shx = 0, sg, sgx
     _unit(g, u, &q, &k0, &k1)
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
@@ -248,18 +352,15 @@ cdef void _unit_pass1(int act, floating p, const floating* x, const floating* y,
             sc = scale + a + (b if g.vec else 0)
             if act == 0:
                 src = dy + off + b  # identity: act' = 1 reads nothing meaningful
-            elif y != NULL:
-                src = y + off + b
             else:
                 _affine(x + off + b, sc, bias + a + (b if g.vec else 0), z, nb, m, r, g.vec)
+                if _output_only(act):
+                    act_forward_n(act, p, z, z, nb)
                 src = z
             act_backward_n(act, p, src, dy + off + b, dx + off + b, nb)
             if g.vec:
                 _sum_g(dx + off + b, sc, x + off + b, nb, mean, &sh, &shx)
-                for i in range(nb):
-                    v = dx[off + b + i]
-                    col_g[a + b + i] += v
-                    col_gx[a + b + i] += v * ((x[off + b + i] - mean) * rstd)
+                _cols(dx + off + b, x + off + b, nb, mean, rstd, col_g + a + b, col_gx + a + b)
             else:
                 _sum_g(dx + off + b, <const floating*>NULL, x + off + b, nb, mean, &sg, &sgx)
         if not g.vec:
@@ -280,34 +381,14 @@ cdef void _unit_pass2(const floating* x, const floating* scale, floating* dx, co
 
     ``h - mh`` comes first, unscaled: it cancels exactly where it should (one element).
     """
-    cdef Py_ssize_t q, k0, k1, k, off, a, n, i
+    cdef Py_ssize_t q, k0, k1, k, off, a, n
     cdef floating m = <floating>mean, r = <floating>rstd
-    cdef floating hm = <floating>mh, cc = <floating>(rstd * rstd * rstd * mhx), s
-    cdef floating* d
-    cdef const floating* xs
-    cdef const floating* sc
+    cdef floating hm = <floating>mh, cc = <floating>(rstd * rstd * rstd * mhx)
     _unit(g, u, &q, &k0, &k1)
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
-        d = dx + off
-        xs = x + off
-        if not batch_stats:
-            if g.vec:
-                sc = scale + a
-                for i in range(n):
-                    d[i] = d[i] * sc[i] * r
-            else:
-                s = scale[a]
-                for i in range(n):
-                    d[i] = d[i] * s * r
-        elif g.vec:
-            sc = scale + a
-            for i in range(n):
-                d[i] = (d[i] * sc[i] - hm) * r - (xs[i] - m) * cc
-        else:
-            s = scale[a]
-            for i in range(n):
-                d[i] = (d[i] * s - hm) * r - (xs[i] - m) * cc
+        _dx(dx + off, x + off, scale + a if g.vec else NULL, scale[a], n, hm, r, m, cc,
+            batch_stats)
 
 
 # ---- entry points ----------------------------------------------------------------
@@ -383,21 +464,18 @@ def forward(int act, double p, const floating[::1] x, const floating[::1] scale,
                 _unit_forward(act, fp, px, ps, pb, py, &g, u, mean[u], rstd[u])
 
 
-def backward(int act, double p, const floating[::1] x, const floating[::1] y,
-             const floating[::1] scale, const floating[::1] bias, const floating[::1] dy,
-             floating[::1] dx, const double[::1] mean, const double[::1] var, bint batch_stats,
+def backward(int act, double p, const floating[::1] x, const floating[::1] scale,
+             const floating[::1] bias, const floating[::1] dy, floating[::1] dx, const double[::1] mean, const double[::1] var, bint batch_stats,
              double eps, tuple geom):
     """``dx`` and the affine sums ``(sum(g), sum(g * xhat))``.
 
-    ``y`` is the forward output for output-only activations (None otherwise, and for
-    identity). ``batch_stats``: the statistics came from ``x`` (full rule), else they
+    ``act'`` comes from ``z`` (or ``y``) recomputed from ``x``, so the forward output is
+    not needed. ``batch_stats``: the statistics came from ``x`` (full rule), else they
     were given (``dx = rstd * h``). Returns float64 arrays: one entry per run
     (``offset // runlen``) without ``vec``, one per affine element with it.
     """
     _check(act, dx.shape[0], "dx", x.shape[0])
     _check(act, dy.shape[0], "dy", x.shape[0])
-    if y is not None:
-        _check(act, y.shape[0], "y", x.shape[0])
     cdef Py_ssize_t total = x.shape[0]
     cdef int nt = num_threads_for(total)
     cdef Geom g = _geometry(geom, total, nt)
@@ -415,7 +493,6 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] y,
     scratch_np = np.empty((nt, BLOCK), np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] scratch = scratch_np
     cdef floating fp = <floating>p
-    cdef const floating* py = NULL if y is None else &y[0]
     cdef const floating* px = &x[0]
     cdef const floating* ps = &scale[0]
     cdef const floating* pb = &bias[0]
@@ -432,7 +509,7 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] y,
         if g.nck > 1 or not batch_stats:  # pass 1, group sums, pass 2
             for u in prange(units, num_threads=nt, schedule="static"):
                 t = threadid()
-                _unit_pass1(act, fp, px, py, ps, pb, pdy, pdx, &scratch[t, 0], &g, u,
+                _unit_pass1(act, fp, px, ps, pb, pdy, pdx, &scratch[t, 0], &g, u,
                             mean[u // g.nck], rstd[u // g.nck], prg, prgx,
                             pcol + 2 * t * stride, pcol + (2 * t + 1) * stride, pu)
             if batch_stats:
@@ -451,7 +528,7 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] y,
         else:  # one unit per group: both passes back to back
             for u in prange(units, num_threads=nt, schedule="static"):
                 t = threadid()
-                _unit_pass1(act, fp, px, py, ps, pb, pdy, pdx, &scratch[t, 0], &g, u,
+                _unit_pass1(act, fp, px, ps, pb, pdy, pdx, &scratch[t, 0], &g, u,
                             mean[u], rstd[u], prg, prgx,
                             pcol + 2 * t * stride, pcol + (2 * t + 1) * stride, pu)
                 cnt = _runs_count(&g, 0, g.nruns)

@@ -4,8 +4,8 @@ Glue around :mod:`luxlib._kernels.normalization`: describes each op as groups of
 contiguous runs (the kernel's geometry), copies ``x`` once when it is not
 C-contiguous (layernorm: when its ``axes`` are not a trailing block, to the layout
 where they are), turns the kernel's float64 group statistics into new running
-statistics, and keeps for the backward pass only ``x``, the group statistics, the
-scale/bias vectors and, for output-only activations, ``y``. Same keyword
+statistics, and keeps for the backward pass only ``x``, the group statistics and the
+scale/bias vectors (the kernel recomputes ``z`` and ``y`` from them). Same keyword
 signatures and return/pullback contract as :mod:`luxlib._generic.normalization`.
 """
 
@@ -44,15 +44,14 @@ def _normalize(act, x, scale, bias, geom, epsilon, stats=None):
     return y, mean, var
 
 
-def _backward(act, x, y, scale, bias, mean, var, batch_stats, epsilon, geom):
-    """``pullback(dy) -> (dx, sum(g), sum(g * xhat))``, keeping ``y`` only when it is read."""
+def _backward(act, x, scale, bias, mean, var, batch_stats, epsilon, geom):
+    """``pullback(dy) -> (dx, sum(g), sum(g * xhat))`` (the kernel recomputes ``y``)."""
     x = x.reshape(-1)
-    y = y.reshape(-1) if act.output_only and act.id != 0 else None
 
     def pullback(dy):
         dy = np.ascontiguousarray(dy, x.dtype).reshape(-1)
         dx = np.empty_like(dy)
-        sums = kernels.backward(act.id, _param(act), x, y, scale, bias, dy, dx, mean, var, batch_stats, epsilon, geom)
+        sums = kernels.backward(act.id, _param(act), x, scale, bias, dy, dx, mean, var, batch_stats, epsilon, geom)
         return (dx, *sums)
 
     return pullback
@@ -124,7 +123,7 @@ def _running_norm(per_sample, with_vjp, act, x, scale, bias, running_mean, runni
     out = (y.reshape(x.shape), stats)
     if not with_vjp:
         return out
-    pullback = _backward(act, x, y, sv, bv, mean, var, not given, epsilon, geom)
+    pullback = _backward(act, x, sv, bv, mean, var, not given, epsilon, geom)
     return out, _channel_grads(pullback, x, scale is not None, bias is not None, shape)
 
 
@@ -137,7 +136,7 @@ def _groupnorm(with_vjp, act, x, scale, bias, groups, epsilon):
     y, mean, var = _normalize(act, x, sv, bv, geom, epsilon)
     if not with_vjp:
         return y.reshape(x.shape)
-    pullback = _backward(act, x, y, sv, bv, mean, var, True, epsilon, geom)
+    pullback = _backward(act, x, sv, bv, mean, var, True, epsilon, geom)
     return y.reshape(x.shape), _channel_grads(pullback, x, scale is not None, bias is not None, shape)
 
 
@@ -178,7 +177,7 @@ def _layernorm(with_vjp, act, x, scale, bias, axes, epsilon):
     y = yt.reshape(xt.shape).transpose(inverse)
     if not with_vjp:
         return y
-    pullback = _backward(act, xt, yt, sv, bv, mean, var, True, epsilon, geom)
+    pullback = _backward(act, xt, sv, bv, mean, var, True, epsilon, geom)
     # per-element sums over the rows, shaped like x with the kept axes of length 1
     col_shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
     scale_shape = None if scale is None else scale.shape
