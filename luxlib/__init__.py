@@ -49,6 +49,7 @@ from ._dispatch import (
 )
 from . import _generic  # noqa: F401  (registers the reference implementations)
 from . import _looped  # noqa: F401  (registers the Cython kernels)
+from . import cuda  # noqa: F401  (registers the CUDA kernels; never imports CuPy)
 from ._config import get_num_threads, set_num_threads, show_config
 
 # public ops, one module per family

@@ -1,5 +1,57 @@
-"""CUDA backend (CuPy RawKernels) for ``GPUBroadcastOp``.
+"""The CUDA path (GPUBroadcastOp): CuPy RawKernels of our own, for CuPy arrays.
 
-No CUDA kernels are registered yet: CuPy arrays run on the generic path, which is
-written against the array's own namespace. Importing this package never requires a GPU.
+Importing this package registers the GPU implementations; it never imports CuPy
+(the kernels are compiled on first use, which only happens for CuPy arrays, whose
+owner has CuPy). Families so far: fast_activation/bias_activation (and the in-place
+variants), dropout, alpha_dropout. See doc/cuda.md.
 """
+
+from .._dispatch import register
+from . import _bias_activation, _dropout
+from ._modules import FAMILIES, get_module
+
+__all__ = ["FAMILIES", "get_module"]
+
+
+def _mod(family):
+    return get_module(family)
+
+
+def _fast_forward(act, x):
+    return _bias_activation.forward(_mod("bias_activation"), act, x)
+
+
+def _fast_vjp(act, x):
+    y, pb = _bias_activation.vjp(_mod("bias_activation"), act, x)
+    return y, lambda dy: {"x": pb(dy)["x"]}
+
+
+def _bias_forward(act, x, bias):
+    return _bias_activation.forward(_mod("bias_activation"), act, x, bias)
+
+
+def _bias_vjp(act, x, bias):
+    return _bias_activation.vjp(_mod("bias_activation"), act, x, bias)
+
+
+for _op in ("fast_activation", "fast_activation_"):
+    register(_op, "gpu", forward=_fast_forward, vjp=_fast_vjp, supports=_bias_activation.supports)
+for _op in ("bias_activation", "bias_activation_"):
+    register(_op, "gpu", forward=_bias_forward, vjp=_bias_vjp, supports=_bias_activation.supports)
+
+
+def _dropout_vjp(**kw):
+    return _dropout.dropout_vjp(_mod("dropout"), **kw)
+
+
+def _alpha_forward(**kw):
+    return _dropout.alpha_dropout_forward(_mod("dropout"), **kw)
+
+
+def _alpha_vjp(**kw):
+    return _dropout.alpha_dropout_vjp(_mod("dropout"), **kw)
+
+
+register("dropout", "gpu", forward=lambda **kw: _dropout_vjp(**kw)[0], vjp=_dropout_vjp,
+         supports=_dropout.supports)
+register("alpha_dropout", "gpu", forward=_alpha_forward, vjp=_alpha_vjp, supports=_dropout.supports)

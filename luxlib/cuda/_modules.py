@@ -1,0 +1,115 @@
+"""Kernel sources and their lazily compiled CuPy modules.
+
+Each op family has one ``.cu`` file in this package (shipped as package data),
+compiled on first use into one ``cupy.RawModule`` holding every kernel of the
+family for float, double and __half (``name_expressions``). Nothing here imports
+CuPy at import time.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+
+__all__ = [
+    "COMPILE_OPTIONS",
+    "FAMILIES",
+    "TYPES",
+    "acc_scalar",
+    "compile_options",
+    "get_module",
+    "grid_1d",
+    "kernel_name",
+    "name_expressions",
+    "read_source",
+    "source_dir",
+]
+
+#: family -> (file, kernel templates)
+FAMILIES = {
+    "bias_activation": (
+        "bias_activation.cu",
+        ("bias_act_forward", "bias_act_backward", "bias_act_backward_db", "bias_act_backward_db_rows"),
+    ),
+    "dropout": (
+        "dropout.cu",
+        ("dropout_mask", "alpha_dropout_forward", "alpha_dropout_backward", "multiply"),
+    ),
+}
+
+#: dtype name -> CUDA element type
+TYPES = {"float32": "float", "float64": "double", "float16": "__half"}
+
+#: options of every compile (plus the include path of this directory, compile_options())
+COMPILE_OPTIONS = ("--std=c++17",)
+
+#: threads per block of the 1-D kernels; cap on the grid of grid-stride kernels
+BLOCK = 256
+MAX_BLOCKS = 65535
+
+
+def source_dir():
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _text(filename):
+    with open(os.path.join(source_dir(), filename), encoding="utf-8") as f:
+        return f.read()
+
+
+def headers_digest():
+    """Digest of every ``.cuh`` header (CuPy's cache key covers the code, not headers)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(source_dir())):
+        if name.endswith(".cuh"):
+            h.update(name.encode() + b"\0" + _text(name).encode())
+    return h.hexdigest()[:16]
+
+
+def read_source(filename):
+    """The text of ``filename`` with a ``#line 1`` prefix so diagnostics name the file."""
+    return f"// luxlib headers {headers_digest()}\n#line 1 \"{filename}\"\n" + _text(filename)
+
+
+def kernel_name(kernel, dtype):
+    """The name expression of ``kernel`` for arrays of ``dtype``, e.g. ``"multiply<float>"``."""
+    return f"{kernel}<{TYPES[np.dtype(dtype).name]}>"
+
+
+def name_expressions(family):
+    return [f"{k}<{t}>" for k in FAMILIES[family][1] for t in TYPES.values()]
+
+
+def compile_options():
+    return COMPILE_OPTIONS + ("-I" + source_dir(),)
+
+
+_MODULES = {}
+
+
+def get_module(family):
+    """The compiled ``cupy.RawModule`` of ``family`` (compiled once, on first use)."""
+    mod = _MODULES.get(family)
+    if mod is None:
+        import cupy  # only reached with CuPy arrays, whose owner has CuPy
+
+        filename = FAMILIES[family][0]
+        mod = cupy.RawModule(
+            code=read_source(filename), options=compile_options(), name_expressions=name_expressions(family)
+        )
+        _MODULES[family] = mod
+    return mod
+
+
+def acc_scalar(dtype, value):
+    """``value`` rounded to ``dtype`` and typed as the kernels' compute type (float32 for
+    float16 and float32 arrays, float64 for float64)."""
+    dtype = np.dtype(dtype)
+    rounded = dtype.type(value)
+    return np.float64(rounded) if dtype == np.float64 else np.float32(rounded)
+
+
+def grid_1d(mod, n, block=BLOCK):
+    """Grid of a grid-stride kernel over ``n`` items (a module may lower the cap: ``max_blocks``)."""
+    cap = getattr(mod, "max_blocks", MAX_BLOCKS)
+    return (max(1, min(-(-n // block), cap)),)

@@ -1,0 +1,73 @@
+// Shared helpers of the luxlib CUDA kernels: integer types, the element types
+// (float, double, __half computed in float), correctly rounded arithmetic that the
+// compiler may not contract into FMAs, and block/warp reductions.
+//
+// The same text compiles with NVRTC (real GPU) and with g++ under
+// tests/cuda/emu/cuda_emu.h (CPU emulation); the emulation header defines
+// LUXLIB_CUDA_EMU and everything CUDA-specific used here.
+#ifndef LUXLIB_CUDA_COMMON_CUH
+#define LUXLIB_CUDA_COMMON_CUH
+
+#ifndef LUXLIB_CUDA_EMU
+#include <cuda_fp16.h>
+#endif
+
+typedef unsigned int lx_u32;
+typedef unsigned long long lx_u64;
+typedef long long lx_i64;
+
+#define LX_WARP 32
+
+// accumulation / compute type of an element type
+template <typename T> struct lx_acc { typedef T type; };
+template <> struct lx_acc<__half> { typedef float type; };
+
+__device__ __forceinline__ float lx_load(const float* p) { return *p; }
+__device__ __forceinline__ double lx_load(const double* p) { return *p; }
+__device__ __forceinline__ float lx_load(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void lx_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void lx_store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void lx_store(__half* p, float v) { *p = __float2half_rn(v); }
+
+// a compute-type value as an element of type T (rounded to nearest)
+template <typename T> __device__ __forceinline__ T lx_to_elem(typename lx_acc<T>::type v) { return v; }
+template <> __device__ __forceinline__ __half lx_to_elem<__half>(float v) { return __float2half_rn(v); }
+
+// round a compute-type value to T (identity except for __half). float has more than
+// 2 * 11 + 2 bits, so an operation on halves done in float and rounded once to half
+// gives the half-precision result (double rounding is innocuous).
+template <typename T> __device__ __forceinline__ typename lx_acc<T>::type lx_round(typename lx_acc<T>::type v) { return v; }
+template <> __device__ __forceinline__ float lx_round<__half>(float v) { return __half2float(__float2half_rn(v)); }
+
+// multiply / add, each rounded (never fused into an FMA): used where the result must
+// match the generic path bit for bit
+__device__ __forceinline__ float lx_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double lx_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float lx_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double lx_add(double a, double b) { return __dadd_rn(a, b); }
+
+// sum over a warp; every lane of the warp must call it (full mask)
+template <typename A> __device__ __forceinline__ A lx_warp_sum(A v)
+{
+    for (int off = LX_WARP / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// sum over the block (blockDim.x a multiple of 32, at most 1024); every thread calls it;
+// the result is valid in thread 0. `scratch` is __shared__ storage of 32 elements.
+template <typename A> __device__ __forceinline__ A lx_block_sum(A v, A* scratch)
+{
+    const int lane = threadIdx.x % LX_WARP, warp = threadIdx.x / LX_WARP;
+    v = lx_warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int nwarps = blockDim.x / LX_WARP;
+    if (warp == 0) {
+        v = lane < nwarps ? scratch[lane] : (A)0;
+        v = lx_warp_sum(v);
+    }
+    __syncthreads();  // scratch may be reused by the caller
+    return v;
+}
+
+#endif

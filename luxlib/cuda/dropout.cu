@@ -1,0 +1,78 @@
+// dropout and alpha_dropout with the counter-based Philox4x32-10 of philox.cuh: element i
+// of the mask (C-order index in the mask's own shape) takes word i % 4 of block i / 4,
+// so the masks are bit-identical to the generic and Cython paths (doc/dropout.md).
+// One thread per Philox block (4 elements), grid-stride. Templates over T = float,
+// double, __half; scalars come in the compute type A, already rounded to T by the host.
+#include "common.cuh"
+#include "philox.cuh"
+
+#define LX_GRID_STRIDE(i, n) \
+    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (lx_i64)gridDim.x * blockDim.x)
+
+/* mask[i] = keep ? invp : 0 for i < n; and y[i] = x[i] * mask[i] when write_y */
+template <typename T>
+__global__ void dropout_mask(T* __restrict__ mask, const T* __restrict__ x, T* __restrict__ y, lx_i64 n,
+                             lx_u32 k0, lx_u32 k1, lx_u32 thr, typename lx_acc<T>::type invp, int write_y)
+{
+    typedef typename lx_acc<T>::type A;
+    const lx_i64 nblocks = (n + 3) / 4;
+    LX_GRID_STRIDE(b, nblocks) {
+        lx_u32 w[4];
+        lx_philox_block((lx_u64)b, k0, k1, w);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const lx_i64 i = 4 * b + j;
+            if (i < n) {
+                const A m = lx_keep(w[j], thr) ? invp : (A)0;
+                lx_store(mask + i, m);
+                if (write_y) lx_store(y + i, lx_mul(lx_load(x + i), m));
+            }
+        }
+    }
+}
+
+/* y[i] = (keep ? x[i] : alpha) * a + b, each operation rounded to T; keep[i] (one byte)
+   written when write_keep */
+template <typename T>
+__global__ void alpha_dropout_forward(const T* __restrict__ x, T* __restrict__ y,
+                                      unsigned char* __restrict__ keep, lx_i64 n, lx_u32 k0, lx_u32 k1,
+                                      lx_u32 thr, typename lx_acc<T>::type alpha,
+                                      typename lx_acc<T>::type a, typename lx_acc<T>::type b,
+                                      int write_keep)
+{
+    typedef typename lx_acc<T>::type A;
+    const lx_i64 nblocks = (n + 3) / 4;
+    LX_GRID_STRIDE(blk, nblocks) {
+        lx_u32 w[4];
+        lx_philox_block((lx_u64)blk, k0, k1, w);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const lx_i64 i = 4 * blk + j;
+            if (i < n) {
+                const bool k = lx_keep(w[j], thr);
+                const A v = k ? lx_load(x + i) : alpha;
+                lx_store(y + i, lx_add(lx_round<T>(lx_mul(v, a)), b));
+                if (write_keep) keep[i] = (unsigned char)k;
+            }
+        }
+    }
+}
+
+/* dx[i] = (dy[i] * keep[i]) * a, each product rounded to T */
+template <typename T>
+__global__ void alpha_dropout_backward(const unsigned char* __restrict__ keep, const T* __restrict__ dy,
+                                       T* __restrict__ dx, lx_i64 n, typename lx_acc<T>::type a)
+{
+    typedef typename lx_acc<T>::type A;
+    LX_GRID_STRIDE(i, n) {
+        lx_store(dx + i, lx_mul(lx_round<T>(lx_mul(lx_load(dy + i), (A)keep[i])), a));
+    }
+}
+
+/* out[i] = u[i] * v[i] (dropout's y = x * mask and dx = dy * mask, same shapes) */
+template <typename T>
+__global__ void multiply(const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ out, lx_i64 n)
+{
+    LX_GRID_STRIDE(i, n) { lx_store(out + i, lx_mul(lx_load(u + i), lx_load(v + i))); }
+}

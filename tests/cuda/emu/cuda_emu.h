@@ -1,0 +1,349 @@
+// cuda_emu.h: compile CUDA kernel sources with g++ and run them on the CPU.
+//
+// Every CUDA thread of a block runs as a fiber (ucontext) on one OS thread; blocks run
+// one after the other. A fiber runs until it reaches a barrier (__syncthreads, or a
+// warp-level operation: __syncwarp and the shuffles), then the scheduler runs the
+// next one; a barrier is released when every thread it waits for has arrived, so
+// __shared__ memory (one static instance, shared by the fibers of the block), barriers,
+// shuffles and atomics behave as on a GPU. The order in which runnable fibers run can be
+// in order or shuffled (seeded), which exposes missing barriers. Divergent barriers,
+// shuffles naming exited lanes and deadlocks are reported as errors, not hangs.
+// See doc/cuda.md for what this cannot show.
+#ifndef LUXLIB_CUDA_EMU_H
+#define LUXLIB_CUDA_EMU_H
+#define LUXLIB_CUDA_EMU 1
+
+#include <ucontext.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define LX_EMU_ASAN 1
+#endif
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// __shared__ variables: static (one instance for the fibers of a block), all in one
+// section that is filled with 0xFF bytes (NaN floats, -1 integers) before every block, so
+// reading shared memory before writing it shows (a GPU leaves it undefined)
+#define __shared__ static __attribute__((section("lx_emu_shared")))
+extern "C" char __start_lx_emu_shared[] __attribute__((weak));
+extern "C" char __stop_lx_emu_shared[] __attribute__((weak));
+#define __launch_bounds__(...)
+
+struct uint3 { unsigned x, y, z; };
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+
+static uint3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
+
+struct __half { _Float16 v; };
+inline float __half2float(__half h) { return (float)h.v; }
+inline __half __float2half_rn(float f) { __half h; h.v = (_Float16)f; return h; }
+inline __half __float2half(float f) { return __float2half_rn(f); }
+
+// compiled with -ffp-contract=off: every operation is rounded on its own
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+
+namespace emu {
+
+enum State { RUN, BLOCK_WAIT, WARP_WAIT, DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    char* stack;
+    State state;
+    unsigned mask;  // lanes of a warp-level barrier
+    uint3 idx;
+    void* fake_stack;
+};
+
+#ifndef LX_EMU_STACK
+#ifdef LX_EMU_ASAN
+#define LX_EMU_STACK (256 * 1024)
+#else
+#define LX_EMU_STACK (64 * 1024)
+#endif
+#endif
+
+struct Runtime {
+    std::vector<Fiber> fibers;
+    std::vector<char*> stacks;
+    ucontext_t sched;
+    int current = -1;
+    int nthreads = 0;
+    std::string error;
+    std::function<void()> body;
+    // warp exchange slots: [warp][lane]
+    std::vector<unsigned long long> slots;
+    const void* sched_stack_bottom = nullptr;
+    size_t sched_stack_size = 0;
+    void* sched_fake = nullptr;
+};
+
+static Runtime rt;
+
+inline void fail(const std::string& msg)
+{
+    if (rt.error.empty()) rt.error = msg;
+}
+
+inline void enter_fiber_side()
+{
+#ifdef LX_EMU_ASAN
+    Fiber& f = rt.fibers[rt.current];
+    __sanitizer_finish_switch_fiber(f.fake_stack, &rt.sched_stack_bottom, &rt.sched_stack_size);
+#endif
+}
+
+// from a fiber back to the scheduler
+inline void yield_to_scheduler(bool dying = false)
+{
+    Fiber& f = rt.fibers[rt.current];
+#ifdef LX_EMU_ASAN
+    __sanitizer_start_switch_fiber(dying ? nullptr : &f.fake_stack, rt.sched_stack_bottom, rt.sched_stack_size);
+#else
+    (void)dying;
+#endif
+    swapcontext(&f.ctx, &rt.sched);
+    enter_fiber_side();
+}
+
+inline void fiber_entry()
+{
+    enter_fiber_side();
+    rt.body();
+    rt.fibers[rt.current].state = DONE;
+    yield_to_scheduler(true);
+}
+
+inline int linear_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+
+inline void syncthreads()
+{
+    rt.fibers[rt.current].state = BLOCK_WAIT;
+    yield_to_scheduler();
+}
+
+inline void syncwarp(unsigned mask)
+{
+    Fiber& f = rt.fibers[rt.current];
+    int lane = linear_tid() % 32;
+    if (!(mask >> lane & 1u)) fail("__syncwarp/shuffle called by a lane outside its mask");
+    f.state = WARP_WAIT;
+    f.mask = mask;
+    yield_to_scheduler();
+}
+
+// run one block: every fiber to completion
+inline void run_block(bool shuffle, std::mt19937& gen)
+{
+    const int n = rt.nthreads;
+    for (int t = 0; t < n; t++) {
+        Fiber& f = rt.fibers[t];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = LX_EMU_STACK;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_entry, 0);
+        f.state = RUN;
+        f.mask = 0;
+        f.fake_stack = nullptr;
+        unsigned tid = (unsigned)t;
+        f.idx.x = tid % blockDim.x;
+        f.idx.y = (tid / blockDim.x) % blockDim.y;
+        f.idx.z = tid / (blockDim.x * blockDim.y);
+    }
+    std::vector<int> order;
+    for (;;) {
+        order.clear();
+        for (int t = 0; t < n; t++)
+            if (rt.fibers[t].state == RUN) order.push_back(t);
+        if (shuffle) std::shuffle(order.begin(), order.end(), gen);
+        for (int t : order) {
+            rt.current = t;
+            threadIdx = rt.fibers[t].idx;
+#ifdef LX_EMU_ASAN
+            __sanitizer_start_switch_fiber(&rt.sched_fake, rt.fibers[t].stack, LX_EMU_STACK);
+#endif
+            swapcontext(&rt.sched, &rt.fibers[t].ctx);
+#ifdef LX_EMU_ASAN
+            __sanitizer_finish_switch_fiber(rt.sched_fake, nullptr, nullptr);
+#endif
+            if (!rt.error.empty()) return;
+        }
+        if (!order.empty()) continue;
+        int done = 0, bwait = 0;
+        for (int t = 0; t < n; t++) {
+            done += rt.fibers[t].state == DONE;
+            bwait += rt.fibers[t].state == BLOCK_WAIT;
+        }
+        if (done == n) return;
+        // release warp barriers whose lanes have all arrived with the same mask
+        bool released = false;
+        for (int w = 0; w * 32 < n; w++) {
+            unsigned mask = 0;
+            bool any = false;
+            for (int l = 0; l < 32 && w * 32 + l < n; l++) {
+                Fiber& f = rt.fibers[w * 32 + l];
+                if (f.state == WARP_WAIT) { mask = f.mask; any = true; break; }
+            }
+            if (!any) continue;
+            bool ready = true;
+            for (int l = 0; l < 32; l++) {
+                if (!(mask >> l & 1u)) continue;
+                int t = w * 32 + l;
+                if (t >= n) { fail("warp-level operation: mask names a lane that does not exist"); return; }
+                Fiber& f = rt.fibers[t];
+                if (f.state == DONE) { fail("warp-level operation: mask names an exited lane"); return; }
+                if (f.state != WARP_WAIT) { ready = false; break; }
+                if (f.mask != mask) { fail("warp-level operation: lanes disagree on the mask"); return; }
+            }
+            if (ready) {
+                for (int l = 0; l < 32; l++)
+                    if (mask >> l & 1u) rt.fibers[w * 32 + l].state = RUN;
+                released = true;
+            }
+        }
+        if (released) continue;
+        if (bwait == n) {
+            for (int t = 0; t < n; t++) rt.fibers[t].state = RUN;
+            continue;
+        }
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "barrier divergence / deadlock in block (%u,%u,%u): %d threads at __syncthreads, %d exited, %d at warp barriers",
+                 blockIdx.x, blockIdx.y, blockIdx.z, bwait, done, n - bwait - done);
+        fail(msg);
+        return;
+    }
+}
+
+// ---- kernel signatures and launches -------------------------------------------
+
+template <typename X> struct code { static std::string s() { return "?"; } };
+template <> struct code<float> { static std::string s() { return "f4"; } };
+template <> struct code<double> { static std::string s() { return "f8"; } };
+template <> struct code<__half> { static std::string s() { return "f2"; } };
+template <> struct code<int> { static std::string s() { return "i4"; } };
+template <> struct code<unsigned> { static std::string s() { return "u4"; } };
+template <> struct code<long long> { static std::string s() { return "i8"; } };
+template <> struct code<unsigned long long> { static std::string s() { return "u8"; } };
+template <> struct code<unsigned char> { static std::string s() { return "u1"; } };
+template <> struct code<signed char> { static std::string s() { return "i1"; } };
+template <typename X> struct code<X*> { static std::string s() { return "p" + code<typename std::remove_cv<X>::type>::s(); } };
+
+template <typename... A> std::string signature(void (*)(A...))
+{
+    std::string out;
+    ((out += code<typename std::decay<A>::type>::s() + ","), ...);
+    return out;
+}
+
+template <typename... A, size_t... I>
+void call(void (*k)(A...), void** args, std::index_sequence<I...>)
+{
+    k(*static_cast<typename std::decay<A>::type*>(args[I])...);
+}
+
+// schedule: 0 in order, 1 shuffled (threads and blocks) with `seed`
+template <typename... A>
+const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void** args, int schedule, unsigned seed)
+{
+    static std::string last;
+    rt.error.clear();
+    gridDim = dim3(g[0], g[1], g[2]);
+    blockDim = dim3(b[0], b[1], b[2]);
+    const int n = (int)(b[0] * b[1] * b[2]);
+    if (n < 1 || n > 1024 || b[0] > 1024 || b[1] > 1024 || b[2] > 64) {
+        last = "invalid block dimensions";
+        return last.c_str();
+    }
+    if (g[0] < 1 || g[1] < 1 || g[2] < 1 || g[1] > 65535 || g[2] > 65535) {
+        last = "invalid grid dimensions";
+        return last.c_str();
+    }
+    rt.nthreads = n;
+    rt.fibers.resize(n);
+    while ((int)rt.stacks.size() < n) rt.stacks.push_back((char*)malloc(LX_EMU_STACK));
+    for (int t = 0; t < n; t++) rt.fibers[t].stack = rt.stacks[t];
+    rt.slots.assign(((n + 31) / 32) * 32, 0);
+    rt.body = [k, args]() { call(k, args, std::index_sequence_for<A...>{}); };
+    std::mt19937 gen(seed);
+    std::vector<uint3> blocks;
+    for (unsigned z = 0; z < g[2]; z++)
+        for (unsigned y = 0; y < g[1]; y++)
+            for (unsigned x = 0; x < g[0]; x++) blocks.push_back(uint3{x, y, z});
+    if (schedule == 1) std::shuffle(blocks.begin(), blocks.end(), gen);
+    for (const uint3& bi : blocks) {
+        blockIdx = bi;
+        if (__start_lx_emu_shared != nullptr)
+            memset(__start_lx_emu_shared, 0xFF, (size_t)(__stop_lx_emu_shared - __start_lx_emu_shared));
+        run_block(schedule == 1, gen);
+        if (!rt.error.empty()) {
+            last = rt.error;
+            return last.c_str();
+        }
+    }
+    return nullptr;
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask); }
+
+// shuffles: write the value to the lane's slot, wait for the warp, read, wait again
+template <typename V> inline V lx_emu_shfl(unsigned mask, V v, int src_of_lane_delta, int mode, int width)
+{
+    static_assert(sizeof(V) <= 8, "shuffle of a type larger than 8 bytes");
+    const int lane = emu::linear_tid() % 32, warp = emu::linear_tid() / 32;
+    unsigned long long* slot = &emu::rt.slots[warp * 32];
+    memcpy(&slot[lane], &v, sizeof(V));
+    emu::syncwarp(mask);
+    int base = lane - lane % width, src;
+    if (mode == 0) src = lane + src_of_lane_delta < base + width ? lane + src_of_lane_delta : lane;  // down
+    else if (mode == 1) src = lane - src_of_lane_delta >= base ? lane - src_of_lane_delta : lane;  // up
+    else if (mode == 2) src = (lane ^ src_of_lane_delta);                                          // xor
+    else src = base + (src_of_lane_delta % width);                                                 // idx
+    if (src >= 32 || !(mask >> src & 1u)) emu::fail("shuffle reads a lane outside the mask");
+    V out;
+    memcpy(&out, &slot[src < 32 ? src : lane], sizeof(V));
+    emu::syncwarp(mask);
+    return out;
+}
+template <typename V> inline V __shfl_down_sync(unsigned m, V v, unsigned d, int w = 32) { return lx_emu_shfl(m, v, (int)d, 0, w); }
+template <typename V> inline V __shfl_up_sync(unsigned m, V v, unsigned d, int w = 32) { return lx_emu_shfl(m, v, (int)d, 1, w); }
+template <typename V> inline V __shfl_xor_sync(unsigned m, V v, int d, int w = 32) { return lx_emu_shfl(m, v, d, 2, w); }
+template <typename V> inline V __shfl_sync(unsigned m, V v, int s, int w = 32) { return lx_emu_shfl(m, v, s, 3, w); }
+
+// atomics: fibers never interleave inside one, so plain read-modify-write is atomic
+template <typename V> inline V atomicAdd(V* p, V v) { V old = *p; *p = old + v; return old; }
+template <typename V> inline V atomicMax(V* p, V v) { V old = *p; *p = old < v ? v : old; return old; }
+template <typename V> inline V atomicMin(V* p, V v) { V old = *p; *p = v < old ? v : old; return old; }
+template <typename V> inline V atomicExch(V* p, V v) { V old = *p; *p = v; return old; }
+template <typename V> inline V atomicCAS(V* p, V cmp, V v) { V old = *p; if (old == cmp) *p = v; return old; }
+inline void __threadfence() {}
+
+#endif

@@ -1,0 +1,213 @@
+"""CuPy's kernel-module calling convention over NumPy arrays, running the luxlib
+``.cu`` sources on the CPU (``cuda_emu.h``: every CUDA thread a fiber).
+
+``EmuModule(family).get_function("multiply<float>")(grid, block, args)`` launches a
+kernel as ``cupy.RawModule(...).get_function`` would, so the luxlib launch code runs
+unchanged. Arguments are checked against the kernel's C signature (a pointer takes a
+C-contiguous ndarray of the pointee's dtype, a scalar a NumPy scalar of exactly the
+parameter's type); each array is copied into a buffer of exactly its size for the
+launch and copied back, so AddressSanitizer sees overruns of any argument.
+
+Builds (g++) are cached by content hash in ``$LUXLIB_EMU_CACHE`` (default: a
+directory under the temporary directory).
+"""
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from luxlib.cuda import _modules
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCHEDULES = {"inorder": 0, "shuffle": 1}
+_LOCK = threading.Lock()
+_LIBS = {}
+
+C_SOURCE = """\
+#include <stddef.h>
+extern "C" {{
+const char* lx_emu_launch(const unsigned* grid, const unsigned* block, void** args,
+                          int schedule, unsigned seed, int kernel);
+}}
+"""
+
+
+def sanitize_default():
+    return os.environ.get("LUXLIB_EMU_SANITIZE") == "1"
+
+
+def cache_dir():
+    d = os.environ.get("LUXLIB_EMU_CACHE") or os.path.join(tempfile.gettempdir(), "luxlib-cuda-emu")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _generated(source_text, filename, exprs):
+    lines = ['#include "cuda_emu.h"', source_text, "", 'extern "C" {']
+    for i, e in enumerate(exprs):
+        lines.append(f"const char* lx_sig_{i}(void) {{ static std::string s = emu::signature(&{e}); return s.c_str(); }}")
+        lines.append(
+            f"const char* lx_launch_{i}(const unsigned* g, const unsigned* b, void** a, int s, unsigned seed)"
+            f" {{ return emu::launch(&{e}, g, b, a, s, seed); }}"
+        )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def build(source_text, filename, exprs, sanitize=False):
+    """Compile ``source_text`` (a .cu file's text) with the emulation header into a shared
+    library exporting ``lx_sig_<i>``/``lx_launch_<i>`` for each name expression."""
+    flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
+             "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas",
+             "-I" + HERE, "-I" + _modules.source_dir()]
+    if sanitize:
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+    code = _generated(source_text, filename, exprs)
+    with open(os.path.join(HERE, "cuda_emu.h"), "rb") as f:
+        header = f.read()
+    key = hashlib.sha256(
+        code.encode() + header + _modules.headers_digest().encode() + " ".join(flags).encode()
+    ).hexdigest()[:20]
+    with _LOCK:
+        lib = _LIBS.get(key)
+        if lib is not None:
+            return lib
+        d = cache_dir()
+        so = os.path.join(d, f"{os.path.splitext(filename)[0]}-{key}.so")
+        if not os.path.exists(so):
+            cpp = os.path.join(d, f"{os.path.splitext(filename)[0]}-{key}.cpp")
+            with open(cpp, "w") as f:
+                f.write(code)
+            tmp = so + f".{os.getpid()}.tmp"
+            res = subprocess.run(["g++", *flags, cpp, "-o", tmp], capture_output=True, text=True)
+            if res.returncode:
+                raise RuntimeError(f"g++ failed on {filename}:\n{res.stderr}")
+            os.replace(tmp, so)
+        lib = ctypes.CDLL(so)
+        _LIBS[key] = lib
+        return lib
+
+
+def _dims(d):
+    d = tuple(int(v) for v in (d if isinstance(d, (tuple, list)) else (d,)))
+    return (ctypes.c_uint * 3)(*(d + (1,) * (3 - len(d))))
+
+
+class EmuFunction:
+    def __init__(self, module, name, index):
+        self.module, self.name = module, name
+        lib = module.lib
+        sig = getattr(lib, f"lx_sig_{index}")
+        sig.restype = ctypes.c_char_p
+        self.signature = [s for s in sig().decode().split(",") if s]
+        self._launch = getattr(lib, f"lx_launch_{index}")
+        self._launch.restype = ctypes.c_char_p
+        self._launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
+
+    def _code(self, dtype):
+        return dtype.str[1:] if dtype.str[0] in "<|=" else "?"
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if shared_mem:
+            raise NotImplementedError("dynamic shared memory is not emulated")
+        if len(args) != len(self.signature):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.signature)} parameters")
+        keep = []  # buffers alive during the launch
+        slots = (ctypes.c_void_p * len(args))()
+        copies = {}  # id of the base buffer -> (array, ctypes buffer)
+        for i, (a, want) in enumerate(zip(args, self.signature)):
+            if want.startswith("p"):
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{self.name}: argument {i} must be an ndarray ({want}), got {type(a).__name__}")
+                if not a.flags.c_contiguous:
+                    raise TypeError(f"{self.name}: argument {i} is not C-contiguous")
+                if self._code(a.dtype) != want[1:]:
+                    raise TypeError(f"{self.name}: argument {i} has dtype {a.dtype}, the kernel takes {want}")
+                k = (a.__array_interface__["data"][0], a.nbytes)
+                if k not in copies:
+                    for (p, nb) in copies:
+                        if p < k[0] + k[1] and k[0] < p + nb:
+                            raise ValueError(f"{self.name}: argument {i} partially overlaps another")
+                    buf = ctypes.create_string_buffer(max(a.nbytes, 1)) if not self.module.sanitize else None
+                    if buf is None:  # exact-size malloc from the sanitized runtime
+                        ptr = _libc.malloc(max(a.nbytes, 1))
+                        ctypes.memmove(ptr, a.ctypes.data, a.nbytes)
+                        copies[k] = (a, ptr, True)
+                    else:
+                        ctypes.memmove(buf, a.ctypes.data, a.nbytes)
+                        copies[k] = (a, buf, False)
+                ptr = copies[k][1]
+                holder = ctypes.c_void_p(ptr if isinstance(ptr, int) else ctypes.addressof(ptr))
+                keep.append(holder)
+                slots[i] = ctypes.addressof(holder)
+            else:
+                if not isinstance(a, np.generic):
+                    raise TypeError(f"{self.name}: argument {i} must be a NumPy scalar ({want}), got {type(a).__name__}")
+                if self._code(a.dtype) != want:
+                    raise TypeError(f"{self.name}: argument {i} is {a.dtype}, the kernel takes {want}")
+                arr = np.array(a)
+                keep.append(arr)
+                slots[i] = arr.ctypes.data
+        try:
+            err = self._launch(_dims(grid), _dims(block), slots, SCHEDULES[self.module.schedule], self.module.seed)
+        finally:
+            for a, ptr, is_malloc in copies.values():
+                src = ptr if is_malloc else ctypes.addressof(ptr)
+                if a.flags.writeable:
+                    ctypes.memmove(a.ctypes.data, src, a.nbytes)
+                if is_malloc:
+                    _libc.free(ptr)
+        if err is not None:
+            raise RuntimeError(f"{self.name}: {err.decode()}")
+
+
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc.free.argtypes = [ctypes.c_void_p]
+
+
+class EmuModule:
+    """A kernel module over NumPy arrays: ``get_function(name)(grid, block, args)``.
+
+    Parameters
+    ----------
+    family : str or None
+        A luxlib family (its .cu file and name expressions), or None with ``source``.
+    schedule : {"inorder", "shuffle"}
+    seed : int
+        Seed of the shuffled schedule.
+    sanitize : bool
+        Build with AddressSanitizer (the process must have libasan preloaded).
+    max_blocks : int, optional
+        Lower cap on grid-stride grids (exercises the grid-stride loops).
+    source, exprs : str, list of str
+        A test kernel's text and name expressions instead of a family.
+    """
+
+    def __init__(self, family=None, schedule="inorder", seed=0, sanitize=None, max_blocks=None,
+                 source=None, exprs=None, filename="test_kernel.cu"):
+        self.schedule, self.seed = schedule, int(seed)
+        self.sanitize = sanitize_default() if sanitize is None else sanitize
+        if max_blocks is not None:
+            self.max_blocks = max_blocks
+        if family is not None:
+            filename = _modules.FAMILIES[family][0]
+            source = _modules.read_source(filename)
+            exprs = _modules.name_expressions(family)
+        self.exprs = list(exprs)
+        self.lib = build(source, filename, self.exprs, self.sanitize)
+        self._functions = {}
+
+    def get_function(self, name):
+        f = self._functions.get(name)
+        if f is None:
+            if name not in self.exprs:
+                raise KeyError(f"{name} is not a name expression of this module")
+            f = self._functions[name] = EmuFunction(self, name, self.exprs.index(name))
+        return f

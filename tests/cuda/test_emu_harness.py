@@ -1,0 +1,171 @@
+"""Tests of the CPU emulation itself (tests/cuda/emu): barriers, shared memory, warp
+shuffles and atomics behave as on a GPU; a missing barrier, a divergent barrier, an
+out-of-bounds index (under AddressSanitizer) and a mistyped argument are caught. The
+last test runs the kernel comparisons once more under AddressSanitizer."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import emu_module
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+KERNELS = r'''
+#include "common.cuh"
+template <typename T> __global__ void block_sum(const T* x, T* out, int n)
+{
+    __shared__ T scratch[LX_WARP];
+    T v = (int)threadIdx.x < n ? x[threadIdx.x] : (T)0;
+    v = lx_block_sum(v, scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = v;
+}
+/* out[i] = x[clamp(i + shift)] through shared memory; `barrier` 0 leaves out the barrier */
+template <typename T> __global__ void rotate(const T* x, T* out, int barrier, int shift)
+{
+    __shared__ T s[1024];
+    s[threadIdx.x] = x[threadIdx.x];
+    if (barrier) __syncthreads();
+    int j = (int)threadIdx.x + shift;
+    j = j < 0 ? 0 : (j >= (int)blockDim.x ? (int)blockDim.x - 1 : j);
+    out[threadIdx.x] = s[j];
+}
+template <typename T> __global__ void divergent(T* out)
+{
+    if (threadIdx.x < 16) __syncthreads();
+    out[threadIdx.x] = (T)1;
+}
+template <typename T> __global__ void xor_max(const T* x, T* out)
+{
+    T v = x[threadIdx.x];
+    for (int off = 16; off > 0; off >>= 1) { T o = __shfl_xor_sync(0xffffffffu, v, off); v = o > v ? o : v; }
+    out[threadIdx.x] = v;
+}
+template <typename T> __global__ void count(T* out) { atomicAdd(out + (threadIdx.x % 3), (T)1); }
+/* one element past the end when `past` is 1 */
+template <typename T> __global__ void copy(const T* x, T* out, int n, int past)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n + past) out[i] = x[i];
+}
+'''
+EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>"]
+
+
+def module(schedule="inorder", seed=0, sanitize=False):
+    return emu_module.EmuModule(source=KERNELS, exprs=EXPRS, schedule=schedule, seed=seed, sanitize=sanitize,
+                                filename="harness.cu")
+
+
+@pytest.mark.parametrize("schedule", ["inorder", "shuffle"])
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 255, 256])
+def test_block_reduction(n, schedule):
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    out = np.zeros(2, np.float32)
+    module(schedule).get_function("block_sum<float>")((2,), (256,), (x if n == 256 else np.pad(x, (0, 256 - n)), out, np.int32(n)))
+    np.testing.assert_allclose(out, x.sum(dtype=np.float64), rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["inorder", "shuffle"])
+def test_barrier_makes_shared_memory_correct(schedule):
+    for shift in (1, -1, 7):
+        x = np.random.default_rng(abs(shift)).standard_normal(256).astype(np.float32)
+        out = np.zeros(256, np.float32)
+        module(schedule).get_function("rotate<float>")((1,), (256,), (x, out, np.int32(1), np.int32(shift)))
+        np.testing.assert_array_equal(out, _shifted(x, shift))
+
+
+def test_missing_barrier_is_caught():
+    """Without the barrier, reading the next thread's value is wrong in order (the reader
+    runs first); reading the previous one looks right in order and is caught only by the
+    shuffled schedule: the reason for running both."""
+    f = lambda sched, shift, seed: _rotate(module(sched), shift, seed)
+    assert not f("inorder", 1, 1)
+    assert f("inorder", -1, 2)  # hidden by the in-order schedule ...
+    assert not f("shuffle", -1, 3)  # ... exposed by the shuffled one
+    assert not f("shuffle", 1, 4)
+
+
+def _shifted(x, shift):
+    return x[np.clip(np.arange(x.size) + shift, 0, x.size - 1)]
+
+
+def _rotate(mod, shift, seed):
+    x = np.random.default_rng(seed).standard_normal(256).astype(np.float32)
+    out = np.zeros(256, np.float32)
+    mod.get_function("rotate<float>")((1,), (256,), (x, out, np.int32(0), np.int32(shift)))
+    return np.array_equal(out, _shifted(x, shift))
+
+
+def test_divergent_barrier_is_an_error():
+    with pytest.raises(RuntimeError, match="barrier divergence"):
+        module().get_function("divergent<float>")((1,), (64,), (np.zeros(64, np.float32),))
+
+
+@pytest.mark.parametrize("schedule", ["inorder", "shuffle"])
+def test_warp_shuffle(schedule):
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    out = np.zeros(64, np.float32)
+    module(schedule).get_function("xor_max<float>")((1,), (64,), (x, out))
+    np.testing.assert_array_equal(out, np.repeat(x.reshape(2, 32).max(axis=1), 32))
+
+
+def test_atomics():
+    out = np.zeros(3, np.int32)
+    module("shuffle").get_function("count<int>")((5,), (96,), (out,))
+    np.testing.assert_array_equal(out, [160, 160, 160])
+
+
+def test_arguments_are_type_checked():
+    f = module().get_function("copy<float>")
+    x, out = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match="the kernel takes i4"):
+        f((1,), (32,), (x, out, np.int64(4), np.int32(0)))
+    with pytest.raises(TypeError, match="NumPy scalar"):
+        f((1,), (32,), (x, out, 4, np.int32(0)))
+    with pytest.raises(TypeError, match="dtype float64"):
+        f((1,), (32,), (x.astype(np.float64), out, np.int32(4), np.int32(0)))
+    with pytest.raises(TypeError, match="C-contiguous"):
+        f((1,), (32,), (np.zeros(8, np.float32)[::2], out, np.int32(4), np.int32(0)))
+    with pytest.raises(TypeError, match="3 arguments"):
+        f((1,), (32,), (x, out, np.int32(4)))
+
+
+def _asan_env():
+    lib = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0", LUXLIB_EMU_SANITIZE="1")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "emu"), HERE, ROOT, env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_out_of_bounds_is_caught_under_asan():
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        sys.path.insert(0, {HERE!r})
+        from test_emu_harness import module
+        f = module(sanitize=True).get_function("copy<float>")
+        x, out = np.ones(40, np.float32), np.zeros(40, np.float32)
+        f((2,), (32,), (x, out, np.int32(40), np.int32(0)))
+        assert out.sum() == 40
+        print("in bounds ok", flush=True)
+        f((2,), (32,), (x, out, np.int32(40), np.int32(1)))
+        print("not caught", flush=True)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], env=_asan_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert "in bounds ok" in res.stdout, res.stderr[-3000:]
+    assert "not caught" not in res.stdout
+    assert res.returncode != 0 and "heap-buffer-overflow" in res.stderr, res.stderr[-3000:]
+
+
+def test_kernels_under_asan():
+    """Every kernel once more, built with AddressSanitizer (in order; one shape per kernel path)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_emu_kernels.py"),
+           "-k", "inorder and (257 or 33 or dropout) or dims or empty"]
+    res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "AddressSanitizer" not in res.stderr

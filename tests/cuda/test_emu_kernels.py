@@ -1,0 +1,257 @@
+"""The CUDA kernels run on the CPU (tests/cuda/emu) through the same launch code as on
+a GPU, against the generic path: every activation, forward and backward (with the
+bias-gradient reductions), dropout and alpha_dropout, on small and edge sizes
+(1, block - 1, block, block + 1, odd shapes), under two thread schedules.
+
+Tolerance (bias_activation): with ``scale = 1 + |z| + |reference|``,
+``|kernel - generic| <= TOL[dtype] * scale`` for finite elements, NaN/Inf at the same
+places; ``db`` within the sum of those tolerances per channel. Dropout masks and
+``dropout``'s outputs and gradients are bit-identical.
+"""
+
+import emu_module
+import numpy as np
+import pytest
+
+import luxlib
+from luxlib import activations
+from luxlib.cuda import _bias_activation, _dropout
+
+DTYPES = [np.float16, np.float32, np.float64]
+TOL = {np.float16: 8 * float(np.finfo(np.float16).eps), np.float32: 16 * float(np.finfo(np.float32).eps),
+       np.float64: 1e-12}
+SCHEDULES = ["inorder", "shuffle"]
+BOUND = [
+    activations.leakyrelu.with_params(a=0.2),
+    activations.elu.with_params(alpha=0.5),
+    activations.softshrink.with_params(lam=0.3),
+    activations.trelu.with_params(theta=0.5),
+]
+ACTS = list(activations.ACTIVATIONS.values()) + BOUND
+# 1-D (the bias runs along the only axis), (N, C) (the row kernel), (N, C, ...) (one block
+# per channel; inner sizes around the block of 256 threads)
+SHAPES = [(1,), (255,), (257,), (1, 1), (3, 33), (2, 31), (2, 3, 5), (1, 2, 255), (2, 1, 256),
+          (3, 2, 257), (2, 3, 4, 5)]
+SPECIALS = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e4, -1e4, 50, -90, 40, -80, 3, -3, 6, 1, -1, 0.5]
+
+_MODULES = {}
+
+
+def emu(family, schedule="inorder", max_blocks=None, seed=1234):
+    key = (family, schedule, max_blocks, seed)
+    if key not in _MODULES:
+        _MODULES[key] = emu_module.EmuModule(family, schedule=schedule, seed=seed, max_blocks=max_blocks)
+    return _MODULES[key]
+
+
+def make_inputs(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 3
+    if x.size >= 17:
+        x.flat[rng.permutation(x.size)[: len(SPECIALS)]] = SPECIALS[: min(x.size, len(SPECIALS))]
+    channels = shape[0] if len(shape) == 1 else shape[1]
+    return (x.astype(dtype), rng.standard_normal(channels).astype(dtype),
+            rng.standard_normal(shape).astype(dtype))
+
+
+def error_scale(z, want):
+    z, want = (np.abs(np.where(np.isfinite(a), a, 0).astype(np.float64)) for a in (z, want))
+    return 1 + z + want
+
+
+def assert_close(got, want, z, what):
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
+    inf = np.isinf(want)
+    np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"{what}: Inf values")
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"{what}: finite positions")
+    ratio = np.abs(got[finite].astype(np.float64) - want[finite]) / error_scale(z, want)[finite]
+    assert ratio.size == 0 or ratio.max() <= TOL[want.dtype.type], f"{what}: max error {ratio.max():.3g} x scale"
+
+
+def assert_db_close(got, want, dx, z, what):
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
+    finite = np.isfinite(want)
+    scale = error_scale(np.broadcast_to(z, dx.shape), dx)
+    if dx.ndim > 1:
+        scale = np.sum(scale, axis=(0,) + tuple(range(2, dx.ndim)))
+    err = np.abs(got[finite].astype(np.float64) - want[finite])
+    assert np.all(err <= TOL[want.dtype.type] * scale[finite]), what
+
+
+def _bias_sum(dx):
+    return dx if dx.ndim == 1 else dx.sum(axis=(0,) + tuple(range(2, dx.ndim)), dtype=np.float64)
+
+
+def generic(f, args, dy):
+    with luxlib.backend("generic"), np.errstate(all="ignore"):
+        y, pullback = luxlib.vjp(f, *args)
+        return y, pullback(dy)
+
+
+def check_bias_activation(mod, act, x, bias, dy):
+    what = f"{act!r} {x.dtype} {x.shape} bias={bias is not None}"
+    f = luxlib.bias_activation
+    with np.errstate(all="ignore"):
+        z = x if bias is None else x + bias.reshape((-1,) if x.ndim == 1 else (1, -1) + (1,) * (x.ndim - 2))
+    if x.dtype == np.float16:
+        # the kernels compute float16 in float32 (x + bias rounded to float16 first), which the
+        # generic float16 path does not (its intermediates overflow, e.g. gelu's x**3)
+        # with its parameters rounded to float16, as the kernels (and NumPy's scalar rules) do
+        act16 = act.with_params(**{n: float(np.float16(v)) for n, v in zip(act.param_names, act.params)})
+        y_ref, g_ref = generic(luxlib.fast_activation, (act16, z.astype(np.float32)), dy.astype(np.float32))
+        dx32 = g_ref[1]
+        g_ref = (None, dx32.astype(np.float16),
+                 None if bias is None else _bias_sum(dx32).astype(np.float16))
+        y_ref = y_ref.astype(np.float16)
+    else:
+        y_ref, g_ref = generic(f, (act, x, bias), dy)
+    with np.errstate(all="ignore"):
+        y = _bias_activation.forward(mod, act, x, bias)
+        y2, pullback = _bias_activation.vjp(mod, act, x, bias)
+        grads = pullback(dy)
+    np.testing.assert_array_equal(y, y2)
+    assert_close(y, y_ref, z, what + " y")
+    assert_close(grads["x"], g_ref[1], z, what + " dx")
+    if bias is None:
+        assert grads["bias"] is None
+    else:
+        assert_db_close(grads["bias"], g_ref[2], g_ref[1], z, what + " db")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_bias_activation_matches_generic(dtype, shape, schedule):
+    mod = emu("bias_activation", schedule)
+    x, bias, dy = make_inputs(shape, dtype)
+    for act in ACTS:
+        check_bias_activation(mod, act, x, bias, dy)
+    for act in (activations.relu, activations.gelu, activations.identity):
+        check_bias_activation(mod, act, x, None, dy)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (3, 2, 600)], ids=str)
+def test_bias_activation_grid_stride(shape):
+    """Grids capped below the work: every kernel's grid-stride loop covers the rest."""
+    mod = emu("bias_activation", "shuffle", max_blocks=2)
+    x, bias, dy = make_inputs(shape, np.float32, seed=3)
+    for act in (activations.relu, activations.gelu):
+        check_bias_activation(mod, act, x, bias, dy)
+        check_bias_activation(mod, act, x, None, dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_bias_activation_empty(dtype):
+    mod = emu("bias_activation")
+    x = np.zeros((0, 3, 2), dtype)
+    y, pullback = _bias_activation.vjp(mod, activations.gelu, x, np.ones(3, dtype))
+    g = pullback(np.zeros_like(x))
+    assert y.shape == x.shape and g["x"].shape == x.shape
+    np.testing.assert_array_equal(g["bias"], np.zeros(3, dtype))
+
+
+# ---- dropout ---------------------------------------------------------------------
+
+# sizes around one thread block of Philox blocks (256 threads x 4 elements)
+DROP_SIZES = [1, 3, 4, 5, 255, 1023, 1024, 1025, 2049]
+PS = [0.0, 0.1, 0.5, 1 - 2**-24, 1.0]
+DIMS_CASES = [((3, 4, 5), 0), ((3, 4, 5), (0, 2)), ((2, 3, 4, 5), (1, 3)), ((5, 1, 3), ())]
+
+
+def _dropout_both(mod, x, p, dims=None, seed=7):
+    kw = dict(dims=dims) if dims is not None else {}
+    with luxlib.backend("generic"):
+        (y_ref, m_ref, r_ref), pb_ref = luxlib.vjp(luxlib.dropout, np.random.default_rng(seed), x, p, True, **kw)
+    shape = m_ref.shape
+    invp = 1 / (1 - p) if p < 1 else np.inf
+    (y, m, r), pb = _dropout.dropout_vjp(mod, np.random.default_rng(seed), x, p, True, invp, shape, None)
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(x.dtype)
+    return (y, m, r, pb(dy)["x"]), (y_ref, m_ref, r_ref, pb_ref(dy)[1])
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_dropout_bit_identical(dtype, schedule):
+    mod = emu("dropout", schedule)
+    for n in DROP_SIZES:
+        x = np.random.default_rng(n).standard_normal((n,)).astype(dtype)
+        for p in PS:
+            (y, m, r, dx), (y_ref, m_ref, r_ref, dx_ref) = _dropout_both(mod, x, p)
+            for a, b in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b, err_msg=f"n={n} p={p}")
+            assert r.bit_generator.state == r_ref.bit_generator.state
+
+
+@pytest.mark.parametrize("shape,dims", DIMS_CASES, ids=str)
+def test_dropout_dims(shape, dims):
+    mod = emu("dropout", "shuffle")
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.3, dims)
+    for a, b in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_grid_stride():
+    mod = emu("dropout", "shuffle", max_blocks=2)
+    x = np.random.default_rng(0).standard_normal((3001,)).astype(np.float32)
+    (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.5)
+    np.testing.assert_array_equal(m, m_ref)
+    np.testing.assert_array_equal(y, y_ref)
+
+
+def test_dropout_threshold_is_exact():
+    """p = 0.1 is not a float32: the keep test must compare exactly (doc/dropout.md)."""
+    mod = emu("dropout")
+    x = np.ones(40000, np.float32)
+    (_, m, _, _), (_, m_ref, _, _) = _dropout_both(mod, x, 0.1, seed=3)
+    np.testing.assert_array_equal(m, m_ref)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_alpha_dropout_bit_identical(dtype, schedule):
+    mod = emu("dropout", schedule)
+    alpha = -1.7580993408473766
+    for n in DROP_SIZES:
+        x = np.random.default_rng(n).standard_normal((n,)).astype(dtype)
+        dy = np.random.default_rng(n + 1).standard_normal((n,)).astype(dtype)
+        for p in PS:
+            A = 1 / np.sqrt((1 - p) * (1 + p * alpha**2)) if p < 1 else 0.0
+            B = -A * alpha * p
+            with luxlib.backend("generic"):
+                (y_ref, r_ref), pb_ref = luxlib.vjp(luxlib.alpha_dropout, np.random.default_rng(5), x, p, True)
+            y_plain, _ = _dropout.alpha_dropout_forward(mod, np.random.default_rng(5), x, p, True, alpha, A, B)
+            (y, r), pb = _dropout.alpha_dropout_vjp(mod, np.random.default_rng(5), x, p, True, alpha, A, B)
+            np.testing.assert_array_equal(y, y_ref, err_msg=f"n={n} p={p}")
+            np.testing.assert_array_equal(y_plain, y_ref)
+            np.testing.assert_array_equal(pb(dy)["x"], pb_ref(dy)[1])
+            assert r.bit_generator.state == r_ref.bit_generator.state
+
+
+def test_empty_dropout():
+    mod = emu("dropout")
+    x = np.zeros((0, 4), np.float32)
+    (y, m, _), pb = _dropout.dropout_vjp(mod, np.random.default_rng(0), x, 0.5, True, 2.0, x.shape, None)
+    assert y.shape == m.shape == x.shape and pb(x)["x"].shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masks_identical_to_cython(dtype):
+    """CPU vs GPU: the emulated CUDA kernel and the Cython kernel give the same mask."""
+    from luxlib._kernels import IMPORT_ERROR
+
+    if IMPORT_ERROR is not None:
+        pytest.fail(f"Cython kernels not built: {IMPORT_ERROR}")
+    mod = emu("dropout", "shuffle")
+    for n, p in [(1, 0.5), (1025, 0.1), (4099, 0.9), (70001, 0.5)]:
+        x = np.random.default_rng(n).standard_normal((n,)).astype(dtype)
+        with luxlib._dispatch.trace() as record:
+            y_c, m_c, _ = luxlib.dropout(np.random.default_rng(42), x, p, True)
+        assert record == [("dropout", "looped")]
+        (y, m, _), _ = _dropout.dropout_vjp(mod, np.random.default_rng(42), x, p, True, 1 / (1 - p), x.shape, None)
+        np.testing.assert_array_equal(m, m_c)
+        np.testing.assert_array_equal(y, y_c)

@@ -1,0 +1,79 @@
+"""On a real GPU (marked `gpu`; skipped without CuPy or a device): the registered CUDA
+implementations on CuPy arrays against the generic path on NumPy arrays."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import luxlib
+from luxlib import activations
+from luxlib._dispatch import _REGISTRY, trace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_registered_for_gpu():
+    for op in ("fast_activation", "fast_activation_", "bias_activation", "bias_activation_", "dropout",
+               "alpha_dropout"):
+        assert (op, "gpu") in _REGISTRY
+
+
+def test_import_luxlib_cuda_imports_no_cupy():
+    code = "import sys, luxlib.cuda; print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def _cupy():
+    cp = pytest.importorskip("cupy")
+    if not cp.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (257,), (3, 33), (2, 3, 257), (64, 128, 7, 7)], ids=str)
+def test_bias_activation_on_gpu(dtype, shape):
+    cp = _cupy()
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    bias = rng.standard_normal(shape[0] if len(shape) == 1 else shape[1]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    tol = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-12}[dtype]
+    for act in activations.ACTIVATIONS.values():
+        calc = np.float32 if dtype == np.float16 else dtype
+        with luxlib.backend("generic"), np.errstate(all="ignore"):
+            y_ref, pb = luxlib.vjp(luxlib.bias_activation, act, x.astype(calc), bias.astype(calc))
+            g_ref = pb(dy.astype(calc))
+        with trace() as record:
+            y, pb = luxlib.vjp(luxlib.bias_activation, act, cp.asarray(x), cp.asarray(bias))
+            g = pb(cp.asarray(dy))
+        assert record == [("bias_activation", "gpu")]
+        scale = 1 + np.abs(np.nan_to_num(y_ref, posinf=0, neginf=0))
+        np.testing.assert_allclose(cp.asnumpy(y) / scale, y_ref.astype(dtype) / scale, atol=tol, rtol=0,
+                                   err_msg=repr(act))
+        np.testing.assert_allclose(cp.asnumpy(g[1]).astype(np.float64), g_ref[1], atol=tol * 10, rtol=tol * 10,
+                                   err_msg=repr(act))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_dropout_masks_bit_identical_on_gpu(dtype):
+    cp = _cupy()
+    for n, p in [(1, 0.5), (1025, 0.1), (1 << 20, 0.5)]:
+        x = np.random.default_rng(n).standard_normal(n).astype(dtype)
+        with luxlib.backend("generic"):
+            y_ref, m_ref, _ = luxlib.dropout(np.random.default_rng(3), x, p, True)
+            ya_ref, _ = luxlib.alpha_dropout(np.random.default_rng(3), x, p, True)
+        with trace() as record:
+            y, m, _ = luxlib.dropout(np.random.default_rng(3), cp.asarray(x), p, True)
+            ya, _ = luxlib.alpha_dropout(np.random.default_rng(3), cp.asarray(x), p, True)
+        assert record == [("dropout", "gpu"), ("alpha_dropout", "gpu")]
+        np.testing.assert_array_equal(cp.asnumpy(m), m_ref)
+        np.testing.assert_array_equal(cp.asnumpy(y), y_ref)
+        np.testing.assert_array_equal(cp.asnumpy(ya), ya_ref)
