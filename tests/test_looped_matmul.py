@@ -41,6 +41,12 @@ SHAPES = [
     ((2, 128, 256), (2, 256, 128)),
     ((3, 129, 131), (1, 131, 257)),
     ((8, 128, 256), (1, 256, 129)),
+    # the small kernel: whole vectors of columns read in place (n = 16, 32), several
+    # row tiles with a partial one (m = 17), a long parallel batch, a broadcast sum
+    ((5, 17, 16), (5, 16, 16)),
+    ((7, 9, 13), (1, 13, 32)),
+    ((4096, 16, 16), (4096, 16, 16)),
+    ((1, 16, 16), (700, 16, 16)),
 ]
 
 
@@ -106,6 +112,50 @@ def test_shapes_cover_every_schedule(threads):
         large = xs[1] * ys[2] * xs[2] >= kernels.LARGE_PRODUCT_WORK
         plans.add("parallel" if t > 1 else "large" if large else "serial")
     assert plans == {"serial", "parallel", "large"}
+
+
+def test_shapes_cover_both_kernels():
+    """Products below the size threshold run in the small kernel, the others in BLAS."""
+    for double in (False, True):
+        small = {kernels.small_products(xs[1], ys[2], xs[2], double) for xs, ys in SHAPES}
+        assert small == {True, False}
+    assert kernels.small_products(32, 32, 32, False) and not kernels.small_products(64, 64, 64, False)
+    assert not kernels.small_products(1, 1, 9000, False)  # the packed panel would not fit
+
+
+@pytest.mark.parametrize("shapes, blas", [(((300, 16, 16), (300, 16, 16)), False),
+                                           (((300, 40, 40), (300, 40, 40)), True)], ids=str)
+def test_blas_threads_limited_only_around_blas(shapes, blas, threads, monkeypatch):
+    """The small kernel calls no BLAS, so it skips the threadpoolctl limit."""
+    import luxlib._looped.matmul as glue
+
+    threads(2)
+    calls = []
+    real = glue.single_threaded_blas
+
+    def spy():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(glue, "single_threaded_blas", spy)
+    x, y, dz = make(*shapes, np.float32)
+    with trace() as record:
+        _, pullback = luxlib.vjp(bmm, x, y)
+        pullback(dz)
+    assert record == [("batched_matmul", "looped")]
+    assert len(calls) == (3 if blas else 0)  # forward, dx, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_small_kernel_same_result_any_threads(dtype, threads):
+    x, y, dz = make((2000, 7, 19), (2000, 19, 23), dtype, seed=4)
+    results = []
+    for n in (1, 2):
+        threads(n)
+        z, pullback = luxlib.vjp(bmm, x, y)
+        results.append((z, *pullback(dz)))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("arg", [0, 1, 2])

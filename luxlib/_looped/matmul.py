@@ -55,9 +55,11 @@ def gemm_batched(a, b, c):
     (a, ta, lda), (b, tb, ldb) = a, b
     batch, m, n = c.shape
     k = a.shape[2]
-    # a sum over the batch runs serially on BLAS's threads (see the kernel)
+    # a sum over the batch runs serially on BLAS's threads (see the kernel); the
+    # small kernel calls no BLAS, so BLAS's threads need no limit
     nt = 1 if batch == 1 else kernels.batch_threads(batch, m, n, k)
-    with single_threaded_blas() if nt > 1 else contextlib.nullcontext():
+    blas = not kernels.small_products(m, n, k, c.dtype == np.float64)
+    with single_threaded_blas() if nt > 1 and blas else contextlib.nullcontext():
         kernels.gemm_batched(a, ta, lda, b, tb, ldb, c, nt)
     return c
 
