@@ -204,8 +204,11 @@ def test_numpy_composition_stays_float32(case):
     assert all(o.dtype == np.float32 for o in outputs), [o.dtype for o in outputs]
 
 
-def test_pause_sleeps_before_each_timed_call(monkeypatch):
-    sleeps = []
-    monkeypatch.setattr("luxlib.bench.timing.time.sleep", sleeps.append)
-    interleaved({"a": lambda: None, "b": lambda: None}, 3, pause=0.25)
-    assert sleeps == [0.25] * 6  # 2 contenders x 3 timed calls; none before the warm-up
+def test_pause_sleeps_and_wakes_the_contender_before_each_timed_call(monkeypatch):
+    events = []
+    monkeypatch.setattr("luxlib.bench.timing.time.sleep", lambda s: events.append(("sleep", s)))
+    times, _, _ = interleaved({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, 2, pause=0.25)
+    sleep = ("sleep", 0.25)
+    # warm-up round, then per timed call: sleep, an untimed call, the timed call
+    assert events == ["a", "b"] + [sleep, "a", "a", sleep, "b", "b", sleep, "b", "b", sleep, "a", "a"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}

@@ -20,9 +20,12 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
     warmup : int
         Untimed rounds first (at least one: its outputs are returned for checking).
     pause : float
-        Seconds to sleep before each timed call, so that the worker threads of the
-        previous contender's thread pools (OpenBLAS, each library's OpenMP runtime),
-        which spin for a while after a call, stop competing for the cores.
+        When positive, each timed call is preceded by a sleep of ``pause`` seconds
+        and one untimed call of the same contender: the sleep lets the worker
+        threads of the previous contender's pools (OpenBLAS, each library's OpenMP
+        runtime), which spin for a while after a call, stop competing for the
+        cores; the untimed call wakes the contender's own pools, so the timed call
+        measures it in steady state, alone.
 
     Returns
     -------
@@ -58,6 +61,7 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
                 name = live[(r + k) % len(live)]
                 if pause:
                     time.sleep(pause)
+                    funcs[name]()
                 start = time.perf_counter()
                 funcs[name]()
                 times[name].append(time.perf_counter() - start)
