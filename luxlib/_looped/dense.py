@@ -7,12 +7,20 @@ the pullback keeps ``y`` for output-only activations, else the pre-activation ``
 (plus ``weight`` and ``x``, which the gradients read).
 """
 
+import contextlib
+
 import numpy as np
 
 from .._dispatch import register
 from .._kernels import dense as kernels
+from .._threads import single_threaded_blas
 from .activation import _param, _supports
 from .matmul import blas_operand
+
+
+def _blas_threads(batch, n_out):
+    """Blocked shapes run one gemm per block inside the OpenMP region: BLAS at one thread."""
+    return single_threaded_blas() if kernels.blocked(batch, n_out) else contextlib.nullcontext()
 
 
 def _run(act, weight, x, bias, keep_z):
@@ -25,7 +33,8 @@ def _run(act, weight, x, bias, keep_z):
         bias = np.ascontiguousarray(bias)
     y = np.empty((xo[0].shape[0], weight.shape[0]), np.result_type(weight, x))
     z = np.empty_like(y) if keep_z else y
-    kernels.forward(act.id, _param(act), *xo, *wo, bias, z, y)
+    with _blas_threads(*y.shape):
+        kernels.forward(act.id, _param(act), *xo, *wo, bias, z, y)
     return y, z, wo, xo
 
 
@@ -45,7 +54,8 @@ def vjp(act, weight, x, bias):
         dz, dx = np.empty_like(dy), np.empty(xo[0].shape, dy.dtype)
         dw = np.empty(wo[0].shape, dy.dtype)
         db = np.empty(src.shape[1], dy.dtype) if wants_db else None
-        kernels.backward(act.id, _param(act), src, dy, *xo, *wo, dz, dx, dw, db)
+        with _blas_threads(*src.shape):
+            kernels.backward(act.id, _param(act), src, dy, *xo, *wo, dz, dx, dw, db)
         return {"weight": dw, "x": dx, "bias": db}
 
     return (y if x.ndim == 2 else y[0]), pullback
