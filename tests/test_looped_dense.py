@@ -37,9 +37,9 @@ ACT_IDS = [repr(a)[12:-1] for a in ACTS]
 SOME_ACTS = [activations.relu, activations.gelu, BOUND[0]]
 SOME_IDS = ["relu", "gelu", "leakyrelu(a=0.2)"]
 
-# (batch, in, out), batch None = a 1-D x; odd sizes; from batch and out >= 64 and
-# batch * out >= 32768 on, the kernels run on two threads, one single-threaded gemm
-# per block of rows (blocks that do not divide the batch or out)
+# (batch, in, out), batch None = a 1-D x; odd sizes; from batch and out >= 64 on, the
+# kernels run one single-threaded gemm per thread's block of rows (two threads from
+# batch * out >= 32768 on; odd blocks)
 SHAPES = [(1, 1, 1), (3, 17, 1), (17, 3, 4097), (None, 17, 1023), (2, 4097, 3), (5, 1023, 17),
           (33, 5, 1023), (300, 17, 129), (131, 9, 257), (0, 4, 3), (3, 0, 4)]
 PARALLEL = (131, 9, 257)
@@ -161,11 +161,12 @@ def test_thread_count_independence(dtype, act, threads):
         y, pullback = luxlib.vjp(dense, act, w, x, b)
         results.append((y, *pullback(dy)[1:]))
     one, two, again = results
-    for a, b_ in zip(one[:3], two[:3]):  # y, dw, dx: elementwise passes and the same gemms
-        np.testing.assert_array_equal(a, b_)
     for a, b_ in zip(two, again):  # deterministic for a given thread count
         np.testing.assert_array_equal(a, b_)
-    np.testing.assert_allclose(one[3], two[3], rtol=tol(dtype, len(x)))  # db: a reduction
+    # across thread counts: one gemm per thread's block of rows (BLAS may round a
+    # partial block differently) and db's per-thread partial sums
+    for a, b_ in zip(one, two):
+        np.testing.assert_allclose(a, b_, rtol=tol(dtype, len(x)), atol=tol(dtype, len(x)))
 
 
 @pytest.mark.parametrize("act", SOME_ACTS + [activations.softplus], ids=SOME_IDS + ["softplus"])
