@@ -17,6 +17,17 @@ BACKENDS = ["auto", "generic"]
 
 LAYOUTS = ["C", "F", "strided", "negstride", "readonly"]
 
+#: activations with non-default bound parameters, one per parametrized activation
+BOUND_ACTS = [
+    luxlib.activations.leakyrelu.with_params(a=0.2),
+    luxlib.activations.elu.with_params(alpha=0.5),
+    luxlib.activations.softshrink.with_params(lam=0.3),
+    luxlib.activations.trelu.with_params(theta=0.5),
+]
+#: every built-in activation, then the bound ones, and their test ids
+ALL_ACTS = list(luxlib.activations.ACTIVATIONS.values()) + BOUND_ACTS
+ALL_ACT_IDS = [repr(a)[len("<activation "):-1] for a in ALL_ACTS]
+
 #: ``name -> (act argument, independent NumPy formula)`` for the family tests: output-only
 #: activations (identity, relu, tanh, leakyrelu), others (gelu, swish, softplus), and
 #: one with a bound parameter (leakyrelu a=0.2).

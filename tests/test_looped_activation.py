@@ -21,21 +21,14 @@ if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
     pytest.skip(f"kernels not built: {IMPORT_ERROR}", allow_module_level=True)
 
 from luxlib._kernels import activation as kernels  # noqa: E402
-from _helpers import LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
+from _helpers import ALL_ACT_IDS, ALL_ACTS, BOUND_ACTS, LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 16 * float(np.finfo(np.float32).eps), np.float64: 1e-12}
 
-BOUND = [
-    activations.leakyrelu.with_params(a=0.2),
-    activations.elu.with_params(alpha=0.5),
-    activations.softshrink.with_params(lam=0.3),
-    activations.trelu.with_params(theta=0.5),
-]
-ACTS = list(activations.ACTIVATIONS.values()) + BOUND
-ACT_IDS = [repr(a)[12:-1] for a in ACTS]
+ACTS, ACT_IDS = ALL_ACTS, ALL_ACT_IDS
 # output-only, input-needing, bound parameter, cancellation-prone
-SOME_ACTS = [activations.relu, activations.gelu, BOUND[0], activations.tanhshrink]
+SOME_ACTS = [activations.relu, activations.gelu, BOUND_ACTS[0], activations.tanhshrink]
 SOME_IDS = ["relu", "gelu", "leakyrelu(a=0.2)", "tanhshrink"]
 
 SMALL_SHAPES = [(1,), (1, 1, 1, 1), (3,), (1, 3), (17,), (1023,), (1, 3, 11, 31), (17, 241), (1, 17, 241, 1)]

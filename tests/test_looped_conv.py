@@ -21,22 +21,16 @@ if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
 
 import luxlib._looped.conv as glue  # noqa: E402
 from luxlib._kernels import conv as kernels  # noqa: E402
-from _helpers import LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
+from _helpers import ALL_ACTS, BOUND_ACTS, LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
 
 conv = luxlib.fused_conv_bias_activation
 OP = "fused_conv_bias_activation"
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
-BOUND = [
-    activations.leakyrelu.with_params(a=0.2),
-    activations.elu.with_params(alpha=0.5),
-    activations.softshrink.with_params(lam=0.3),
-    activations.trelu.with_params(theta=0.5),
-]
-ALL_ACTS = list(activations.ACTIVATIONS.values()) + BOUND
+ALL_ACTS = ALL_ACTS
 # identity, output-only, input-needing, bound parameter
-SOME_ACTS = [activations.identity, activations.relu, activations.gelu, BOUND[0]]
+SOME_ACTS = [activations.identity, activations.relu, activations.gelu, BOUND_ACTS[0]]
 
 # (x shape, w shape, ConvDims options): 1-D/2-D/3-D, every padding form, stride, dilation,
 # groups, depthwise (with multiplier), flipped kernels, 1x1 (plain gemm) and 1x1 strided

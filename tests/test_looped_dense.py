@@ -21,20 +21,13 @@ if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
     pytest.skip(f"kernels not built: {IMPORT_ERROR}", allow_module_level=True)
 
 from luxlib._kernels import dense as kernels  # noqa: E402
-from _helpers import LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
+from _helpers import ALL_ACT_IDS, ALL_ACTS, BOUND_ACTS, LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
 
 dense = luxlib.fused_dense_bias_activation
 DTYPES = [np.float32, np.float64]
-BOUND = [
-    activations.leakyrelu.with_params(a=0.2),
-    activations.elu.with_params(alpha=0.5),
-    activations.softshrink.with_params(lam=0.3),
-    activations.trelu.with_params(theta=0.5),
-]
-ACTS = list(activations.ACTIVATIONS.values()) + BOUND
-ACT_IDS = [repr(a)[12:-1] for a in ACTS]
+ACTS, ACT_IDS = ALL_ACTS, ALL_ACT_IDS
 # output-only, input-needing, bound parameter
-SOME_ACTS = [activations.relu, activations.gelu, BOUND[0]]
+SOME_ACTS = [activations.relu, activations.gelu, BOUND_ACTS[0]]
 SOME_IDS = ["relu", "gelu", "leakyrelu(a=0.2)"]
 
 # (batch, in, out), batch None = a 1-D x; odd sizes; from batch and out >= 64 on, the

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import luxlib
+from _helpers import ALL_ACTS
 from luxlib import activations
 from luxlib.cuda import _bias_activation, _dropout
 
@@ -21,13 +22,7 @@ DTYPES = [np.float16, np.float32, np.float64]
 TOL = {np.float16: 8 * float(np.finfo(np.float16).eps), np.float32: 16 * float(np.finfo(np.float32).eps),
        np.float64: 1e-12}
 SCHEDULES = ["inorder", "shuffle"]
-BOUND = [
-    activations.leakyrelu.with_params(a=0.2),
-    activations.elu.with_params(alpha=0.5),
-    activations.softshrink.with_params(lam=0.3),
-    activations.trelu.with_params(theta=0.5),
-]
-ACTS = list(activations.ACTIVATIONS.values()) + BOUND
+ACTS = ALL_ACTS
 # 1-D (the bias runs along the only axis), (N, C) (the row kernel), (N, C, ...) (one block
 # per channel; inner sizes around the block of 256 threads)
 SHAPES = [(1,), (255,), (257,), (1, 1), (3, 33), (2, 31), (2, 3, 5), (1, 2, 255), (2, 1, 256),
