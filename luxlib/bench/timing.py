@@ -21,11 +21,11 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
         Untimed rounds first (at least one: its outputs are returned for checking).
     pause : float
         When positive, each timed call is preceded by a sleep of ``pause`` seconds
-        and untimed calls of the same contender (see :func:`_wake`): the sleep lets
-        the worker threads of the previous contender's pools (OpenBLAS, each
-        library's OpenMP runtime), which spin for a while after a call, stop
-        competing for the cores; the untimed calls wake the contender's own pools,
-        so the timed call measures it in steady state, alone.
+        and one untimed call of the same contender: the sleep lets the worker
+        threads of the previous contender's pools (OpenBLAS, each library's OpenMP
+        runtime), which spin for a while after a call, stop competing for the
+        cores; the untimed call wakes the contender's own pools, so the timed call
+        measures it in steady state, alone.
 
     Returns
     -------
@@ -61,7 +61,7 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
                 name = live[(r + k) % len(live)]
                 if pause:
                     time.sleep(pause)
-                    _wake(funcs[name])
+                    funcs[name]()
                 start = time.perf_counter()
                 funcs[name]()
                 times[name].append(time.perf_counter() - start)
@@ -69,19 +69,6 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
         if gc_was_enabled:
             gc.enable()
     return times, first, failed
-
-
-def _wake(f, seconds=0.02):
-    """Call ``f`` untimed for at least ``seconds`` (at least once).
-
-    One call is not enough for sub-millisecond work: a worker thread that slept
-    through the pause can take a scheduler tick (~4 ms) to come back, and only
-    sustained work keeps the pool awake.
-    """
-    end = time.perf_counter() + seconds
-    f()
-    while time.perf_counter() < end:
-        f()
 
 
 def copy_bandwidth(nbytes=256 * 2**20, repeats=5):
