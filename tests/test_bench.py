@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 import luxlib
 from luxlib.bench import CASES, main, report
 from luxlib.bench.cases import import_torch
-from luxlib.bench.timing import interleaved
+from luxlib.bench.timing import _wake, interleaved
 
 HAS_TORCH = import_torch() is not None
 
@@ -207,8 +208,33 @@ def test_numpy_composition_stays_float32(case):
 def test_pause_sleeps_and_wakes_the_contender_before_each_timed_call(monkeypatch):
     events = []
     monkeypatch.setattr("luxlib.bench.timing.time.sleep", lambda s: events.append(("sleep", s)))
+    monkeypatch.setattr("luxlib.bench.timing._wake", lambda f: events.append("wake") or f())
     times, _, _ = interleaved({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, 2, pause=0.25)
     sleep = ("sleep", 0.25)
-    # warm-up round, then per timed call: sleep, an untimed call, the timed call
-    assert events == ["a", "b"] + [sleep, "a", "a", sleep, "b", "b", sleep, "b", "b", sleep, "a", "a"]
+    # warm-up round, then per timed call: sleep, untimed wake-up calls, the timed call
+    assert events == ["a", "b"] + [sleep, "wake", "a", "a", sleep, "wake", "b", "b",
+                                   sleep, "wake", "b", "b", sleep, "wake", "a", "a"]
     assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+
+
+def test_wake_keeps_calling_for_the_given_time():
+    calls = []
+    start = time.perf_counter()
+    _wake(lambda: calls.append(1), seconds=0.01)
+    assert time.perf_counter() - start >= 0.01 and len(calls) > 1
+    calls.clear()
+    _wake(lambda: calls.append(1), seconds=0)
+    assert calls == [1]  # at least once
+
+
+def test_first_outputs_are_copies_taken_before_later_calls_change_them():
+    buf = np.zeros(3)
+
+    def in_place():
+        buf[...] += 1
+        return buf, buf[:1]
+
+    _, first, _ = interleaved({"inplace": in_place}, repeats=4, warmup=2)
+    assert buf[0] == 6  # 2 warm-up + 4 timed calls
+    np.testing.assert_array_equal(first["inplace"][0], np.ones(3))
+    np.testing.assert_array_equal(first["inplace"][1], np.ones(1))

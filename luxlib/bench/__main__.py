@@ -19,8 +19,8 @@ def _parser():
     add("--quick", action="store_true", help="tiny shapes and 3 repeats (smoke test; numbers meaningless)")
     add("--filter", metavar="SUBSTR", help="only cases whose 'family name' contains SUBSTR (case-insensitive)")
     add("--repeats", type=int, metavar="N", help="timed calls per contender (default 7, --quick 3)")
-    add("--pause", type=float, metavar="S", help="seconds of sleep, then one untimed call, before each timed "
-        "call, so the previous contender's spinning BLAS/OpenMP threads go idle (default 0.1, --quick 0)")
+    add("--pause", type=float, metavar="S", help="seconds of sleep, then 20 ms of untimed calls, before each "
+        "timed call, so the previous contender's spinning BLAS/OpenMP threads go idle (default 0.1, --quick 0)")
     add("--threads", type=int, metavar="N", help="threads for luxlib, BLAS and torch (default: luxlib's count)")
     add("--json", default="bench_results.json", metavar="PATH", help="results file (default %(default)s)")
     add("--png", metavar="PATH", help="bar chart of the ratios (skipped when matplotlib is not importable)")

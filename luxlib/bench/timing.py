@@ -21,18 +21,19 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
         Untimed rounds first (at least one: its outputs are returned for checking).
     pause : float
         When positive, each timed call is preceded by a sleep of ``pause`` seconds
-        and one untimed call of the same contender: the sleep lets the worker
-        threads of the previous contender's pools (OpenBLAS, each library's OpenMP
-        runtime), which spin for a while after a call, stop competing for the
-        cores; the untimed call wakes the contender's own pools, so the timed call
-        measures it in steady state, alone.
+        and untimed calls of the same contender (see :func:`_wake`): the sleep lets
+        the worker threads of the previous contender's pools (OpenBLAS, each
+        library's OpenMP runtime), which spin for a while after a call, stop
+        competing for the cores; the untimed calls wake the contender's own pools,
+        so the timed call measures it in steady state, alone.
 
     Returns
     -------
     times : dict
         ``name -> list of seconds``, for the contenders that did not raise.
     first : dict
-        ``name -> output of the first warm-up call``.
+        ``name -> copy of the output of the first warm-up call`` (a copy: an
+        in-place contender's output is its input, which later calls change).
     failed : dict
         ``name -> "ExceptionType: message"`` for contenders that raised (not timed).
 
@@ -45,7 +46,7 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
     first, failed = {}, {}
     for name, f in funcs.items():
         try:
-            first[name] = f()
+            first[name] = _snapshot(f())
         except Exception as exc:  # a contender that cannot run is reported, not fatal
             failed[name] = f"{type(exc).__name__}: {exc}"
     live = [name for name in funcs if name not in failed]
@@ -61,7 +62,7 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
                 name = live[(r + k) % len(live)]
                 if pause:
                     time.sleep(pause)
-                    funcs[name]()
+                    _wake(funcs[name])
                 start = time.perf_counter()
                 funcs[name]()
                 times[name].append(time.perf_counter() - start)
@@ -69,6 +70,29 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
         if gc_was_enabled:
             gc.enable()
     return times, first, failed
+
+
+def _snapshot(out):
+    """A copy of ``out``: arrays (NumPy or anything with ``copy``/``clone``), tuples of them."""
+    if isinstance(out, tuple):
+        return tuple(_snapshot(o) for o in out)
+    for method in ("clone", "copy"):  # torch tensors have both; clone is the deep one
+        if hasattr(out, method):
+            return getattr(out, method)()
+    return out
+
+
+def _wake(f, seconds=0.02):
+    """Call ``f`` untimed for at least ``seconds`` (at least once).
+
+    One call is not enough for sub-millisecond work: a worker thread that slept
+    through the pause can take a scheduler tick (~4 ms) to come back, and only
+    sustained work keeps the pool awake.
+    """
+    end = time.perf_counter() + seconds
+    f()
+    while time.perf_counter() < end:
+        f()
 
 
 def copy_bandwidth(nbytes=256 * 2**20, repeats=5):
