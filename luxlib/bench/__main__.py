@@ -5,6 +5,7 @@ import sys
 
 from . import report
 from .cases import select
+from .device import DeviceUnavailable, get_device
 from .runner import run
 
 
@@ -24,19 +25,14 @@ def _parser():
     add("--threads", type=int, metavar="N", help="threads for luxlib, BLAS and torch (default: luxlib's count)")
     add("--json", default="bench_results.json", metavar="PATH", help="results file (default %(default)s)")
     add("--png", metavar="PATH", help="bar chart of the ratios (skipped when matplotlib is not importable)")
-    add("--device", choices=("cpu", "cuda"), default="cpu", help="cuda is not implemented yet (exits with status 2)")
+    add("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (NumPy arrays; default) or cuda (CuPy "
+        "arrays against PyTorch CUDA; exits with status 2 without CuPy or a device)")
     add("--list", action="store_true", help="list the cases (and whether luxlib has their op) and exit")
     return p
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    if args.device == "cuda":
-        print(
-            "python -m luxlib.bench: the CUDA path is not implemented yet (a later issue); use --device cpu",
-            file=sys.stderr,
-        )
-        return 2
     cases = select(args.filter)
     if args.list:
         for c in cases:
@@ -52,11 +48,19 @@ def main(argv=None):
     if args.pause is not None and args.pause < 0:
         print("python -m luxlib.bench: --pause must not be negative", file=sys.stderr)
         return 1
+    try:
+        device = get_device(args.device)
+    except DeviceUnavailable as exc:
+        print(f"python -m luxlib.bench: {exc}", file=sys.stderr)
+        return 2
+    # the pause is for CPU thread pools; GPU calls are timed to their end anyway
+    default_pause = 0.0 if args.quick or device.name != "cpu" else 0.1
     result = run(
         cases,
         quick=args.quick,
         repeats=args.repeats,
-        pause=(0.0 if args.quick else 0.1) if args.pause is None else args.pause,
+        pause=default_pause if args.pause is None else args.pause,
+        device=device,
         threads=args.threads,
         on_start=lambda head: print(report.header(head), flush=True),
         on_case=lambda record: print(report.rows(record), flush=True),

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 import luxlib
+from luxlib._validation import array_namespace
 
 from . import naive
 
@@ -107,10 +108,11 @@ class Case:
             return Contender(lambda: _primary(f(*args)), forward_backward)
         if who == "torch":
             fn, inputs, grads = self.torch_call(a, torch)
-            # own copies: torch updates running statistics in place
-            tensors = [torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v for v in inputs]
+            # own copies (torch updates running statistics in place), on the arrays' device
+            # (torch.as_tensor reads NumPy and, through __cuda_array_interface__, CuPy arrays)
+            tensors = [torch.as_tensor(v).clone() if hasattr(v, "shape") else v for v in inputs]
             leaves = [tensors[i].requires_grad_() for i in grads or ()]
-            dyt = torch.from_numpy(dy)
+            dyt = torch.as_tensor(dy)
 
             def forward():
                 with torch.no_grad():
@@ -246,8 +248,9 @@ class BatchNorm(_Norm):
         super().__init__("batchnorm")
 
     def _stats(self, a):
+        xp = array_namespace(a["scale"])  # NumPy, or CuPy with --device cuda
         c = a["scale"].shape[0]
-        return np.zeros(c, DTYPE), np.ones(c, DTYPE)
+        return xp.zeros(c, DTYPE), xp.ones(c, DTYPE)
 
     def luxlib_call(self, a):
         rm, rv = self._stats(a)

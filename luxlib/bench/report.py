@@ -32,6 +32,8 @@ def header(head):
         f"{s.get('pause_s', 0):g} s pause before each"
         + (" [--quick: tiny shapes, numbers meaningless]" if s["quick"] else ""),
         f"CPU: {m['cpu_model']} ({m['usable_cores']} usable cores; {' '.join(m['cpu_simd'])})",
+        *([f"device: cuda, {m['gpu']} ({m['gpu_memory_gib']} GiB), CuPy {m['cupy']}; the NumPy compositions "
+           "do not take part"] if s.get("device") == "cuda" else []),
         f"copy bandwidth: {head['copy_bandwidth_gbs']:.1f} GB/s ({head['copy_bandwidth_method']})",
     ]
     if m["env"].get("OPENBLAS_CORETYPE"):
@@ -103,7 +105,7 @@ def footer(result):
                 lines.append(f"{r['name']} {_MODE_LABEL[mode]}: {who} failed: {msg}")
             if not m["check_ok"]:
                 lines.append(
-                    f"{r['name']} {_MODE_LABEL[mode]}: MISMATCH against the NumPy composition "
+                    f"{r['name']} {_MODE_LABEL[mode]}: MISMATCH against {m['check_reference']} "
                     f"(norm-relative difference > {CHECK_RTOL:g}): {m['check']}"
                 )
     return "\n".join(lines)

@@ -13,11 +13,12 @@ import numpy as np
 import luxlib
 
 from .cases import import_torch
-from .timing import copy_bandwidth, interleaved
+from .device import CPU, to_numpy
+from .timing import interleaved
 
-CONTENDERS = ("luxlib", "torch", "numpy")
+CONTENDERS = CPU.contenders  # the table's columns (a device may field fewer)
 MODES = ("forward", "forward_backward")
-#: norm-relative difference to the NumPy composition above which a row is flagged
+#: norm-relative difference to the reference contender above which a row is flagged
 CHECK_RTOL = 1e-3
 
 
@@ -94,10 +95,6 @@ def machine_info(threads, torch=None):
     }
 
 
-def _numpy_of(v):
-    return np.asarray(v.detach()) if hasattr(v, "detach") else np.asarray(v)
-
-
 def rel_diff(out, ref):
     """Largest norm-relative difference between two outputs (arrays or tuples of arrays)."""
     outs, refs = (out, ref) if isinstance(ref, tuple) else ((out,), (ref,))
@@ -105,15 +102,20 @@ def rel_diff(out, ref):
         return math.inf
     worst = 0.0
     for o, r in zip(outs, refs):
-        o, r = _numpy_of(o).astype(np.float64), _numpy_of(r).astype(np.float64)
+        o, r = to_numpy(o).astype(np.float64), to_numpy(r).astype(np.float64)
         if o.shape != r.shape:
             return math.inf
         worst = max(worst, float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-30)))
     return worst
 
 
-def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs):
-    funcs = {who: getattr(c, mode) for who, c in contenders.items() if getattr(c, mode) is not None}
+def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs, device):
+    # a timed call ends when the device has finished the work it queued
+    funcs = {
+        who: (lambda f=getattr(c, mode): device.finish(f()))
+        for who, c in contenders.items()
+        if getattr(c, mode) is not None
+    }
     times, first, failed = interleaved(funcs, repeats, warmup, pause)
     median = {who: statistics.median(t) for who, t in times.items()}
     rate = {who: amount / t / 1e9 for who, t in median.items()}
@@ -130,26 +132,31 @@ def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs):
         "rate": rate,
         "pct_copy_bandwidth": {who: 100 * r / copy_gbs for who, r in rate.items()} if case.metric == "GB/s" else {},
     }
-    if case.random or "numpy" not in first:
+    # the reference: the NumPy composition, or torch where the device fields no NumPy
+    ref = next((who for who in ("numpy", "torch") if who in first), None)
+    result["check_reference"] = ref
+    if case.random or ref is None:
         result["check"] = {}
     else:
-        result["check"] = {who: rel_diff(out, first["numpy"]) for who, out in first.items() if who != "numpy"}
+        result["check"] = {who: rel_diff(out, first[ref]) for who, out in first.items() if who != ref}
     result["check_ok"] = all(d <= CHECK_RTOL for d in result["check"].values())
     return result
 
 
-def run_case(case, *, quick, repeats, warmup, copy_gbs, pause=0.0, torch=None):
-    """Time one case; returns its JSON record (``skipped`` says why when it did not run)."""
+def run_case(case, *, quick, repeats, warmup, copy_gbs, pause=0.0, torch=None, device=None):
+    """Time one case on ``device`` (default the CPU); returns its JSON record
+    (``skipped`` says why when it did not run)."""
+    device = device or CPU()
     record = {"name": case.name, "family": case.family, "dtype": "float32"}
     record.update(metric=case.metric, formula=case.formula)
     missing = case.missing()
     if missing:
         record["skipped"] = "not in luxlib yet: " + ", ".join(missing)
         return record
-    a = case.arrays(quick)
+    a = device.put(case.arrays(quick))
     record["shape"] = case.shape(a)
     contenders = {}
-    for who in CONTENDERS:
+    for who in device.contenders:
         if who == "torch" and torch is None:
             continue
         try:
@@ -158,7 +165,8 @@ def run_case(case, *, quick, repeats, warmup, copy_gbs, pause=0.0, torch=None):
             record.setdefault("failed", {})[who] = f"{type(exc).__name__}: {exc}"
     amounts = case.amount(a)
     record["modes"] = {
-        mode: _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs) for mode, amount in zip(MODES, amounts)
+        mode: _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs, device)
+        for mode, amount in zip(MODES, amounts)
     }
     del a, contenders
     gc.collect()
@@ -181,13 +189,18 @@ def summarize(records):
     }
 
 
-def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, on_case=None, on_start=None):
-    """Benchmark ``cases``; return the full JSON-able record.
+def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, device=None, on_case=None,
+        on_start=None):
+    """Benchmark ``cases`` on ``device`` (a :mod:`.device` object, default the CPU);
+    return the full JSON-able record.
 
     ``on_start(header)`` is called with the settings and machine record before the
     first case, ``on_case(record)`` after each case (for streaming output).
     """
+    device = device or CPU()
     torch = import_torch()
+    if not device.torch_usable(torch):
+        torch = None
     threads = threads or default_threads()
     repeats = repeats or (3 if quick else 7)
     records = []
@@ -195,21 +208,17 @@ def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, 
         header = {
             "settings": {
                 "quick": quick, "repeats": repeats, "warmup": warmup, "pause_s": pause, "threads": threads,
-                "device": "cpu",
+                "device": device.name,
             },
-            "machine": machine_info(threads, torch),
-            "copy_bandwidth_gbs": copy_bandwidth(16 * 2**20 if quick else 256 * 2**20, 3 if quick else 5),
-            "copy_bandwidth_method": (
-                "median of np.copyto between two pre-faulted float32 arrays of "
-                f"{16 if quick else 256} MiB on one thread; bytes = 2 x array size (read + write)"
-            ),
+            "machine": {**machine_info(threads, torch), **device.info()},
         }
+        header["copy_bandwidth_gbs"], header["copy_bandwidth_method"] = device.copy_bandwidth(quick)
         if on_start is not None:
             on_start(header)
         for case in cases:
             record = run_case(
                 case, quick=quick, repeats=repeats, warmup=warmup, pause=pause, copy_gbs=header["copy_bandwidth_gbs"],
-                torch=torch,
+                torch=torch, device=device,
             )
             records.append(record)
             if on_case is not None:

@@ -1,0 +1,120 @@
+"""Where the contenders run: the CPU (NumPy arrays) or a CUDA device (CuPy arrays).
+
+A device puts a case's NumPy inputs where the contenders run, names the contenders
+that take part, makes a timed call wait for the work it queued (a GPU launch returns
+before its kernel ends), measures the copy bandwidth that bandwidth-bound rows are
+compared with, and brings outputs back to NumPy for the correctness check.
+"""
+
+import statistics
+
+import numpy as np
+
+from .timing import copy_bandwidth, interleaved
+
+__all__ = ["CPU", "CUDA", "DeviceUnavailable", "get_device", "to_numpy"]
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested device cannot run here (no CuPy, no CUDA device)."""
+
+
+def to_numpy(v):
+    """An output of any contender (NumPy/CuPy array, torch tensor on any device) as NumPy."""
+    if hasattr(v, "detach"):  # a torch tensor, on any device
+        return v.detach().cpu().numpy()
+    if hasattr(v, "get") and not isinstance(v, np.ndarray):  # a CuPy array
+        return v.get()
+    return np.asarray(v)
+
+
+class CPU:
+    """NumPy arrays; contenders luxlib, torch (CPU) and the NumPy compositions."""
+
+    name = "cpu"
+    contenders = ("luxlib", "torch", "numpy")
+
+    def put(self, arrays):
+        return arrays
+
+    def finish(self, out):
+        """Return ``out`` once the work that produced it has finished (at once on the CPU)."""
+        return out
+
+    def torch_usable(self, torch):
+        return torch is not None
+
+    def info(self):
+        return {}
+
+    def copy_bandwidth(self, quick):
+        """``(GB/s, method)`` of one ``np.copyto`` between two pre-faulted float32 arrays."""
+        mib = 16 if quick else 256
+        return copy_bandwidth(mib * 2**20, 3 if quick else 5), (
+            f"median of np.copyto between two pre-faulted float32 arrays of {mib} MiB on one thread; "
+            "bytes = 2 x array size (read + write)"
+        )
+
+
+class CUDA(CPU):
+    """CuPy arrays on the current CUDA device; contenders luxlib and torch (CUDA).
+
+    The NumPy compositions are CPU code, so they do not take part; torch does when
+    ``torch.cuda.is_available()``.
+    """
+
+    name = "cuda"
+    contenders = ("luxlib", "torch")
+
+    def __init__(self):
+        try:
+            import cupy
+        except ImportError as exc:
+            raise DeviceUnavailable(f"--device cuda needs CuPy, which is not importable ({exc})") from None
+        if not cupy.cuda.is_available():
+            raise DeviceUnavailable("--device cuda: CuPy finds no CUDA device")
+        self.cupy = cupy
+
+    def put(self, arrays):
+        return {k: self.cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+
+    def finish(self, out):
+        # the whole device: torch launches on its own streams
+        self.cupy.cuda.runtime.deviceSynchronize()
+        return out
+
+    def torch_usable(self, torch):
+        return torch is not None and torch.cuda.is_available()
+
+    def info(self):
+        cp = self.cupy
+        dev = cp.cuda.Device()
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        return {
+            "gpu": name.decode() if isinstance(name, bytes) else str(name),
+            "gpu_memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+            "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+            "cupy": cp.__version__,
+        }
+
+    def copy_bandwidth(self, quick):
+        """``(GB/s, method)`` of one device-to-device ``cupy.copyto`` (read + write)."""
+        cp = self.cupy
+        mib = 16 if quick else 1024
+        src = cp.ones(mib * 2**18, cp.float32)
+        dst = cp.zeros_like(src)
+        times, _, _ = interleaved({"copy": lambda: self.finish(cp.copyto(dst, src))}, 3 if quick else 20)
+        return 2 * src.nbytes / statistics.median(times["copy"]) / 1e9, (
+            f"median of cupy.copyto between two float32 device arrays of {mib} MiB, synchronized; "
+            "bytes = 2 x array size (read + write)"
+        )
+
+
+def get_device(name):
+    """The device called ``name`` (``"cpu"`` or ``"cuda"``); raises :class:`DeviceUnavailable`."""
+    if name == "cpu":
+        return CPU()
+    if name == "cuda":
+        return CUDA()
+    raise ValueError(f"unknown device {name!r}")
