@@ -16,7 +16,7 @@ import numpy as np
 
 from .._validation import array_namespace
 
-__all__ = ["philox4x32", "draw_key", "uniform"]
+__all__ = ["philox4x32", "draw_key", "is_generator", "uniform"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
@@ -64,18 +64,29 @@ def philox4x32(counter, key, rounds=10):
     return c0, c1, c2, c3
 
 
+def is_generator(rng):
+    """Whether ``rng`` is a generator dropout accepts: a ``numpy.random.Generator`` or a
+    ``cupy.random.Generator`` (recognized without importing CuPy: a generator whose type
+    lives in ``cupy`` means the caller has it)."""
+    t = type(rng)
+    return isinstance(rng, np.random.Generator) or (t.__name__ == "Generator" and t.__module__.split(".")[0] == "cupy")
+
+
 def draw_key(rng):
     """Draw a Philox key from a copy of ``rng``; the caller's generator is not advanced.
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or cupy.random.Generator
+        Both draw the key the same way (one uint64 from ``integers``; CuPy returns it
+        as a 0-d device array, read back with ``int``), so the mask depends only on
+        the drawn value, never on the array type.
 
     Returns
     -------
     key : tuple of 2 int
         ``(seed & 0xFFFFFFFF, seed >> 32)`` for one 64-bit ``seed`` drawn from the copy.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or cupy.random.Generator
         The advanced copy.
     """
     rng = copy.deepcopy(rng)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._autodiff import public_op
 from .._dispatch import run
+from .._generic.philox import is_generator
 from .._validation import check_array, check_shape, promote, resolve_training
 
 #: SELU's saturation value ``-lambda * alpha``, alpha_dropout's default ``alpha``
@@ -20,8 +21,10 @@ ALPHA_DROPOUT_ALPHA = -1.7580993408473766
 
 
 def _check_rng(fname, rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{fname}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if not is_generator(rng):
+        raise TypeError(
+            f"{fname}: rng must be a numpy.random.Generator or a cupy.random.Generator, got {type(rng).__name__}"
+        )
 
 
 def _check_real(fname, argname, value, allow_none=False):
@@ -67,7 +70,7 @@ def dropout(rng, x, p, training, invp=None, dims=None, *, mask=None, update_mask
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or cupy.random.Generator
     x : array
     p : float
         Drop probability, in ``[0, 1]``.
@@ -93,7 +96,7 @@ def dropout(rng, x, p, training, invp=None, dims=None, *, mask=None, update_mask
     mask : array
         The mask, in ``y``'s dtype; when not training, ``x`` itself (LuxLib's
         convention).
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or cupy.random.Generator
         The advanced copy of ``rng`` when a mask was drawn, else ``rng``.
 
     Raises
@@ -152,7 +155,7 @@ def alpha_dropout(rng, x, p, training, alpha=None, A=None, B=None):
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or cupy.random.Generator
     x : array
     p : float
         Drop probability, in ``[0, 1]``.
@@ -171,7 +174,7 @@ def alpha_dropout(rng, x, p, training, alpha=None, A=None, B=None):
     -------
     y : array
         In ``x``'s dtype; ``x`` itself when not training.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or cupy.random.Generator
         The advanced copy of ``rng`` when training, else ``rng``.
 
     Raises

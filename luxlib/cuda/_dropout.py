@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .._generic.philox import draw_key
+from .._generic.philox import draw_key, is_generator
 from .._validation import array_namespace
 from ._modules import BLOCK, acc_scalar, grid_1d, kernel_name
 
@@ -18,7 +18,7 @@ DTYPES = ("float16", "float32", "float64")
 
 
 def supports(rng, x, training, **_):
-    return bool(training) and isinstance(rng, np.random.Generator) and x.dtype.name in DTYPES
+    return bool(training) and is_generator(rng) and x.dtype.name in DTYPES
 
 
 def _threshold(p):
