@@ -47,6 +47,10 @@ SHAPES = [
     ((7, 9, 13), (1, 13, 32)),
     ((4096, 16, 16), (4096, 16, 16)),
     ((1, 16, 16), (700, 16, 16)),
+    # B held in registers on AVX-512 (k <= 16, n <= one vector: 16 float / 8 double):
+    # whole and partial vectors, k at and below the limit, rows not a multiple of 4
+    ((6, 7, 15), (1, 15, 8)),
+    ((3, 18, 16), (3, 16, 5)),
 ]
 
 

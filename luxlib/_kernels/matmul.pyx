@@ -44,8 +44,71 @@ cdef extern from *:
     #else
     #define LX_NO_VECTORIZE
     #endif
+    /* Products with k <= LX_MM_BREG and n <= W on CPUs with AVX-512 (32 vector
+       registers): all of (padded) B is held in k registers and each row of C is one
+       chain of FMAs in order of p, the same sums as the tiled kernel (so results do not
+       depend on the CPU). 13% faster than the tiles at 16^3 on Zen 4 (no B reloads);
+       with 16 registers (AVX2) B would spill, so other CPUs keep the tiles. */
+    #if defined(__x86_64__) && defined(__ELF__) && !defined(__clang__) && !defined(LUXLIB_NO_CLONES)
+    #define LX_MM_BREG 16
+    #define LX_MM_BREG_TARGET __attribute__((target("arch=x86-64-v4")))
+    #define LX_MM_BREG_CPU (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") \\
+                            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    #else
+    #define LX_MM_BREG 0
+    #define LX_MM_BREG_TARGET
+    #define LX_MM_BREG_CPU 0
+    #endif
     #define LX_DEFINE_SMALL_GEMM(T, S, W) \\
     typedef T lx_vec_##S __attribute__((vector_size(W * sizeof(T)))); \\
+    /* c (+)= a @ b for k <= LX_MM_BREG, b as rows of exactly W (zero-padded) columns; rows \\
+       of c four at a time (four independent FMA chains hide the latency; rows past m \\
+       repeat row m - 1 and are not stored) */ \\
+    static LX_MM_BREG_TARGET inline __attribute__((always_inline)) void lx_breg_body_##S( \\
+            int m, int n, int k, const T* a, ptrdiff_t ars, ptrdiff_t acs, const T* bp, \\
+            ptrdiff_t ldp, T* c, ptrdiff_t ldc, int accumulate) { \\
+        lx_vec_##S bv[LX_MM_BREG > 0 ? LX_MM_BREG : 1]; \\
+        _Pragma("GCC unroll 16") /* constant indices keep B in registers */ \\
+        for (int p = 0; p < LX_MM_BREG; p++) \\
+            if (p < k) memcpy(&bv[p], bp + p * ldp, sizeof bv[p]); \\
+        for (int i0 = 0; i0 < m; i0 += 4) { \\
+            const T* ar[4]; \\
+            lx_vec_##S v[4]; \\
+            _Pragma("GCC unroll 4") \\
+            for (int r = 0; r < 4; r++) { \\
+                ar[r] = a + (i0 + r < m ? i0 + r : m - 1) * ars; \\
+                v[r] = (lx_vec_##S){0}; \\
+            } \\
+            _Pragma("GCC unroll 16") \\
+            for (int p = 0; p < LX_MM_BREG; p++) \\
+                if (p < k) { \\
+                    _Pragma("GCC unroll 4") \\
+                    for (int r = 0; r < 4; r++) v[r] += ar[r][p * acs] * bv[p]; \\
+                } \\
+            _Pragma("GCC unroll 4") /* constant indices keep v in registers */ \\
+            for (int r = 0; r < 4; r++) { \\
+                if (i0 + r >= m) break; \\
+                T* cr = c + (i0 + r) * ldc; \\
+                lx_vec_##S old, s = v[r]; \\
+                if (n == W) { \\
+                    if (accumulate) { memcpy(&old, cr, sizeof s); s += old; } \\
+                    memcpy(cr, &s, sizeof s); \\
+                } else { /* through an array: indexing a vector keeps it in memory */ \\
+                    T t[W]; \\
+                    memcpy(t, &s, sizeof t); \\
+                    for (int w = 0; w < n; w++) cr[w] = accumulate ? cr[w] + t[w] : t[w]; \\
+                } \\
+            } \\
+        } \\
+    } \\
+    static LX_MM_BREG_TARGET void lx_breg_gemm_##S(int m, int n, int k, \\
+            const T* a, ptrdiff_t ars, ptrdiff_t acs, const T* bp, ptrdiff_t ldp, \\
+            T* c, ptrdiff_t ldc, int accumulate) { \\
+        if (acs == 1) /* rows of A contiguous: constant offsets, fewer live registers */ \\
+            lx_breg_body_##S(m, n, k, a, ars, 1, bp, ldp, c, ldc, accumulate); \\
+        else \\
+            lx_breg_body_##S(m, n, k, a, ars, acs, bp, ldp, c, ldc, accumulate); \\
+    } \\
     /* pack[p * np + j] = B[p, j] (0 for j >= n) for a B with contiguous columns */ \\
     static LX_NO_VECTORIZE void lx_pack_transposed_##S(int k, int n, const T* b, ptrdiff_t bcs, \\
                                                        T* pack, int np) { \\
@@ -69,6 +132,10 @@ cdef extern from *:
                 lx_pack_transposed_##S(k, n, b, bcs, pack, np); \\
             bp = pack; \\
             ldp = np; \\
+        } \\
+        if (np == W && k <= LX_MM_BREG && LX_MM_BREG_CPU) { \\
+            lx_breg_gemm_##S(m, n, k, a, ars, acs, bp, ldp, c, ldc, accumulate); \\
+            return; \\
         } \\
         for (int j0 = 0; j0 < np; j0 += W) { \\
             const int nj = n - j0 < W ? n - j0 : W; \\
