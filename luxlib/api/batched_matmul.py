@@ -10,12 +10,13 @@ _NAME = "batched_matmul"
 def _check(x, y):
     x = check_array(_NAME, "x", x, ndim=3)
     y = check_array(_NAME, "y", y, ndim=3)
-    shapes = f"x has shape {tuple(x.shape)}, y has shape {tuple(y.shape)}"
     if x.shape[2] != y.shape[1]:
-        raise ValueError(f"{_NAME}: x's axis 2 must match y's axis 1: {shapes}")
-    if x.shape[0] != y.shape[0] and 1 not in (x.shape[0], y.shape[0]):
-        raise ValueError(f"{_NAME}: batch sizes must be equal or one of them 1: {shapes}")
-    return promote(x, y)
+        problem = "x's axis 2 must match y's axis 1"
+    elif x.shape[0] != y.shape[0] and 1 not in (x.shape[0], y.shape[0]):
+        problem = "batch sizes must be equal or one of them 1"
+    else:
+        return promote(x, y)
+    raise ValueError(f"{_NAME}: {problem}: x has shape {tuple(x.shape)}, y has shape {tuple(y.shape)}")
 
 
 @public_op
