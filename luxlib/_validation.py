@@ -1,5 +1,9 @@
 """Argument checks shared by the public functions (run once, before any kernel)."""
 
+import os
+import sys
+import warnings
+
 import numpy as np
 
 __all__ = [
@@ -18,7 +22,7 @@ def array_namespace(*arrays):
     for x in arrays:
         if x is None or type(x) is np.ndarray:
             continue
-        if type(x).__module__.split(".")[0] == "cupy":
+        if _is_cupy(x):
             import cupy  # the caller already has it, so this costs nothing
 
             return cupy
@@ -81,6 +85,21 @@ def check_shape(fname, argname, x, expected, what=""):
         )
 
 
+def _is_cupy(x):
+    # never imports CuPy: an array whose type lives in cupy means the caller has it
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _caller_stacklevel():
+    """``stacklevel`` for a warning raised by this module's caller that names the first
+    frame outside the luxlib package (the user's call)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(2), 2  # level 2: the caller of this function's caller
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def promote(*arrays):
     """Cast the arrays (``None`` passes through) to their common floating dtype."""
     present = [a for a in arrays if a is not None]
@@ -90,6 +109,14 @@ def promote(*arrays):
     dtype = present[0].dtype
     for a in present[1:]:
         dtype = xp.result_type(dtype, a.dtype)
+    if any(_is_cupy(a) for a in present) and any(a.dtype != dtype for a in present):
+        # SPEC: on the GPU mixed dtypes also warn (the cast is a device copy per call)
+        warnings.warn(
+            f"luxlib: arrays of dtypes {sorted({str(a.dtype) for a in present})} are promoted to {dtype} "
+            "(a cast copy on the GPU); pass arrays of one dtype to avoid it",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
     return tuple(a if a is None or a.dtype == dtype else a.astype(dtype) for a in arrays)
 
 

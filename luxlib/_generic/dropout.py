@@ -4,6 +4,8 @@ The forward of each op is its vjp's output: the pullback keeps only the mask,
 which the forward builds (and, for dropout, returns) anyway.
 """
 
+import numpy as np
+
 from .._dispatch import register
 from .._validation import array_namespace
 from .philox import draw_key, uniform
@@ -21,8 +23,12 @@ def dropout_vjp(rng, x, p, training, invp, shape, mask):
     if mask is None:
         xp = array_namespace(x)
         keep, rng = _keep(rng, shape, p, xp)
-        # where, not keep * invp: p = 1 has invp = inf and must give zeros, not NaN
-        mask = xp.where(keep, xp.asarray(invp, dtype=x.dtype), xp.asarray(0, dtype=x.dtype))
+        # where, not keep * invp: p = 1 has invp = inf and must give zeros, not NaN. invp
+        # rounds to the array dtype as NumPy casts it (1/(1-p) > 65504 is inf in float16:
+        # the call's arithmetic, not an accident to warn about)
+        with np.errstate(over="ignore"):
+            scale = xp.asarray(invp, dtype=x.dtype)
+        mask = xp.where(keep, scale, xp.asarray(0, dtype=x.dtype))
     return (x * mask, mask, rng), lambda dy: {"x": dy * mask}
 
 

@@ -3,11 +3,12 @@
 Importing this package registers the GPU implementations; it never imports CuPy
 (the kernels are compiled on first use, which only happens for CuPy arrays, whose
 owner has CuPy). Families so far: fast_activation/bias_activation (and the in-place
-variants), dropout, alpha_dropout. See doc/cuda.md.
+variants), dropout, alpha_dropout, batchnorm/groupnorm/instancenorm/layernorm,
+fused_dense_bias_activation, batched_matmul, fused_conv_bias_activation. See doc/cuda.md.
 """
 
 from .._dispatch import register
-from . import _bias_activation, _dropout
+from . import _bias_activation, _conv, _dense, _dropout, _matmul, _normalization
 from ._modules import FAMILIES, get_module
 
 __all__ = ["FAMILIES", "get_module"]
@@ -55,3 +56,23 @@ def _alpha_vjp(**kw):
 register("dropout", "gpu", forward=lambda **kw: _dropout_vjp(**kw)[0], vjp=_dropout_vjp,
          supports=_dropout.supports)
 register("alpha_dropout", "gpu", forward=_alpha_forward, vjp=_alpha_vjp, supports=_dropout.supports)
+
+
+def _norm(op, with_vjp):
+    return lambda **kw: _normalization.OPS[op](_mod("normalization"), with_vjp, **kw)
+
+
+for _op in _normalization.OPS:
+    register(_op, "gpu", forward=_norm(_op, False), vjp=_norm(_op, True), supports=_normalization.SUPPORTS[_op])
+
+
+def _with_modules(f, *families):
+    """``f(*modules, **kw)`` as an implementation taking ``**kw`` (modules compiled on use)."""
+    return lambda **kw: f(*(_mod(family) for family in families), **kw)
+
+
+register("fused_dense_bias_activation", "gpu", forward=_with_modules(_dense.forward, "bias_activation"),
+         vjp=_with_modules(_dense.vjp, "bias_activation"), supports=_dense.supports)
+register("batched_matmul", "gpu", forward=_matmul.forward, vjp=_matmul.vjp, supports=_matmul.supports)
+register("fused_conv_bias_activation", "gpu", forward=_with_modules(_conv.forward, "conv", "bias_activation"),
+         vjp=_with_modules(_conv.vjp, "conv", "bias_activation"), supports=_conv.supports)

@@ -15,6 +15,14 @@ from ._modules import BLOCK, acc_scalar, grid_1d, kernel_name
 
 DTYPES = ("float16", "float32", "float64")
 
+#: the bias-gradient reduction splits each channel's reduction (two stages) until the grid
+#: has about this many blocks (a few per SM), each split keeping at least DB_MIN_SPLIT_ROWS
+#: rows (the (N, C) kernel) or DB_MIN_SPLIT_ELEMENTS elements (the per-channel kernel). The
+#: split depends on the shapes only, so db is deterministic.
+DB_TARGET_BLOCKS = 1024
+DB_MIN_SPLIT_ROWS = 128
+DB_MIN_SPLIT_ELEMENTS = 16 * BLOCK
+
 
 def _geometry(x):
     """x viewed as (outer, C, inner) around the bias axis."""
@@ -38,11 +46,12 @@ def supports(act, x, bias=None):
     )
 
 
-def forward(mod, act, x, bias=None):
-    """``act(x + bias)`` (bias along axis 1, the only axis of 1-D x; None for none)."""
+def forward(mod, act, x, bias=None, out=None):
+    """``act(x + bias)`` (bias along axis 1, the only axis of 1-D x; None for none), into
+    ``out`` when given (a C-contiguous array of x's shape and dtype; it may be x itself)."""
     xp = array_namespace(x)
     x = xp.ascontiguousarray(x)
-    y = xp.empty(x.shape, x.dtype)
+    y = xp.empty(x.shape, x.dtype) if out is None else out
     n = x.size
     if n:
         _, C, inner = _geometry(x)
@@ -56,14 +65,17 @@ def forward(mod, act, x, bias=None):
     return y
 
 
-def vjp(mod, act, x, bias=None):
+def vjp(mod, act, x, bias=None, inplace=False):
     """``(y, pullback)``; the pullback keeps y for output-only activations, else x and bias
-    (references to the inputs: the pre-activation is recomputed, never stored)."""
+    (references to the inputs: the pre-activation is recomputed, never stored).
+
+    ``inplace``: x is a C-contiguous buffer of the caller's that y may overwrite (it does
+    for output-only activations, whose pullback does not read x)."""
     xp = array_namespace(x)
     x = xp.ascontiguousarray(x)
     has_bias = bias is not None
     b = xp.ascontiguousarray(bias) if has_bias else None
-    y = forward(mod, act, x, b)
+    y = forward(mod, act, x, b, out=x if inplace and act.output_only else None)
     outer, C, inner = _geometry(x)
     if act.output_only:
         src, add_bias = y, False
@@ -82,21 +94,51 @@ def vjp(mod, act, x, bias=None):
             db = xp.empty((C,), dy.dtype)
             if n == 0:
                 db[...] = 0
-            elif inner == 1:
-                mod.get_function(kernel_name("bias_act_backward_db_rows", dy.dtype))(
-                    (-(-C // 32),), (32, 8),
-                    (dy, src, bias_arg, dz, db, np.int64(outer), np.int64(C)) + tail,
-                )
             else:
-                mod.get_function(kernel_name("bias_act_backward_db", dy.dtype))(
-                    (C,), (BLOCK,),
-                    (dy, src, bias_arg, dz, db, np.int64(outer), np.int64(C), np.int64(inner)) + tail,
-                )
+                _bias_gradient(mod, xp, (dy, src, bias_arg, dz, db), outer, C, inner, tail)
         elif n:
             mod.get_function(kernel_name("bias_act_backward", dy.dtype))(
                 grid_1d(mod, n), (BLOCK,),
                 (dy, src, bias_arg, dz, np.int64(n), np.int64(C), np.int64(inner)) + tail,
             )
         return {"x": dz, "bias": db}
+
+    return y, pullback
+
+
+def _bias_gradient(mod, xp, arrays, outer, C, inner, tail):
+    """Launch the kernel that writes dz and reduces db (``arrays``: dy, src, bias, dz, db),
+    split in two stages when the channels alone give fewer than ``DB_TARGET_BLOCKS`` blocks."""
+    db = arrays[-1]
+    if inner == 1:  # (outer, C): 32 channels per block, rows split over blockIdx.y
+        name, blocks, block, inner_arg = "bias_act_backward_db_rows", -(-C // 32), (32, 8), ()
+        splits = outer // DB_MIN_SPLIT_ROWS
+    else:  # one block per channel, its (outer, inner) elements split over blockIdx.y
+        name, blocks, block, inner_arg = "bias_act_backward_db", C, (BLOCK,), (np.int64(inner),)
+        splits = outer * inner // DB_MIN_SPLIT_ELEMENTS
+    splits = max(1, min(-(-DB_TARGET_BLOCKS // blocks), splits, 65535))
+    partial = xp.empty((splits, C), np.float64 if db.dtype == np.float64 else np.float32)  # compute type
+    mod.get_function(kernel_name(name, db.dtype))(
+        (blocks, splits), block, arrays + (partial, np.int64(outer), np.int64(C)) + inner_arg + tail
+    )
+    if splits > 1:
+        mod.get_function(kernel_name("bias_act_db_finalize", db.dtype))(
+            grid_1d(mod, C), (BLOCK,), (partial, db, np.int64(splits), np.int64(C))
+        )
+
+
+def epilogue_vjp(mod, act, z, bias):
+    """The fused epilogue of dense and conv: ``y = act(z + bias)`` over the caller's buffer
+    ``z`` (C-contiguous, bias along axis 1), which it may overwrite; returns ``(y,
+    pullback)`` with ``pullback(dy) -> (dz, db)`` (``db`` None without a bias).
+
+    Identity without a bias launches nothing: ``y`` is ``z`` and ``dz`` is ``dy``."""
+    if act.id == 0 and bias is None:
+        return z, lambda dy: (dy, None)
+    y, pb = vjp(mod, act, z, bias, inplace=True)
+
+    def pullback(dy):
+        g = pb(dy)
+        return g["x"], g["bias"]
 
     return y, pullback

@@ -29,11 +29,18 @@ __all__ = [
 FAMILIES = {
     "bias_activation": (
         "bias_activation.cu",
-        ("bias_act_forward", "bias_act_backward", "bias_act_backward_db", "bias_act_backward_db_rows"),
+        ("bias_act_forward", "bias_act_backward", "bias_act_backward_db", "bias_act_backward_db_rows",
+         "bias_act_db_finalize"),
     ),
     "dropout": (
         "dropout.cu",
         ("dropout_mask", "alpha_dropout_forward", "alpha_dropout_backward", "multiply"),
+    ),
+    "conv": ("conv.cu", ("im2col", "col2im")),
+    "normalization": (
+        "normalization.cu",
+        ("norm_stats_partial", "norm_stats_finalize", "norm_forward", "norm_backward_partial",
+         "norm_backward_dx", "norm_backward_dx_cols"),
     ),
 }
 
@@ -105,7 +112,8 @@ def acc_scalar(dtype, value):
     """``value`` rounded to ``dtype`` and typed as the kernels' compute type (float32 for
     float16 and float32 arrays, float64 for float64)."""
     dtype = np.dtype(dtype)
-    rounded = dtype.type(value)
+    with np.errstate(over="ignore"):  # e.g. dropout's 1/(1-p) above float16's range is inf, as NumPy casts
+        rounded = dtype.type(value)
     return np.float64(rounded) if dtype == np.float64 else np.float32(rounded)
 
 

@@ -4,6 +4,9 @@
 // one block per channel: deterministic, no atomics).
 // Kernels are templates over T = float, double, __half (launched by name expression
 // from luxlib/cuda/_bias_activation.py); A = lx_acc<T>::type is the compute type.
+// The elementwise kernels move 16-byte vectors where their pointers are equally aligned
+// (a scalar head and tail around them); the forward kernel may run in place (y == x),
+// which the dense and conv epilogues do.
 #include "common.cuh"
 #include "activation.cuh"
 
@@ -11,25 +14,85 @@
     for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (lx_i64)gridDim.x * blockDim.x)
 
-template <typename T>
-__device__ __forceinline__ typename lx_acc<T>::type lx_biased(const T* x, const T* bias, lx_i64 i,
-                                                              lx_i64 C, lx_i64 inner, int has_bias)
+/* W consecutive elements, loaded and stored as one access: 16 bytes (float4, double2,
+   8 halves) for W = 16 / sizeof(T), a plain element for W = 1 */
+template <typename T, int W> struct alignas(W * sizeof(T)) lx_pack { T v[W]; };
+template <int W> struct lx_width { static constexpr int value = W; };
+
+/* Elements [0, head) precede the first 16-byte boundary of every pointer, or -1 when the
+   pointers are not equally misaligned (or not even element-aligned): then no vectors. */
+template <typename T, typename... P>
+__device__ __forceinline__ lx_i64 lx_vector_head(lx_i64 n, const T* a, const P*... rest)
 {
-    typedef typename lx_acc<T>::type A;
-    A v = lx_load(x + i);
-    if (has_bias) v = lx_round<T>(v + lx_load(bias + (i / inner) % C));  /* x + bias in T */
-    return v;
+    const lx_u64 m = (lx_u64)a % 16;
+    const bool same = (((lx_u64)rest % 16 == m) && ...);
+    if (!same || m % sizeof(T)) return -1;
+    const lx_i64 head = (lx_i64)((16 - m) % 16 / sizeof(T));
+    return head < n ? head : n;
 }
 
-/* y[i] = act(x[i] + bias[channel(i)]); bias is read only when has_bias */
-template <typename T>
-__global__ void bias_act_forward(const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y,
-                                 lx_i64 n, lx_i64 C, lx_i64 inner, int has_bias, int act,
-                                 typename lx_acc<T>::type p)
+/* body(i, lx_width<W>()) for the elements [i, i + W) of [0, n): 16-byte vectors over the
+   aligned middle part, single elements for the head and the tail (or everywhere when
+   head < 0); grid-stride loops over both parts */
+template <typename T, typename Body>
+__device__ __forceinline__ void lx_elementwise(lx_i64 n, lx_i64 head, Body body)
 {
-    LX_GRID_STRIDE(i, n) {
-        lx_store(y + i, lx_act(act, lx_biased(x, bias, i, C, inner, has_bias), p));
+    constexpr int V = 16 / sizeof(T);
+    lx_i64 nvec = 0;
+    if (head < 0) head = n;
+    else nvec = (n - head) / V;
+    LX_GRID_STRIDE(v, nvec) body(head + v * V, lx_width<V>());
+    const lx_i64 tail = head + nvec * V;
+    LX_GRID_STRIDE(k, head + (n - tail)) body(k < head ? k : tail + (k - head), lx_width<1>());
+}
+
+/* the channel (i / inner) % C of consecutive elements, stepped without divisions */
+struct lx_channel {
+    lx_i64 c, r, C, inner;
+    __device__ __forceinline__ lx_channel(lx_i64 i, lx_i64 C_, lx_i64 inner_, int has_bias) : C(C_), inner(inner_)
+    {
+        c = r = 0;
+        if (has_bias) {
+            const lx_i64 q = i / inner;
+            r = i - q * inner;
+            c = q % C;
+        }
     }
+    __device__ __forceinline__ void next()
+    {
+        if (++r == inner) {
+            r = 0;
+            if (++c == C) c = 0;
+        }
+    }
+};
+
+/* v (+ bias[c], the sum rounded to T, when has_bias) in the compute type */
+template <typename T>
+__device__ __forceinline__ typename lx_acc<T>::type lx_biased(const T* v, const T* bias, lx_i64 c, int has_bias)
+{
+    typedef typename lx_acc<T>::type A;
+    A s = lx_load(v);
+    if (has_bias) s = lx_round<T>(s + lx_load(bias + c));
+    return s;
+}
+
+/* y[i] = act(x[i] + bias[channel(i)]); bias is read only when has_bias. y may be x (in
+   place: each element is read before it is written by the same thread) */
+template <typename T>
+__global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, lx_i64 n, lx_i64 C,
+                                 lx_i64 inner, int has_bias, int act, typename lx_acc<T>::type p)
+{
+    lx_elementwise<T>(n, lx_vector_head<T>(n, x, y), [&](lx_i64 i, auto w) {
+        constexpr int W = decltype(w)::value;
+        const lx_pack<T, W> a = *reinterpret_cast<const lx_pack<T, W>*>(x + i);
+        lx_pack<T, W> b;
+        lx_channel ch(i, C, inner, has_bias);
+#pragma unroll
+        for (int j = 0; j < W; j++, ch.next())
+            lx_store(b.v + j, lx_act(act, lx_biased(a.v + j, bias, ch.c, has_bias), p));
+        *reinterpret_cast<lx_pack<T, W>*>(y + i) = b;
+    });
 }
 
 /* dz[i] = dy[i] * act'(s), s = src[i] (+ bias[channel(i)] when add_bias): src is y for
@@ -40,55 +103,87 @@ __global__ void bias_act_backward(const T* __restrict__ dy, const T* __restrict_
                                   lx_i64 n, lx_i64 C, lx_i64 inner, int add_bias, int act,
                                   typename lx_acc<T>::type p)
 {
-    LX_GRID_STRIDE(i, n) {
-        lx_store(dz + i, lx_load(dy + i) * lx_dact(act, lx_biased(src, bias, i, C, inner, add_bias), p));
-    }
+    lx_elementwise<T>(n, lx_vector_head<T>(n, dy, src, dz), [&](lx_i64 i, auto w) {
+        constexpr int W = decltype(w)::value;
+        const lx_pack<T, W> g = *reinterpret_cast<const lx_pack<T, W>*>(dy + i);
+        const lx_pack<T, W> s = *reinterpret_cast<const lx_pack<T, W>*>(src + i);
+        lx_pack<T, W> d;
+        lx_channel ch(i, C, inner, add_bias);
+#pragma unroll
+        for (int j = 0; j < W; j++, ch.next())
+            lx_store(d.v + j, lx_load(g.v + j) * lx_dact(act, lx_biased(s.v + j, bias, ch.c, add_bias), p));
+        *reinterpret_cast<lx_pack<T, W>*>(dz + i) = d;
+    });
 }
 
-/* The same dz, and db[c] = sum of dz over (outer, inner) for channel c = blockIdx.x.
-   blockDim.x: a multiple of 32, at most 1024. */
+/* Two-stage bias gradient: with gridDim.y = S > 1 splits, block (., s) reduces the s-th
+   contiguous part of every channel's reduction and writes its sum to partial[s * C + c]
+   (compute type), which bias_act_db_finalize then sums in order; with S == 1 the block
+   writes db[c] itself. The partition depends on the shapes and S only: deterministic. */
+template <typename T>
+__device__ __forceinline__ void lx_db_result(T* db, typename lx_acc<T>::type* partial, lx_i64 C, lx_i64 c,
+                                             typename lx_acc<T>::type acc)
+{
+    if (gridDim.y == 1) lx_store(db + c, acc);
+    else partial[(lx_i64)blockIdx.y * C + c] = acc;
+}
+
+/* [begin, end): this block's part of [0, m), split in gridDim.y contiguous parts */
+__device__ __forceinline__ void lx_split_range(lx_i64 m, lx_i64* begin, lx_i64* end)
+{
+    const lx_i64 per = (m + gridDim.y - 1) / gridDim.y;
+    *begin = per * blockIdx.y;
+    *end = *begin + per < m ? *begin + per : m;
+}
+
+/* The same dz, and db[c] = sum of dz over (outer, inner) for channel c = blockIdx.x
+   (split over blockIdx.y). blockDim.x: a multiple of 32, at most 1024. */
 template <typename T>
 __global__ void bias_act_backward_db(const T* __restrict__ dy, const T* __restrict__ src,
                                      const T* __restrict__ bias, T* __restrict__ dz, T* __restrict__ db,
+                                     typename lx_acc<T>::type* __restrict__ partial,
                                      lx_i64 outer, lx_i64 C, lx_i64 inner, int add_bias, int act,
                                      typename lx_acc<T>::type p)
 {
     typedef typename lx_acc<T>::type A;
     __shared__ A scratch[LX_WARP];
     const lx_i64 c = blockIdx.x;
-    const lx_i64 m = outer * inner;
+    lx_i64 k0, k1;
+    lx_split_range(outer * inner, &k0, &k1);
     A acc = 0;
-    for (lx_i64 k = threadIdx.x; k < m; k += blockDim.x) {
+    for (lx_i64 k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
         const lx_i64 o = k / inner, j = k - o * inner;
         const lx_i64 i = (o * C + c) * inner + j;
-        A s = lx_load(src + i);
-        if (add_bias) s = lx_round<T>(s + lx_load(bias + c));
+        const A s = lx_biased(src + i, bias, c, add_bias);
         const T g = lx_to_elem<T>(lx_load(dy + i) * lx_dact(act, s, p));
         dz[i] = g;
         acc += lx_load(&g);
     }
     acc = lx_block_sum(acc, scratch);
-    if (threadIdx.x == 0) lx_store(db + c, acc);
+    if (threadIdx.x == 0) lx_db_result(db, partial, C, c, acc);
 }
 
 /* inner == 1 (x is (outer, C)): blocks of (32, LX_ROWS) threads, threadIdx.x along
-   channels (coalesced), threadIdx.y along rows, then a reduction over y in shared memory */
+   channels (coalesced), threadIdx.y along rows (of the blockIdx.y-th split of the rows),
+   then a reduction over y in shared memory */
 #define LX_ROWS 8
 template <typename T>
 __global__ void bias_act_backward_db_rows(const T* __restrict__ dy, const T* __restrict__ src,
                                           const T* __restrict__ bias, T* __restrict__ dz,
-                                          T* __restrict__ db, lx_i64 outer, lx_i64 C, int add_bias,
-                                          int act, typename lx_acc<T>::type p)
+                                          T* __restrict__ db, typename lx_acc<T>::type* __restrict__ partial,
+                                          lx_i64 outer, lx_i64 C, int add_bias, int act,
+                                          typename lx_acc<T>::type p)
 {
     typedef typename lx_acc<T>::type A;
     __shared__ A part[LX_ROWS][LX_WARP + 1];
     const lx_i64 c = (lx_i64)blockIdx.x * LX_WARP + threadIdx.x;
+    lx_i64 r0, r1;
+    lx_split_range(outer, &r0, &r1);
     A acc = 0;
     if (c < C) {
-        for (lx_i64 r = threadIdx.y; r < outer; r += LX_ROWS) {
+        for (lx_i64 r = r0 + threadIdx.y; r < r1; r += LX_ROWS) {
             const lx_i64 i = r * C + c;
-            A s = lx_load(src + i);
-            if (add_bias) s = lx_round<T>(s + lx_load(bias + c));
+            const A s = lx_biased(src + i, bias, c, add_bias);
             const T g = lx_to_elem<T>(lx_load(dy + i) * lx_dact(act, s, p));
             dz[i] = g;
             acc += lx_load(&g);
@@ -98,6 +193,19 @@ __global__ void bias_act_backward_db_rows(const T* __restrict__ dy, const T* __r
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         for (int r = 1; r < LX_ROWS; r++) acc += part[r][threadIdx.x];
+        lx_db_result(db, partial, C, c, acc);
+    }
+}
+
+/* db[c] = sum over s of partial[s * C + c], in order of s (the second stage) */
+template <typename T>
+__global__ void bias_act_db_finalize(const typename lx_acc<T>::type* __restrict__ partial, T* __restrict__ db,
+                                     lx_i64 splits, lx_i64 C)
+{
+    typedef typename lx_acc<T>::type A;
+    LX_GRID_STRIDE(c, C) {
+        A acc = 0;
+        for (lx_i64 s = 0; s < splits; s++) acc += partial[s * C + c];
         lx_store(db + c, acc);
     }
 }

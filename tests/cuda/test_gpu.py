@@ -28,18 +28,11 @@ def test_import_luxlib_cuda_imports_no_cupy():
     assert out.stdout.strip() == "False"
 
 
-def _cupy():
-    cp = pytest.importorskip("cupy")
-    if not cp.cuda.is_available():
-        pytest.skip("no CUDA device")
-    return cp
-
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (257,), (3, 33), (2, 3, 257), (64, 128, 7, 7)], ids=str)
-def test_bias_activation_on_gpu(dtype, shape):
-    cp = _cupy()
+def test_bias_activation_on_gpu(cp, dtype, shape):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
     bias = rng.standard_normal(shape[0] if len(shape) == 1 else shape[1]).astype(dtype)
@@ -63,8 +56,7 @@ def test_bias_activation_on_gpu(dtype, shape):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_dropout_masks_bit_identical_on_gpu(dtype):
-    cp = _cupy()
+def test_dropout_masks_bit_identical_on_gpu(cp, dtype):
     for n, p in [(1, 0.5), (1025, 0.1), (1 << 20, 0.5)]:
         x = np.random.default_rng(n).standard_normal(n).astype(dtype)
         with luxlib.backend("generic"):

@@ -1,0 +1,329 @@
+"""GPU ``batchnorm``, ``groupnorm``, ``instancenorm`` and ``layernorm`` (kernels in
+``normalization.cu``).
+
+Same keyword signatures and return/pullback contract as the looped implementation
+(:mod:`luxlib._looped.normalization`): ``y`` (and the new running statistics, computed
+from float64 group statistics), and a pullback returning ``{"x", "scale", "bias"}`` with
+``(C,)`` gradients for the channel ops and scale/bias-shaped ones for layernorm. The
+forward keeps ``x``, the float64 group statistics and the scale/bias vectors; the
+backward recomputes ``z`` (and ``y``) from them.
+
+Launch code written against a kernel module with CuPy's calling convention
+``mod.get_function(name)(grid, block, args)`` (see ``_bias_activation``); the small
+per-group/per-channel combinations between kernels (``rstd``, sums over chunks) run in
+the arrays' namespace.
+"""
+
+import math
+from collections import namedtuple
+from functools import partial
+
+import numpy as np
+
+from .._generic.normalization import _sum_to
+from .._validation import array_namespace
+from ._modules import BLOCK, acc_scalar, grid_1d, kernel_name
+
+__all__ = ["OPS", "SUPPORTS"]
+
+DTYPES = ("float16", "float32", "float64")
+
+#: reductions are cut into chunks of at least this many elements (a module may lower it:
+#: ``norm_min_chunk``, used by the tests) ...
+MIN_CHUNK = 4096
+#: ... and into more chunks only while there are fewer (unit, chunk) blocks than this
+TARGET_BLOCKS = 1024
+#: cap on the chunks of one unit (gridDim.y)
+MAX_CHUNKS = 65535
+#: block of norm_backward_dx_cols: (LX_WARP columns, LX_NORM_ROWS rows) of normalization.cu
+COLS_BLOCK = (32, 8)
+
+# Reduction units of x: `units` units of `length` elements in runs of `runlen` contiguous
+# elements, run r of unit u at u * gstride + r * rstride (normalization.cu).
+Units = namedtuple("Units", "units length gstride runlen rstride")
+
+
+class Geometry(namedtuple("Geometry", "stats elem groups count bwd sdiv amod vec")):
+    """How the kernels see one op on C-contiguous ``x``.
+
+    ``stats``: the statistics groups as reduction units; ``elem``: ``(qdiv, adiv)``, the
+    elementwise kernels' group ``(i / qdiv) % groups`` and affine index ``(i / adiv) % amod``
+    of element ``i``; ``count``: elements per group; ``bwd``: the units of backward pass 1,
+    whose statistics are those of group ``u // sdiv`` (``vec``: one scale/bias per element).
+    """
+
+
+def _channel_geometry(shape, kind, groups=1):
+    """``kind``: "batch" (group = channel), "instance" (group = (n, c)), "group"."""
+    n, c = shape[:2]
+    s = math.prod(shape[2:])
+    if kind == "batch":
+        units = Units(c, n * s, s, s, c * s)
+        return Geometry(units, (s, s), c, n * s, units, 1, c, False)
+    if kind == "instance":
+        units = Units(n * c, s, s, s, 0)
+        return Geometry(units, (s, s), n * c, s, units, 1, c, False)
+    cg = c // groups
+    # backward pass 1 per (n, c) run: one scale per unit; group sums add cg units
+    return Geometry(Units(n * groups, cg * s, cg * s, cg * s, 0), (cg * s, s), n * groups, cg * s,
+                    Units(n * c, s, s, s, 0), cg, c, False)
+
+
+def _rows_geometry(rows, length):
+    units = Units(rows, length, length, length, 0)
+    return Geometry(units, (length, 1), rows, length, units, 1, length, True)
+
+
+def _i64(*values):
+    return tuple(np.int64(v) for v in values)
+
+
+def _chunks(mod, units, length, width=1):
+    """``(nchunks, chunk)`` for a reduction over ``units`` units of ``length`` items of
+    ``width`` elements each."""
+    min_chunk = max(1, getattr(mod, "norm_min_chunk", MIN_CHUNK) // width)
+    want = -(-TARGET_BLOCKS // units)
+    nchunks = max(1, min(-(-length // min_chunk), want, MAX_CHUNKS))
+    chunk = -(-length // nchunks)
+    return -(-length // chunk), chunk
+
+
+def _block(chunk):
+    """Threads of a reduction block: a multiple of 32 covering ``chunk``, at most BLOCK."""
+    return (min(BLOCK, 32 * -(-chunk // 32)),)
+
+
+def _statistics(mod, x, units):
+    """Float64 mean and biased variance of every unit (two-stage: chunks, then Chan merges)."""
+    xp = array_namespace(x)
+    nchunks, chunk = _chunks(mod, units.units, units.length)
+    part = xp.empty((units.units * nchunks * 2,), xp.float64)
+    mod.get_function(kernel_name("norm_stats_partial", x.dtype))(
+        (units.units, nchunks), _block(chunk),
+        (x, part) + _i64(units.length, chunk, units.gstride, units.runlen, units.rstride),
+    )
+    mean, var = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64)
+    mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
+        grid_1d(mod, units.units), (BLOCK,), (part, mean, var) + _i64(units.units, nchunks, units.length, chunk)
+    )
+    return mean, var
+
+
+def _param(act, dtype):
+    return acc_scalar(dtype, act.params[0] if act.params else 0.0)
+
+
+def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
+    """``(y, mean, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
+    float64 ``(mean, var)`` per group)."""
+    xp = array_namespace(x)
+    mean, var = _statistics(mod, x, geom.stats) if stats is None else stats
+    rstd = 1.0 / xp.sqrt(var + epsilon)
+    y = xp.empty(x.shape, x.dtype)
+    mod.get_function(kernel_name("norm_forward", x.dtype))(
+        grid_1d(mod, x.size), (BLOCK,),
+        (x, scale, bias, mean, rstd, y) + _i64(x.size, geom.elem[0], geom.groups, geom.elem[1], geom.amod)
+        + (np.int32(act.id), _param(act, x.dtype)),
+    )
+    return y, mean, var, rstd
+
+
+def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
+    """``pullback(dy) -> (dx, sum(g), sum(g * xhat))``: the sums per channel (channel ops)
+    or per affine element (layernorm), None when ``affine_sums`` is false."""
+    xp = array_namespace(x)
+    p = _param(act, x.dtype)
+
+    def pass1(dy):
+        """Sums of h, h xhat (per group) and g, g xhat (per bwd unit; not with vec)."""
+        u = geom.bwd
+        nchunks, chunk = _chunks(mod, u.units, u.length)
+        nsum = 2 if geom.vec else 4
+        part = xp.empty((u.units * nchunks * nsum,), xp.float64)
+        mod.get_function(kernel_name("norm_backward_partial", x.dtype))(
+            (u.units, nchunks), _block(chunk),
+            (x, dy, scale, bias, mean, rstd, part)
+            + _i64(u.length, chunk, u.gstride, u.runlen, u.rstride, geom.sdiv, geom.amod)
+            + (np.int32(geom.vec), np.int32(act.id), p),
+        )
+        sums = part.reshape(u.units, nchunks, nsum).sum(axis=1)
+        group = sums[:, :2].reshape(geom.groups, geom.sdiv, 2).sum(axis=1) / geom.count
+        return xp.ascontiguousarray(group[:, 0]), xp.ascontiguousarray(group[:, 1]), sums[:, 2:]
+
+    def pullback(dy):
+        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+        dx = xp.empty(x.shape, x.dtype)
+        if batch or (affine_sums and not geom.vec):
+            mh, mhx, unit_sums = pass1(dy)
+        else:
+            mh = mhx = mean  # not read
+        if geom.vec:  # layernorm: dx with the per-column sums (always batch statistics)
+            rows, length = geom.groups, geom.count
+            tiles = -(-length // COLS_BLOCK[0])
+            nchunks, rchunk = _chunks(mod, tiles, rows, COLS_BLOCK[0])
+            part = xp.empty((nchunks * length * 2,), xp.float64)
+            mod.get_function(kernel_name("norm_backward_dx_cols", x.dtype))(
+                (tiles, nchunks), COLS_BLOCK,
+                (x, dy, scale, bias, mean, rstd, mh, mhx, dx, part) + _i64(rows, length, rchunk)
+                + (np.int32(act.id), p),
+            )
+            sums = part.reshape(nchunks, length, 2).sum(axis=0)
+            return dx, sums[:, 0], sums[:, 1]
+        mod.get_function(kernel_name("norm_backward_dx", x.dtype))(
+            grid_1d(mod, x.size), (BLOCK,),
+            (x, dy, scale, bias, mean, rstd, mh, mhx, dx)
+            + _i64(x.size, geom.elem[0], geom.groups, geom.elem[1], geom.amod)
+            + (np.int32(batch), np.int32(act.id), p),
+        )
+        if not affine_sums:
+            return dx, None, None
+        per_channel = unit_sums.reshape(-1, geom.amod, 2).sum(axis=0)
+        return dx, per_channel[:, 0], per_channel[:, 1]
+
+    return pullback
+
+
+# ---- shared checks and vectors -------------------------------------------------------
+
+
+def _supports(act, x, **_):
+    # user activations (id -1), activations without a derivative and empty arrays run on the
+    # generic path
+    return act.id >= 0 and act.has_derivative and x.dtype.name in DTYPES and x.size > 0
+
+
+def _vector(xp, v, n, fill, dtype):
+    """``v`` (None: ``fill``) as a contiguous ``(n,)`` array of ``dtype``."""
+    return xp.full((n,), fill, dtype) if v is None else xp.ascontiguousarray(v, dtype=dtype).reshape(n)
+
+
+def _running(mean, var, n, c, per_sample, count, running_mean, running_var, momentum):
+    """New running statistics from the float64 group statistics (per (n, c) when
+    ``per_sample``: averaged over the batch); ``count`` values per group."""
+    if per_sample:
+        mean, var = mean.reshape(n, c).mean(axis=0), var.reshape(n, c).mean(axis=0)
+    dtype = running_mean.dtype
+    return (
+        ((1 - momentum) * running_mean + momentum * mean).astype(dtype),
+        ((1 - momentum) * running_var + (momentum * count / (count - 1)) * var).astype(dtype),
+    )
+
+
+def _channel_grads(pullback, shape, dtype, has_scale, has_bias):
+    def grads(dy):
+        dx, sg, sgx = pullback(dy)
+        return {
+            "x": dx.reshape(shape),
+            "scale": sgx.astype(dtype) if has_scale else None,
+            "bias": sg.astype(dtype) if has_bias else None,
+        }
+
+    return grads
+
+
+# ---- batchnorm, instancenorm, groupnorm --------------------------------------------
+
+
+def _running_norm(per_sample, mod, with_vjp, act, x, scale, bias, running_mean, running_var, training, momentum,
+                  epsilon):
+    """batchnorm (``per_sample`` False: one group per channel) or instancenorm (per (n, c))."""
+    xp = array_namespace(x)
+    x = xp.ascontiguousarray(x)
+    n, c = x.shape[:2]
+    geom = _channel_geometry(x.shape, "instance" if per_sample else "batch")
+    sv, bv = _vector(xp, scale, c, 1, x.dtype), _vector(xp, bias, c, 0, x.dtype)
+    given = running_mean is not None and not training
+    stats = given_stats = None
+    if given:
+        stats = (running_mean, running_var)
+        given_stats = tuple(xp.tile(xp.asarray(s, dtype=xp.float64).reshape(c), n if per_sample else 1)
+                            for s in stats)
+    y, mean, var, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon, given_stats)
+    if running_mean is not None and not given:
+        stats = _running(mean, var, n, c, per_sample, geom.count, running_mean, running_var, momentum)
+    out = (y, stats)
+    if not with_vjp:
+        return out
+    has_affine = scale is not None or bias is not None
+    pullback = _backward(mod, act, x, sv, bv, mean, rstd, geom, not given, has_affine)
+    return out, _channel_grads(pullback, x.shape, x.dtype, scale is not None, bias is not None)
+
+
+def _groupnorm(mod, with_vjp, act, x, scale, bias, groups, epsilon):
+    xp = array_namespace(x)
+    x = xp.ascontiguousarray(x)
+    c = x.shape[1]
+    geom = _channel_geometry(x.shape, "group", groups)
+    sv, bv = _vector(xp, scale, c, 1, x.dtype), _vector(xp, bias, c, 0, x.dtype)
+    y, mean, _, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon)
+    if not with_vjp:
+        return y
+    has_affine = scale is not None or bias is not None
+    pullback = _backward(mod, act, x, sv, bv, mean, rstd, geom, True, has_affine)
+    return y, _channel_grads(pullback, x.shape, x.dtype, scale is not None, bias is not None)
+
+
+# ---- layernorm: rows over the reduced axes (moved last when needed) --------------------
+
+
+def _padded(v, ndim):
+    return v.reshape((1,) * (ndim - v.ndim) + tuple(v.shape))
+
+
+def _layernorm_supports(act, x, scale, bias, axes, **_):
+    # scale/bias varying along a non-reduced axis would need a full-size affine per row
+    kept = [i for i in range(x.ndim) if i not in axes]
+    return _supports(act, x) and all(
+        v is None or all(_padded(v, x.ndim).shape[i] == 1 for i in kept) for v in (scale, bias)
+    )
+
+
+def _layernorm(mod, with_vjp, act, x, scale, bias, axes, epsilon):
+    xp = array_namespace(x)
+    kept = [i for i in range(x.ndim) if i not in axes]
+    perm = tuple(kept) + tuple(axes)
+    xt = xp.ascontiguousarray(x.transpose(perm))  # copies only when needed
+    rows = math.prod(x.shape[i] for i in kept)
+    length = math.prod(x.shape[i] for i in axes)
+    geom = _rows_geometry(rows, length)
+
+    def vector(v, fill):
+        if v is None:
+            return xp.full((length,), fill, x.dtype)
+        v = xp.broadcast_to(_padded(v, x.ndim), x.shape).transpose(perm)[(0,) * len(kept)]
+        return xp.ascontiguousarray(v, dtype=x.dtype).reshape(length)
+
+    sv, bv = vector(scale, 1), vector(bias, 0)
+    yt, mean, _, rstd = _normalize(mod, act, xt, sv, bv, geom, epsilon)
+    inverse = tuple(int(i) for i in np.argsort(perm))
+    y = yt.transpose(inverse)
+    if not with_vjp:
+        return y
+    pullback = _backward(mod, act, xt, sv, bv, mean, rstd, geom, True, True)
+    # per-element sums over the rows, shaped like x with the kept axes of length 1
+    col_shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
+    scale_shape = None if scale is None else scale.shape
+    bias_shape = None if bias is None else bias.shape
+    dtype = x.dtype
+
+    def grads(dy):
+        dx, sg, sgx = pullback(dy.transpose(perm))
+        return {
+            "x": dx.transpose(inverse),
+            "scale": None if scale_shape is None else _sum_to(sgx.reshape(col_shape), scale_shape).astype(dtype),
+            "bias": None if bias_shape is None else _sum_to(sg.reshape(col_shape), bias_shape).astype(dtype),
+        }
+
+    return y, grads
+
+
+#: op -> ``f(mod, with_vjp, **kwargs)``: the keyword arguments of luxlib's dispatch
+OPS = {
+    "batchnorm": partial(_running_norm, False),
+    "instancenorm": partial(_running_norm, True),
+    "groupnorm": _groupnorm,
+    "layernorm": _layernorm,
+}
+#: op -> ``supports(**kwargs)``
+SUPPORTS = {"batchnorm": _supports, "instancenorm": _supports, "groupnorm": _supports,
+            "layernorm": _layernorm_supports}

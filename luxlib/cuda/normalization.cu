@@ -1,0 +1,251 @@
+// batchnorm, groupnorm, instancenorm, layernorm: statistics, the fused normalize +
+// affine + activation pass, and the closed-form reverse pass (doc/cuda.md, "Normalization").
+//
+//     xhat = (x - mean) * rstd,  z = xhat * scale + bias,  y = act(z)
+//     g = dy * act',  h = g * scale
+//     dx = rstd * ((h - mean(h)) - xhat * mean(h * xhat))   (batch statistics)
+//     dx = rstd * h                                         (given statistics)
+//
+// x is C-contiguous. Reductions run over *units*: unit u has `len` elements in runs of
+// `runlen` contiguous elements, run r of unit u starting at u * gstride + r * rstride.
+// A unit is cut into chunks of `chunk` elements, one block per (unit, chunk) (grid
+// (units, chunks)): every block writes double partial results, and a second kernel (or the
+// launch code, for plain sums) combines them in chunk order, so results do not depend on
+// the schedule. The elementwise kernels find the statistics group of element i as
+// (i / qdiv) % ngroups and its affine (scale/bias) index as (i / adiv) % amod.
+//
+// Statistics and every sum accumulate in double for all element types; the elementwise
+// arithmetic runs in the compute type A = lx_acc<T>::type. z and h are computed with
+// non-contracting operations so that the backward kernels recompute them bit for bit as
+// the forward did (and h - mean(h) cancels exactly for one-element groups).
+#include "common.cuh"
+#include "activation.cuh"
+
+template <typename T> struct lx_norm_ops {
+    typedef typename lx_acc<T>::type A;
+
+    // xhat and z of one element; m, r: the group's mean and rstd in A; s, b: scale, bias
+    static __device__ __forceinline__ A xhat(A x, A m, A r) { return lx_mul(lx_add(x, -m), r); }
+    static __device__ __forceinline__ A z(A xh, A s, A b) { return lx_add(lx_mul(xh, s), b); }
+
+    // g = dy * act'(z) (act' from y = act(z) for output-only activations)
+    static __device__ __forceinline__ A g(A dy, A z, int act, A p)
+    {
+        return lx_mul(dy, lx_dact(act, LX_OUTPUT_ONLY(act) ? lx_act(act, z, p) : z, p));
+    }
+};
+
+// Calls f(k, i) for the elements k in [k0, k1) of a unit assigned to this thread (k =
+// k0 + threadIdx.x, then steps of blockDim.x), with i the element's index in x. Divides
+// only where a step crosses a run boundary.
+template <typename F>
+__device__ __forceinline__ void lx_for_chunk(lx_i64 base, lx_i64 k0, lx_i64 k1, lx_i64 runlen, lx_i64 rstride, F f)
+{
+    lx_i64 k = k0 + threadIdx.x;
+    if (k >= k1) return;
+    const lx_i64 step = blockDim.x;
+    lx_i64 r = k / runlen, j = k - r * runlen;
+    for (; k < k1; k += step) {
+        f(k, base + r * rstride + j);
+        j += step;
+        if (j >= runlen) {
+            const lx_i64 q = j / runlen;
+            r += q;
+            j -= q * runlen;
+        }
+    }
+}
+
+__device__ __forceinline__ lx_i64 lx_chunk_end(lx_i64 k0, lx_i64 chunk, lx_i64 len)
+{
+    return len - k0 < chunk ? len : k0 + chunk;
+}
+
+/* Per (unit, chunk) = (blockIdx.x, blockIdx.y): the chunk's mean and sum of squared
+   deviations from it (two passes over the chunk), part[2 * (u * gridDim.y + c) + {0, 1}]. */
+template <typename T>
+__global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 len, lx_i64 chunk,
+                                   lx_i64 gstride, lx_i64 runlen, lx_i64 rstride)
+{
+    __shared__ double scratch[LX_WARP];
+    __shared__ double chunk_mean;
+    const lx_i64 u = blockIdx.x, c = blockIdx.y;
+    const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len), base = u * gstride;
+    double s = 0;
+    lx_for_chunk(base, k0, k1, runlen, rstride, [&](lx_i64, lx_i64 i) { s += (double)lx_load(x + i); });
+    s = lx_block_sum(s, scratch);
+    if (threadIdx.x == 0) chunk_mean = s / (double)(k1 - k0);
+    __syncthreads();
+    const double m = chunk_mean;
+    double ss = 0;
+    lx_for_chunk(base, k0, k1, runlen, rstride, [&](lx_i64, lx_i64 i) {
+        const double d = (double)lx_load(x + i) - m;
+        ss += d * d;
+    });
+    ss = lx_block_sum(ss, scratch);
+    if (threadIdx.x == 0) {
+        part[2 * (u * gridDim.y + c)] = m;
+        part[2 * (u * gridDim.y + c) + 1] = ss;
+    }
+}
+
+/* mean[u] and the biased var[u] from the chunks' partial results, merged with Chan's
+   formula in chunk order (one thread per unit). T is unused (one name per element type,
+   like every kernel of the family). */
+template <typename T>
+__global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
+                                    double* __restrict__ var, lx_i64 units, lx_i64 nchunks, lx_i64 len,
+                                    lx_i64 chunk)
+{
+    for (lx_i64 u = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (lx_i64)gridDim.x * blockDim.x) {
+        double n = 0, m = 0, m2 = 0;
+        for (lx_i64 c = 0; c < nchunks; c++) {
+            const double nb = (double)(lx_chunk_end(c * chunk, chunk, len) - c * chunk);
+            const double mb = part[2 * (u * nchunks + c)], m2b = part[2 * (u * nchunks + c) + 1];
+            const double nn = n + nb, d = mb - m;
+            m += d * (nb / nn);
+            m2 += m2b + d * d * (n * nb / nn);
+            n = nn;
+        }
+        mean[u] = m;
+        var[u] = m2 / n;
+    }
+}
+
+/* y = act((x - mean) * rstd * scale + bias), elementwise (grid-stride) */
+template <typename T>
+__global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,
+                             const double* __restrict__ mean, const double* __restrict__ rstd, T* __restrict__ y,
+                             lx_i64 n, lx_i64 qdiv, lx_i64 ngroups, lx_i64 adiv, lx_i64 amod, int act,
+                             typename lx_acc<T>::type p)
+{
+    typedef lx_norm_ops<T> O;
+    typedef typename O::A A;
+    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (lx_i64)gridDim.x * blockDim.x) {
+        const lx_i64 q = (i / qdiv) % ngroups, a = (i / adiv) % amod;
+        const A xh = O::xhat(lx_load(x + i), (A)mean[q], (A)rstd[q]);
+        lx_store(y + i, lx_act(act, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
+    }
+}
+
+/* Backward pass 1, per (unit, chunk): sum(h), sum(h * xhat) and, unless `vec`, sum(g) and
+   sum(g * xhat), at part[nsum * (u * gridDim.y + c) + {0, 1, 2, 3}] (nsum = 2 with vec, else
+   4). The unit's statistics are those of group u / sdiv; its affine index is u % amod, or
+   the element's index k in the unit with `vec` (layernorm: one scale/bias per element). */
+template <typename T>
+__global__ void norm_backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                      const T* __restrict__ scale, const T* __restrict__ bias,
+                                      const double* __restrict__ mean, const double* __restrict__ rstd,
+                                      double* __restrict__ part, lx_i64 len, lx_i64 chunk, lx_i64 gstride,
+                                      lx_i64 runlen, lx_i64 rstride, lx_i64 sdiv, lx_i64 amod, int vec, int act,
+                                      typename lx_acc<T>::type p)
+{
+    typedef lx_norm_ops<T> O;
+    typedef typename O::A A;
+    __shared__ double scratch[LX_WARP];
+    const lx_i64 u = blockIdx.x, c = blockIdx.y;
+    const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
+    const A m = (A)mean[u / sdiv], r = (A)rstd[u / sdiv];
+    const lx_i64 au = u % amod;
+    double sh = 0, shx = 0, sg = 0, sgx = 0;
+    lx_for_chunk(u * gstride, k0, k1, runlen, rstride, [&](lx_i64 k, lx_i64 i) {
+        const lx_i64 a = vec ? k : au;
+        const A s = lx_load(scale + a), xh = O::xhat(lx_load(x + i), m, r);
+        const A g = O::g(lx_load(dy + i), O::z(xh, s, lx_load(bias + a)), act, p);
+        const double h = (double)lx_mul(g, s);
+        sh += h;
+        shx += h * (double)xh;
+        sg += (double)g;
+        sgx += (double)g * (double)xh;
+    });
+    const int nsum = vec ? 2 : 4;
+    double* out = part + nsum * (u * gridDim.y + c);
+    sh = lx_block_sum(sh, scratch);
+    if (threadIdx.x == 0) out[0] = sh;
+    shx = lx_block_sum(shx, scratch);
+    if (threadIdx.x == 0) out[1] = shx;
+    if (!vec) {  /* uniform over the block: every thread takes the same branch */
+        sg = lx_block_sum(sg, scratch);
+        if (threadIdx.x == 0) out[2] = sg;
+        sgx = lx_block_sum(sgx, scratch);
+        if (threadIdx.x == 0) out[3] = sgx;
+    }
+}
+
+/* dx of one element (mh, mhx: mean(h), mean(h * xhat) of its group; batch: the statistics
+   came from the batch), and its g and xhat */
+template <typename T>
+__device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
+    const T* x, const T* dy, typename lx_acc<T>::type s, typename lx_acc<T>::type b, typename lx_acc<T>::type m,
+    typename lx_acc<T>::type r, const double* mh, const double* mhx, lx_i64 i, lx_i64 q, int batch, int act,
+    typename lx_acc<T>::type p, typename lx_acc<T>::type* g_out, typename lx_acc<T>::type* xh_out)
+{
+    typedef lx_norm_ops<T> O;
+    typedef typename O::A A;
+    const A xh = O::xhat(lx_load(x + i), m, r);
+    const A g = O::g(lx_load(dy + i), O::z(xh, s, b), act, p);
+    const A h = lx_mul(g, s);
+    *g_out = g;
+    *xh_out = xh;
+    /* h - mean(h) first: exact cancellation for one-element groups */
+    return batch ? r * ((h - (A)mh[q]) - xh * (A)mhx[q]) : r * h;
+}
+
+/* Backward pass 2, elementwise (grid-stride): dx */
+template <typename T>
+__global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
+                                 const T* __restrict__ bias, const double* __restrict__ mean,
+                                 const double* __restrict__ rstd, const double* __restrict__ mh,
+                                 const double* __restrict__ mhx, T* __restrict__ dx, lx_i64 n, lx_i64 qdiv,
+                                 lx_i64 ngroups, lx_i64 adiv, lx_i64 amod, int batch, int act,
+                                 typename lx_acc<T>::type p)
+{
+    typedef typename lx_acc<T>::type A;
+    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (lx_i64)gridDim.x * blockDim.x) {
+        const lx_i64 q = (i / qdiv) % ngroups, a = (i / adiv) % amod;
+        A g, xh;
+        lx_store(dx + i, lx_norm_dx<T>(x, dy, lx_load(scale + a), lx_load(bias + a), (A)mean[q], (A)rstd[q], mh,
+                                       mhx, i, q, batch, act, p, &g, &xh));
+    }
+}
+
+/* Backward pass 2 of layernorm, x as (rows, L): dx, and per column (affine element) the
+   sums of g and g * xhat over the rows of chunk blockIdx.y, at part[2 * (blockIdx.y * L + col)
+   + {0, 1}]. Blocks of (32, LX_NORM_ROWS) threads, threadIdx.x along columns (coalesced). */
+#define LX_NORM_ROWS 8
+template <typename T>
+__global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restrict__ dy,
+                                      const T* __restrict__ scale, const T* __restrict__ bias,
+                                      const double* __restrict__ mean, const double* __restrict__ rstd,
+                                      const double* __restrict__ mh, const double* __restrict__ mhx,
+                                      T* __restrict__ dx, double* __restrict__ part, lx_i64 rows, lx_i64 L,
+                                      lx_i64 rchunk, int act, typename lx_acc<T>::type p)
+{
+    typedef typename lx_acc<T>::type A;
+    __shared__ double acc[2][LX_NORM_ROWS][LX_WARP + 1];
+    const lx_i64 col = (lx_i64)blockIdx.x * LX_WARP + threadIdx.x;
+    const lx_i64 r0 = (lx_i64)blockIdx.y * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
+    double sg = 0, sgx = 0;
+    if (col < L) {
+        const A s = lx_load(scale + col), b = lx_load(bias + col);
+        for (lx_i64 row = r0 + threadIdx.y; row < r1; row += LX_NORM_ROWS) {
+            const lx_i64 i = row * L + col;
+            A g, xh;
+            lx_store(dx + i, lx_norm_dx<T>(x, dy, s, b, (A)mean[row], (A)rstd[row], mh, mhx, i, row, 1, act, p,
+                                           &g, &xh));
+            sg += (double)g;
+            sgx += (double)g * (double)xh;
+        }
+    }
+    acc[0][threadIdx.y][threadIdx.x] = sg;
+    acc[1][threadIdx.y][threadIdx.x] = sgx;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < L) {
+        for (int k = 1; k < LX_NORM_ROWS; k++) {
+            sg += acc[0][k][threadIdx.x];
+            sgx += acc[1][k][threadIdx.x];
+        }
+        part[2 * ((lx_i64)blockIdx.y * L + col)] = sg;
+        part[2 * ((lx_i64)blockIdx.y * L + col) + 1] = sgx;
+    }
+}

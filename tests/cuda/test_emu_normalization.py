@@ -1,0 +1,321 @@
+"""The CUDA normalization kernels run on the CPU (tests/cuda/emu) through the same launch
+code as on a GPU (``luxlib.cuda._normalization``), against the generic path.
+
+The emulated implementation is put in place of the generic one for the duration of a
+call, so the public functions run it with their own validation, promotion, ``NormStats``
+and ``luxlib.vjp``'s gradient shapes. Reference: the generic path run in float64 on the
+same inputs (upcast exactly). Each output (``y``, the running statistics, every gradient)
+must satisfy ``max|kernel - reference| <= TOL[dtype] * max(1, max|reference|)``: 1e-12
+(float64), 1e-5 (float32: the kernels round ``xhat``, ``z`` and ``act'`` to float32 and
+accumulate in double), 1e-3 (float16: computed in float32, every stored value rounded
+once to float16, 2**-11 relative).
+"""
+
+import os
+import subprocess
+import sys
+
+import emu_module
+import numpy as np
+import pytest
+from _helpers import ALL_ACT_IDS, ALL_ACTS, LAYOUTS, assert_unchanged, snapshot, with_layout
+
+import luxlib
+from luxlib import activations
+from luxlib._dispatch import _REGISTRY, _Impl
+from luxlib.cuda import _normalization
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+DTYPES = [np.float16, np.float32, np.float64]
+TOL = {np.float16: 1e-3, np.float32: 1e-5, np.float64: 1e-12}
+EPS = 1e-5
+SCHEDULES = ["inorder", "shuffle"]
+# identity, output-only, input-needing, bound parameter
+ACTS = [activations.identity, activations.relu, activations.gelu, activations.leakyrelu.with_params(a=0.2)]
+
+# (op, variant, shape): batchnorm/instancenorm training with running statistics ("train"),
+# inference with them ("infer"), without them ("none", training False: batch statistics);
+# groupnorm's variant is the group count, layernorm's its dims. Reduction lengths around
+# the reduction block (at most 256 threads, a multiple of 32 covering the chunk): 1, 10,
+# 128 x 2, 255, 256, 257, and (N, C) inputs (runs of one element).
+CASES = [
+    ("batchnorm", "train", (2, 3, 5)),
+    ("batchnorm", "train", (1, 2, 257)),
+    ("batchnorm", "train", (5, 3)),
+    ("batchnorm", "infer", (3, 2, 7)),
+    ("batchnorm", "none", (1, 3, 1)),
+    ("batchnorm", "none", (2, 2, 128)),
+    ("instancenorm", "train", (1, 2, 255)),
+    ("instancenorm", "infer", (2, 3, 4, 2)),
+    ("instancenorm", "none", (1, 2, 256)),
+    ("groupnorm", 1, (2, 6, 5)),
+    ("groupnorm", 3, (2, 6, 1)),
+    ("groupnorm", 2, (1, 4, 64)),
+    ("groupnorm", 4, (1, 4, 3)),
+    ("layernorm", "default", (3, 4, 5)),
+    ("layernorm", (-1,), (2, 3, 33)),
+    ("layernorm", (0, 2), (3, 4, 5)),
+    ("layernorm", "all", (257,)),
+    ("layernorm", None, (2, 3, 4)),
+]
+
+_MODULES = {}
+
+
+def emu(schedule="inorder", seed=1234, max_blocks=None, min_chunk=None):
+    key = (schedule, seed, max_blocks, min_chunk)
+    if key not in _MODULES:
+        mod = emu_module.EmuModule("normalization", schedule=schedule, seed=seed, max_blocks=max_blocks)
+        if min_chunk is not None:
+            mod.norm_min_chunk = min_chunk  # the launch code's test hook: more, shorter chunks
+        _MODULES[key] = mod
+    return _MODULES[key]
+
+
+def make_inputs(op, variant, shape, dtype, affine=True, seed=0):
+    """``(x, scale, bias, running_mean, running_var, dy)``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    if op != "layernorm":
+        aff = shape[1:2]
+    elif variant == (-1,):
+        aff = shape[-1:]
+    elif variant is None:
+        aff = shape[-1:]  # dims=None: rank 1, statistics over axes 1..
+    elif variant == (0, 2):
+        aff = (shape[0], 1, shape[2])
+    else:
+        aff = shape[1:] if len(shape) > 1 else shape
+    scale, bias = rng.uniform(0.5, 1.5, aff), rng.standard_normal(aff)
+    c = shape[1] if len(shape) > 1 else 1
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    dy = rng.standard_normal(shape)
+    out = [a.astype(dtype) for a in (x, scale, bias, rm, rv, dy)]
+    if not affine:
+        out[1] = out[2] = None
+    return out
+
+
+def call(op, variant, act, x, scale, bias, rm, rv):
+    """``(function, args, kwargs)`` of one case (epsilon fixed: its default depends on the dtype)."""
+    kw = {"epsilon": EPS}
+    if op == "batchnorm":
+        stats = (None, None) if variant == "none" else (rm, rv)
+        return luxlib.batchnorm, (x, scale, bias, *stats, variant == "train", act), kw
+    if op == "instancenorm":
+        if variant != "none":
+            kw.update(running_mean=rm, running_var=rv)
+        return luxlib.instancenorm, (x, scale, bias, variant == "train", act), kw
+    if op == "groupnorm":
+        return luxlib.groupnorm, (x, scale, bias, variant, act), kw
+    if variant != "default":
+        kw["dims"] = variant
+    return luxlib.layernorm, (x, scale, bias, act), kw
+
+
+def outputs(f, args, kwargs, dy):
+    """``[y, *running stats, *gradients]`` (None entries dropped) from one vjp call, and
+    the plain call's ``y``."""
+    with np.errstate(all="ignore"):
+        plain = f(*args, **kwargs)
+        out, pullback = luxlib.vjp(f, *args, **kwargs)
+        grads = pullback(dy)
+    y, stats = out if isinstance(out, tuple) else (out, None)
+    plain_y = plain[0] if isinstance(plain, tuple) else plain
+    return [y] + list(stats or ()) + [g for g in grads if g is not None], plain_y
+
+
+def reference(f, args, kwargs, dy):
+    up = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    with luxlib.backend("generic"):
+        return outputs(f, up, kwargs, dy.astype(np.float64))[0]
+
+
+class emulated:
+    """Within the block, ``op``'s generic implementation is the CUDA launch code on the
+    emulator (``luxlib.backend("generic")`` routes every dtype there); records the calls."""
+
+    def __init__(self, mod, op):
+        self.mod, self.op, self.calls = mod, op, []
+
+    def _run(self, with_vjp, **kw):
+        assert _normalization.SUPPORTS[self.op](**kw), "the GPU implementation declined the call"
+        self.calls.append(with_vjp)
+        return _normalization.OPS[self.op](self.mod, with_vjp, **kw)
+
+    def __enter__(self):
+        self.saved = _REGISTRY[(self.op, "generic")]
+        _REGISTRY[(self.op, "generic")] = _Impl(
+            forward=lambda **kw: self._run(False, **kw), vjp=lambda **kw: self._run(True, **kw)
+        )
+        self.ctx = luxlib.backend("generic")
+        self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+        _REGISTRY[(self.op, "generic")] = self.saved
+
+
+def run_emulated(mod, f, args, kwargs, dy):
+    arrays = [a for a in args if isinstance(a, np.ndarray)] + [v for v in kwargs.values() if isinstance(v, np.ndarray)]
+    before = snapshot(*arrays, dy)
+    with emulated(mod, f.__name__) as e:
+        got, plain = outputs(f, args, kwargs, dy)
+    assert e.calls == [False, True]
+    assert_unchanged(before, arrays + [dy])
+    np.testing.assert_array_equal(plain, got[0])
+    return got
+
+
+def assert_close(got, want, dtype, what=""):
+    assert len(got) == len(want), what
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape and g.dtype == dtype, f"{what} output {k}"
+        err = np.max(np.abs(g.astype(np.float64) - w), initial=0)
+        assert err <= TOL[dtype] * max(1.0, np.max(np.abs(w), initial=0)), f"{what} output {k}: max error {err:.3g}"
+
+
+def check(mod, op, variant, act, shape, dtype, affine=True, seed=0):
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, affine, seed)
+    f, args, kwargs = call(op, variant, act, x, scale, bias, rm, rv)
+    got = run_emulated(mod, f, args, kwargs, dy)
+    assert_close(got, reference(f, args, kwargs, dy), dtype, f"{op} {variant} {shape} {act!r} affine={affine}")
+    return got
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("op, variant, shape", CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_matches_generic(dtype, op, variant, shape, schedule):
+    mod = emu(schedule)
+    for act in ACTS:
+        check(mod, op, variant, act, shape, dtype)
+    if variant is not None:  # layernorm dims=None takes its axes from scale/bias
+        check(mod, op, variant, activations.relu, shape, dtype, affine=False)
+
+
+# two-stage reductions: chunks of at least 64 elements (2 rows of layernorm's column
+# kernel), grids of elementwise kernels capped at 2 blocks (grid-stride loops)
+CHUNKED = [
+    ("batchnorm", "train", (5, 2, 40)),
+    ("batchnorm", "none", (300, 2)),
+    ("instancenorm", "train", (1, 2, 300)),
+    ("groupnorm", 2, (2, 4, 50)),
+    ("layernorm", "default", (40, 3, 11)),
+    ("layernorm", (1,), (3, 200)),
+]
+
+
+@pytest.mark.parametrize("op, variant, shape", CHUNKED, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_two_stage(dtype, op, variant, shape):
+    mod = emu("shuffle", max_blocks=2, min_chunk=64)
+    for act in (activations.relu, activations.gelu):
+        check(mod, op, variant, act, shape, dtype, seed=1)
+
+
+def test_two_stage_cases_are_chunked():
+    """The CHUNKED cases do split their reductions (statistics, or layernorm's rows)."""
+    mod = emu("shuffle", max_blocks=2, min_chunk=64)
+    for op, variant, shape in CHUNKED:
+        if op == "layernorm":
+            rows = shape[0]
+            length = int(np.prod(shape)) // rows
+            assert _normalization._chunks(mod, -(-length // 32), rows, 32)[0] > 1, shape
+            continue
+        kind = {"batchnorm": "batch", "instancenorm": "instance", "groupnorm": "group"}[op]
+        geom = _normalization._channel_geometry(shape, kind, variant if op == "groupnorm" else 1)
+        assert _normalization._chunks(mod, geom.stats.units, geom.stats.length)[0] > 1, shape
+
+
+@pytest.mark.parametrize("act", ALL_ACTS, ids=ALL_ACT_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_every_activation(dtype, act):
+    mod = emu("shuffle")
+    check(mod, "batchnorm", "train", act, (2, 3, 7), dtype, seed=2)
+    check(mod, "layernorm", "default", act, (3, 2, 5), dtype, seed=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_one_element_groups_give_zero_dx(dtype):
+    """h - mean(h) cancels exactly: with one element per group dx is exactly 0."""
+    mod = emu()
+    for op, variant, shape in [("batchnorm", "none", (1, 3, 1)), ("groupnorm", 3, (2, 3)),
+                               ("layernorm", "default", (4, 1))]:
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype)
+        f, args, kwargs = call(op, variant, activations.gelu, x, scale, bias, rm, rv)
+        with emulated(mod, op):
+            _, pullback = luxlib.vjp(f, *args, **kwargs)
+            np.testing.assert_array_equal(pullback(dy)[0], np.zeros(shape, dtype))
+
+
+def test_schedule_and_grid_do_not_change_results():
+    """Reductions combine in a fixed order: bit-identical under every schedule and grid."""
+    for op, variant, shape in [("batchnorm", "train", (5, 2, 40)), ("groupnorm", 2, (2, 4, 50)),
+                               ("layernorm", "default", (40, 3, 11))]:
+        results = []
+        for mod in (emu("inorder", min_chunk=64), emu("shuffle", seed=5, min_chunk=64),
+                    emu("shuffle", seed=9, max_blocks=2, min_chunk=64)):
+            x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, np.float32, seed=4)
+            results.append(run_emulated(mod, *call(op, variant, activations.gelu, x, scale, bias, rm, rv), dy))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layouts_give_identical_results(layout):
+    """F-order, strided, negative-stride and read-only inputs: the launch code copies them
+    once to C order; results bit-identical to C-contiguous inputs."""
+    mod = emu("shuffle")
+    for op, variant, shape in [("batchnorm", "train", (3, 2, 5)), ("groupnorm", 2, (2, 4, 3)),
+                               ("layernorm", (0, 2), (3, 4, 5))]:
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, np.float32, seed=6)
+        want = run_emulated(mod, *call(op, variant, activations.gelu, x, scale, bias, rm, rv), dy)
+        laid = [with_layout(a, layout) for a in (x, scale, bias, rm, rv, dy)]
+        got = run_emulated(mod, *call(op, variant, activations.gelu, *laid[:5]), laid[5])
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_scale_or_bias_alone(dtype):
+    mod = emu("shuffle")
+    for op, variant, shape in [("batchnorm", "infer", (3, 2, 5)), ("instancenorm", "train", (2, 3, 4)),
+                               ("groupnorm", 2, (2, 4, 3)), ("layernorm", "default", (3, 4, 5))]:
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed=7)
+        for sc, bi in ((scale, None), (None, bias)):
+            f, args, kwargs = call(op, variant, activations.gelu, x, sc, bi, rm, rv)
+            assert_close(run_emulated(mod, f, args, kwargs, dy), reference(f, args, kwargs, dy), dtype, op)
+
+
+def test_declines_what_it_cannot_run():
+    """User activations, empty arrays and layernorm scale varying along a kept axis run on
+    the generic path (``supports`` is false)."""
+    x = np.ones((2, 3, 4), np.float32)
+    base = dict(x=x, scale=None, bias=None, running_mean=None, running_var=None, training=True, momentum=0.1,
+                epsilon=EPS)
+    ok = _normalization.SUPPORTS["batchnorm"]
+    assert ok(act=activations.relu, **base)
+    assert not ok(act=activations.get(lambda z: 2 * z), **base)
+    assert not ok(act=activations.relu, **dict(base, x=np.ones((0, 3, 4), np.float32)))
+    assert not ok(act=activations.relu, **dict(base, x=np.ones((2, 3, 4), np.int32)))
+    ln = _normalization.SUPPORTS["layernorm"]
+    assert ln(act=activations.relu, x=x, scale=np.ones((3, 4), np.float32), bias=None, axes=(1, 2), epsilon=EPS)
+    assert not ln(act=activations.relu, x=x, scale=np.ones((2, 1, 4), np.float32), bias=None, axes=(2,), epsilon=EPS)
+
+
+def test_under_asan():
+    """The kernel comparisons once more, built with AddressSanitizer (every case in one
+    schedule and dtype, the two-stage cases, one-element groups)."""
+    from test_emu_harness import _asan_env
+
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           os.path.join(HERE, "test_emu_normalization.py"), "-k", "(matches_generic and inorder and float32) or (two_stage and float64) or one_element"]
+    res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "AddressSanitizer" not in res.stderr
+    assert " passed" in res.stdout and " deselected" in res.stdout
