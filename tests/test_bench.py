@@ -84,6 +84,7 @@ def test_quick_run_covers_every_case(quick):
                     ratio = m["median_s"]["luxlib"] / m["median_s"][other]
                     assert m["ratio"][f"luxlib/{other}"] == pytest.approx(ratio)
             assert bool(m["pct_copy_bandwidth"]) == (r["metric"] == "GB/s")
+            assert bool(m["pct_fresh_copy_bandwidth"]) == (r["metric"] == "GB/s")
 
 
 def test_contenders_agree_with_the_numpy_composition(quick):
@@ -273,10 +274,13 @@ class CountingDevice(CPU):
     def copy_bandwidth(self, quick):
         return 1.0, "fake"
 
+    def fresh_copy_bandwidth(self, quick):
+        return None, "not measured"
+
 
 def test_run_on_a_device_waits_for_every_call_and_fields_its_contenders():
     dev = CountingDevice()
-    cases = select("gemm")
+    cases = select("gemm") + select("instancenorm")  # GFLOP/s and GB/s rows
     result = run(cases, quick=True, repeats=2, device=dev)
     # per case and mode: one warm-up and two timed calls of each of the two contenders
     assert dev.finished == len(cases) * 2 * 2 * (1 + 2)
@@ -286,6 +290,8 @@ def test_run_on_a_device_waits_for_every_call_and_fields_its_contenders():
         for m in r["modes"].values():
             assert set(m["median_s"]) == {"luxlib", "numpy"} and set(m["ratio"]) == {"luxlib/numpy"}
             assert m["check_ok"] and set(m["check"]) == {"luxlib"}
+            # the device's copy figure gives percentages (GB/s rows), its missing fresh one none
+            assert bool(m["pct_copy_bandwidth"]) == (r["metric"] == "GB/s") and m["pct_fresh_copy_bandwidth"] == {}
     assert "device: cuda" not in report.header(result)
 
 

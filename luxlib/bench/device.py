@@ -55,6 +55,14 @@ class CPU:
             "bytes = 2 x array size (read + write)"
         )
 
+    def fresh_copy_bandwidth(self, quick):
+        """``(GB/s, method)`` of ``x.copy()``: what an op pays for a new output array too."""
+        mib = 16 if quick else 256
+        return copy_bandwidth(mib * 2**20, 3 if quick else 5, fresh=True), (
+            f"median of x.copy() of a float32 array of {mib} MiB on one thread (a new output each time, "
+            "page faults and the kernel's zeroing included); bytes = 2 x array size"
+        )
+
 
 class CUDA(CPU):
     """CuPy arrays on the current CUDA device; contenders luxlib and torch (CUDA).
@@ -97,6 +105,9 @@ class CUDA(CPU):
             "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
             "cupy": cp.__version__,
         }
+
+    def fresh_copy_bandwidth(self, quick):
+        return None, "not measured: CuPy's memory pool hands freed device memory out again"
 
     def copy_bandwidth(self, quick):
         """``(GB/s, method)`` of one device-to-device ``cupy.copyto`` (read + write)."""

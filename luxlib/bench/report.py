@@ -15,6 +15,7 @@ _COLUMNS = (
     ("lux/numpy", 9, ">"),
     ("luxlib rate", 15, ">"),
     ("%copy", 6, ">"),
+    ("%fresh", 6, ">"),
     ("check", 8, "<"),
 )
 
@@ -35,6 +36,8 @@ def header(head):
         *([f"device: cuda, {m['gpu']} ({m['gpu_memory_gib']} GiB), CuPy {m['cupy']}; the NumPy compositions "
            "do not take part"] if s.get("device") == "cuda" else []),
         f"copy bandwidth: {head['copy_bandwidth_gbs']:.1f} GB/s ({head['copy_bandwidth_method']})",
+        *([f"fresh-output copy bandwidth: {head['fresh_copy_bandwidth_gbs']:.1f} GB/s "
+           f"({head['fresh_copy_bandwidth_method']})"] if head.get("fresh_copy_bandwidth_gbs") else []),
     ]
     if m["env"].get("OPENBLAS_CORETYPE"):
         lines.append(
@@ -72,6 +75,7 @@ def rows(record):
                     _fmt(r["ratio"].get("luxlib/numpy"), ".2f"),
                     "-" if rate is None else f"{rate:.1f} {record['metric']}",
                     _fmt(r["pct_copy_bandwidth"].get("luxlib"), ".0f"),
+                    _fmt(r["pct_fresh_copy_bandwidth"].get("luxlib"), ".0f"),
                     check,
                 ]
             )
@@ -89,7 +93,8 @@ def footer(result):
             f"geometric mean of luxlib/{other} time ratios (< 1: luxlib faster): "
             f"forward {_fmt(g['forward'], '.3f')}, forward+backward {_fmt(g['forward_backward'], '.3f')}"
         )
-    lines += ["", "rates count (|a| = bytes of array a; %copy = luxlib GB/s / copy bandwidth):"]
+    lines += ["", "rates count (|a| = bytes of array a; %copy, %fresh = luxlib GB/s / copy bandwidth, "
+              "/ fresh-output copy bandwidth):"]
     formulas = {}
     for r in result["cases"]:
         formulas.setdefault(r["formula"], []).append(r["name"])

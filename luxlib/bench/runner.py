@@ -109,7 +109,7 @@ def rel_diff(out, ref):
     return worst
 
 
-def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs, device):
+def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device):
     # a timed call ends when the device has finished the work it queued
     funcs = {
         who: (lambda f=getattr(c, mode): device.finish(f()))
@@ -130,7 +130,10 @@ def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs, devi
             if "luxlib" in median and other in median
         },
         "rate": rate,
-        "pct_copy_bandwidth": {who: 100 * r / copy_gbs for who, r in rate.items()} if case.metric == "GB/s" else {},
+        **{
+            key: {who: 100 * r / gbs for who, r in rate.items()} if case.metric == "GB/s" and gbs else {}
+            for key, gbs in ceilings.items()
+        },
     }
     # the reference: the NumPy composition, or torch where the device fields no NumPy
     ref = next((who for who in ("numpy", "torch") if who in first), None)
@@ -143,9 +146,10 @@ def _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs, devi
     return result
 
 
-def run_case(case, *, quick, repeats, warmup, copy_gbs, pause=0.0, torch=None, device=None):
+def run_case(case, *, quick, repeats, warmup, ceilings, pause=0.0, torch=None, device=None):
     """Time one case on ``device`` (default the CPU); returns its JSON record
-    (``skipped`` says why when it did not run)."""
+    (``skipped`` says why when it did not run). ``ceilings`` maps ``"pct_..."`` record keys
+    to the GB/s that bandwidth-bound rows are given as a percentage of."""
     device = device or CPU()
     record = {"name": case.name, "family": case.family, "dtype": "float32"}
     record.update(metric=case.metric, formula=case.formula)
@@ -165,7 +169,7 @@ def run_case(case, *, quick, repeats, warmup, copy_gbs, pause=0.0, torch=None, d
             record.setdefault("failed", {})[who] = f"{type(exc).__name__}: {exc}"
     amounts = case.amount(a)
     record["modes"] = {
-        mode: _mode(case, contenders, mode, amount, repeats, warmup, pause, copy_gbs, device)
+        mode: _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device)
         for mode, amount in zip(MODES, amounts)
     }
     del a, contenders
@@ -213,11 +217,16 @@ def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, 
             "machine": {**machine_info(threads, torch), **device.info()},
         }
         header["copy_bandwidth_gbs"], header["copy_bandwidth_method"] = device.copy_bandwidth(quick)
+        header["fresh_copy_bandwidth_gbs"], header["fresh_copy_bandwidth_method"] = device.fresh_copy_bandwidth(quick)
+        ceilings = {
+            "pct_copy_bandwidth": header["copy_bandwidth_gbs"],
+            "pct_fresh_copy_bandwidth": header["fresh_copy_bandwidth_gbs"],
+        }
         if on_start is not None:
             on_start(header)
         for case in cases:
             record = run_case(
-                case, quick=quick, repeats=repeats, warmup=warmup, pause=pause, copy_gbs=header["copy_bandwidth_gbs"],
+                case, quick=quick, repeats=repeats, warmup=warmup, pause=pause, ceilings=ceilings,
                 torch=torch, device=device,
             )
             records.append(record)

@@ -95,12 +95,15 @@ def _wake(f, seconds=0.02):
         f()
 
 
-def copy_bandwidth(nbytes=256 * 2**20, repeats=5):
-    """Measure the memory bandwidth of one ``np.copyto`` between two float32 arrays.
+def copy_bandwidth(nbytes=256 * 2**20, repeats=5, fresh=False):
+    """Measure the memory bandwidth of one copy of a float32 array, on one thread.
 
-    ``np.copyto`` runs on one thread. Both arrays are written once before timing so
-    that page faults are not measured; each copy counts ``2 * nbytes`` (source read
-    once, destination written once: the same rule the op rows use).
+    By default ``np.copyto`` between two arrays written once before timing, so that page
+    faults are not measured; with ``fresh``, ``src.copy()``: a new array each time, as an
+    out-of-place op allocates its output (above glibc's mmap threshold, 32 MiB at most,
+    every such array is new memory that the kernel zeroes on first touch). Each copy
+    counts ``2 * nbytes`` (source read once, destination written once: the same rule
+    the op rows use).
 
     Returns
     -------
@@ -109,5 +112,6 @@ def copy_bandwidth(nbytes=256 * 2**20, repeats=5):
     """
     src = np.ones(nbytes // 4, np.float32)
     dst = np.zeros_like(src)
-    times, _, _ = interleaved({"copy": lambda: np.copyto(dst, src)}, repeats)
+    copy = src.copy if fresh else (lambda: np.copyto(dst, src))
+    times, _, _ = interleaved({"copy": copy}, repeats)
     return 2 * src.nbytes / statistics.median(times["copy"]) / 1e9
