@@ -6,8 +6,9 @@
 # (LX_DEFINE_ACTIVATIONS below): float32 uses the vectorizable math of _fastmath.pxd,
 # float64 libm. Every formula repeats the table's expression in the same order of
 # operations, with NumPy's NaN rules, so NaN/Inf propagate exactly as on the generic
-# path; branches are written as selects (both sides computed) so that the loops
-# vectorize. The run loops switch on the id once, outside the loop, and are compiled
+# path (float32 evaluates gelu and mish in equivalent forms with one exp, chosen so that
+# NaN/Inf still land where the table's formula puts them: doc/build.md); branches are
+# written as selects (both sides computed) so that the loops vectorize. The run loops switch on the id once, outside the loop, and are compiled
 # in several instruction-set versions (LX_CLONES, see _fastmath.pxd).
 
 from cython cimport floating
@@ -43,16 +44,42 @@ cdef extern from *:
             ? lx_dact_from_output_##S(ID, src[i], p) : lx_dact_from_input_##S(ID, src[i], p)); \
         break;
 
-    /* The activation table for element type T (suffix S) over the math functions
-       EXP, EXPM1, LOG1P, TANH, ERF, ABS of that type. */
-    #define LX_DEFINE_ACTIVATIONS(T, S, EXP, EXPM1, LOG1P, TANH, ERF, ABS) \
+    /* The activation table for element type T (suffix S) over the math functions of
+       that type: EXP is only called on arguments <= 20, EXPM1_LO on arguments <= 43 or
+       whose result a select discards, LOG1P on [0, 1] (float32 has cheaper versions for
+       those ranges, _fastmath.pxd), EXPM1 anywhere. REWRITE = 1 picks the float32 forms
+       that need fewer transcendental calls (the same NaN/Inf results as the table's
+       formula, see doc/activations.md); float64 keeps the table's formulas. */
+    #define LX_DEFINE_ACTIVATIONS(T, S, REWRITE, EXP, EXPM1, EXPM1_LO, LOG1P, TANH, ERF, ABS) \
     LX_INLINE T lx_clip_##S(T v, T lo, T hi) { return v < lo ? lo : (v > hi ? hi : v); } \
     LX_INLINE T lx_sigmoid_##S(T v) { \
         T t = EXP(-ABS(v)); \
         return (v >= 0 ? (T)1 : t) / ((T)1 + t); \
     } \
     LX_INLINE T lx_softplus_##S(T v) { return LOG1P(EXP(-ABS(v))) + (v < 0 ? (T)0 : v); } \
+    /* tanh(softplus(z)) = n / (n + 2), n = e (e + 2), e = e^z; 1 above z = 20 */ \
+    LX_INLINE T lx_mish_tanh_##S(T z) { \
+        T e = EXP(z > 20 ? (T)20 : z); \
+        T n = e * (e + (T)2); \
+        return n / (n + (T)2); \
+    } \
+    /* mish' = t + z (1 - t^2) sigmoid(z) = t + z 4 e (e + 1) / (n + 2)^2; the second \
+       term is 0 above z = 20 (the table's z (1 - t^2) is 0 * z there: NaN at +inf) */ \
+    LX_INLINE T lx_mish_dx_##S(T z) { \
+        T e = EXP(z > 20 ? (T)20 : z); \
+        T n = e * (e + (T)2); \
+        T q = (T)1 / (n + (T)2); \
+        T g = (T)4 * e * (e + (T)1) * (q * q); \
+        return n * q + z * (z > 20 ? (T)0 : g); \
+    } \
+    /* z / p <= 0 where the select keeps expm1 when alpha = p > 0 (pos) */ \
+    LX_INLINE T lx_celu_##S(T z, T p, int pos) { \
+        T t = p * (pos ? EXPM1_LO(z / p) : EXPM1(z / p)); \
+        return z >= 0 ? z : t; \
+    } \
     LX_INLINE T lx_gelu_sigmoid_arg_##S(T z, T z2) { \
+        if (REWRITE)  /* one operation less; overflows to the same inf */ \
+            return z * (z2 * (T)(LUXLIB_GELU_2LAMBDA * LUXLIB_GELU_ALPHA) + (T)LUXLIB_GELU_2LAMBDA); \
         return (T)LUXLIB_GELU_2LAMBDA * z * (z2 * (T)LUXLIB_GELU_ALPHA + (T)1); \
     } \
     \
@@ -63,13 +90,15 @@ cdef extern from *:
         case 1: return z < 0 ? (T)0 : z;                          /* relu */ \
         case 2: return lx_clip_##S(z, (T)0, (T)6);                /* relu6 */ \
         case 3: t = p * z; return z > 0 ? z : t;                  /* leakyrelu(a) */ \
-        case 4: t = p * EXPM1(z); return z >= 0 ? z : t;          /* elu(alpha) */ \
-        case 5: t = p * EXPM1(z / p); return z >= 0 ? z : t;      /* celu(alpha) */ \
-        case 6: t = (T)LUXLIB_SELU_ALPHA * EXPM1(z);              /* selu */ \
+        case 4: t = p * EXPM1_LO(z); return z >= 0 ? z : t;       /* elu(alpha) */ \
+        case 5: return lx_celu_##S(z, p, p > 0);                  /* celu(alpha) */ \
+        case 6: t = (T)LUXLIB_SELU_ALPHA * EXPM1_LO(z);           /* selu */ \
             return (T)LUXLIB_SELU_LAMBDA * (z > 0 ? z : t); \
-        case 7: return z / (T)2 * ((T)1 + TANH(                   /* gelu (tanh) */ \
-            (T)LUXLIB_GELU_LAMBDA * (z + (T)LUXLIB_GELU_ALPHA * z * z * z))); \
         case 8: return z / (T)2 * ((T)1 + ERF(z / (T)LUXLIB_SQRT2));   /* gelu_erf */ \
+        case 7:                                                   /* gelu (tanh) */ \
+            if (!REWRITE) return z / (T)2 * ((T)1 + TANH( \
+                (T)LUXLIB_GELU_LAMBDA * (z + (T)LUXLIB_GELU_ALPHA * z * z * z))); \
+            /* z/2 (1 + tanh(u)) = z sigmoid(2u): gelu_sigmoid; fall through */ \
         case 9: return z * lx_sigmoid_##S(lx_gelu_sigmoid_arg_##S(z, z * z)); /* gelu_sigmoid */ \
         case 10: return lx_sigmoid_##S(z);                        /* sigmoid */ \
         case 11: t = lx_sigmoid_##S(z);                           /* sigmoid_fast */ \
@@ -83,7 +112,8 @@ cdef extern from *:
         case 19: return z * lx_sigmoid_##S(z);                    /* swish */ \
         case 20: return z * lx_clip_##S((z + (T)3) / (T)6, (T)0, (T)1);  /* hardswish */ \
         case 21: return z * TANH(z);                              /* lisht */ \
-        case 22: return z * TANH(lx_softplus_##S(z));             /* mish */ \
+        case 22: return z * (REWRITE ? lx_mish_tanh_##S(z)       /* mish */ \
+                                      : TANH(lx_softplus_##S(z))); \
         case 23: return z - TANH(z);                              /* tanhshrink */ \
         case 24: t = z - p;                                       /* softshrink(lam) */ \
             return z + p > 0 ? (t < 0 ? (T)0 : t) : z + p; \
@@ -113,6 +143,11 @@ cdef extern from *:
         switch (act) { \
         case 7:                                                   /* gelu (tanh) */ \
             z2 = z * z; \
+            if (REWRITE) {  /* (1 + w) / 2 = s, (1 - w^2) / 2 = 2 s (1 - s), s = sigmoid(2u) */ \
+                w = lx_sigmoid_##S(lx_gelu_sigmoid_arg_##S(z, z2)); \
+                return w + z * (T)LUXLIB_GELU_LAMBDA \
+                    * (z2 * (T)LUXLIB_GELU_3ALPHA + (T)1) * ((T)2 * w * ((T)1 - w)); \
+            } \
             w = TANH((T)LUXLIB_GELU_LAMBDA * z * (z2 * (T)LUXLIB_GELU_ALPHA + (T)1)); \
             return ((T)1 + w) / (T)2 + z * (T)LUXLIB_GELU_LAMBDA \
                 * (z2 * (T)LUXLIB_GELU_3ALPHA + (T)1) * ((T)1 - w * w) / (T)2; \
@@ -135,6 +170,7 @@ cdef extern from *:
             return z < -3 ? (T)0 : (z > 3 ? (T)1 : z / (T)3 + (T)0.5); \
         case 21: t = TANH(z); return t + z * ((T)1 - t * t);      /* lisht */ \
         case 22:                                                  /* mish */ \
+            if (REWRITE) return lx_mish_dx_##S(z); \
             t = TANH(lx_softplus_##S(z)); \
             return t + z * ((T)1 - t * t) * lx_sigmoid_##S(z); \
         default: t = z - (z - TANH(z)); return t * t;             /* 23: tanhshrink: (z - y)^2 */ \
@@ -144,6 +180,10 @@ cdef extern from *:
     /* y[i] = act(z[i]); y may be z */ \
     static LX_CLONES void lx_forward_##S(int act, T p, const T* z, T* y, ptrdiff_t n) { \
         ptrdiff_t i; \
+        if (act == 5 && p > 0) {  /* celu: the usual alpha > 0 gets a loop with the cheap expm1 */ \
+            for (i = 0; i < n; i++) y[i] = lx_celu_##S(z[i], p, 1); \
+            return; \
+        } \
         switch (act) { LX_FOR_IDS(LX_FORWARD_CASE, S) } \
     } \
     \
@@ -154,8 +194,9 @@ cdef extern from *:
         switch (act) { LX_FOR_IDS(LX_BACKWARD_CASE, S) } \
     }
 
-    LX_DEFINE_ACTIVATIONS(float, f, lx_expf, lx_expm1f, lx_log1pf, lx_tanhf, lx_erff, fabsf)
-    LX_DEFINE_ACTIVATIONS(double, d, exp, expm1, log1p, tanh, erf, fabs)
+    LX_DEFINE_ACTIVATIONS(float, f, 1, lx_expf_lo, lx_expm1f, lx_expm1f_lo, lx_log1pf_01,
+                          lx_tanhf, lx_erff, fabsf)
+    LX_DEFINE_ACTIVATIONS(double, d, 0, exp, expm1, expm1, log1p, tanh, erf, fabs)
     #endif
     """
     bint _lx_output_only "LX_OUTPUT_ONLY"(int) noexcept nogil

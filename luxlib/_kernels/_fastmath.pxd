@@ -1,11 +1,12 @@
-# Vectorizable float32 exp, expm1, log1p, tanh, erf.
+# Vectorizable float32 exp, expm1, log1p, tanh, erf, and the range-restricted
+# variants the activations call (lx_expf_lo, lx_expm1f_lo, lx_log1pf_01).
 #
-# Cephes-style: Cody-Waite range reduction, polynomials, 2^k built from its bits, and
-# every case (overflow, underflow, +-0, +-inf, NaN) chosen by selects rather than
-# branches, so GCC if-converts and auto-vectorizes loops that call them (they are
+# Cephes-style: Cody-Waite range reduction, minimax polynomials, 2^k built from its
+# bits, and every case (overflow, underflow, +-0, +-inf, NaN) chosen by selects rather
+# than branches, so GCC if-converts and auto-vectorizes loops that call them (they are
 # forced inline). NaN and Inf come out where libm puts them, -0 stays -0. No
 # -ffast-math needed. Accuracy (max error against float64, tests/test_fastmath.py and
-# doc/build.md): exp, expm1, log1p, tanh <= 2 ulp; erf <= 3 ulp.
+# doc/build.md): exp, log1p <= 1 ulp; expm1, tanh <= 2 ulp; erf <= 7 ulp.
 #
 # LX_INLINE and LX_CLONES (function multiversioning for the loops that call these:
 # x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA) and baseline versions, picked at load
@@ -36,52 +37,92 @@ cdef extern from *:
 
     LX_INLINE float lx_bits_to_float(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
     LX_INLINE int32_t lx_float_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
-    /* 2^k for -126 <= k <= 127 */
-    LX_INLINE float lx_pow2i(int32_t k) { return lx_bits_to_float((k + 127) << 23); }
-    /* round to nearest integer (|v| < 2^22), without SSE4.1's roundps */
-    LX_INLINE float lx_rint(float v) { return (v + 12582912.0f) - 12582912.0f; }
-    /* the integer k of lx_rint's result; 0 for NaN (converting NaN is undefined) */
-    LX_INLINE int32_t lx_int(float k) { return (int32_t)(k == k ? k : 0.0f); }
+    /* the float whose bits are kk's shifted left by 23 (unsigned: no overflow) */
+    LX_INLINE float lx_shl23(float kk) {
+        uint32_t b;
+        memcpy(&b, &kk, 4);
+        b <<= 23;
+        memcpy(&kk, &b, 4);
+        return kk;
+    }
 
     #define LX_LOG2E 1.44269504088896341f
     #define LX_LN2_HI 0.693359375f        /* few bits: k * LN2_HI is exact */
     #define LX_LN2_LO -2.12194440e-4f
+    /* x log2(e) + LX_SHIFT(b) rounds to an integer k in the low mantissa bits, stored
+       as k + b: shifting the float's bits left by 23 gives the bits of 2^(k + b - 127) */
+    #define LX_SHIFT(b) (12582912.0f + (float)(b))   /* 1.5 * 2^23 + b */
+    #define LX_TWO_M64 5.42101086242752217e-20f     /* 2^-64 */
+    #define LX_TWO_P64 1.84467440737095516e19f      /* 2^64 */
+
+    /* (e^r - 1 - r) / r^2 for |r| <= ln2/2: minimax, e^r to 3.3e-9 relative */
+    LX_INLINE float lx_exp_poly(float r) {
+        float p = 1.3821687e-3f;
+        p = p * r + 8.368853e-3f;
+        p = p * r + 4.1668274e-2f;
+        p = p * r + 1.666652e-1f;
+        return p * r + 4.9999994e-1f;
+    }
+
+    /* r = x - k ln2 (Cody-Waite), |r| <= ln2/2; *kk = x log2(e) + shift holds k */
+    LX_INLINE float lx_exp_reduce(float x, float shift, float* kk) {
+        *kk = x * LX_LOG2E + shift;
+        float k = *kk - shift;
+        return (x - k * LX_LN2_HI) - k * LX_LN2_LO;
+    }
+
+    /* e^x = (e^r 2^(k + b - 127)) post for x = k ln2 + r, shift = LX_SHIFT(b): exact up
+       to the last product, which rounds once (overflow to inf, gradual underflow); NaN
+       gives NaN (p is NaN). 1 + (r + r^2 P) rather than a Horner scheme through the last
+       terms: the same <= 1 ulp without FMA (baseline x86-64). */
+    LX_INLINE float lx_exp_core(float x, float shift, float post) {
+        float kk;
+        float r = lx_exp_reduce(x, shift, &kk);
+        float p = lx_exp_poly(r) * (r * r) + r + 1.0f;
+        return p * lx_shl23(kk) * post;
+    }
+
+    /* e^x for x <= 43 (2^(k+64) stays normal) or NaN; what the activations call, their
+       arguments are <= 20. Larger x: garbage. */
+    LX_INLINE float lx_expf_lo(float x) {
+        float xc = x < -104.0f ? -104.0f : x;    /* e^-104 rounds to 0; NaN passes */
+        return lx_exp_core(xc, LX_SHIFT(127 + 64), LX_TWO_M64);
+    }
 
     LX_INLINE float lx_expf(float x) {
-        /* clamp keeps 2^k in two normal factors; NaN passes (comparisons are false) */
+        /* positive x: e^r 2^(k-64) 2^64, the others e^r 2^(k+64) 2^-64 */
         float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
-        float k = lx_rint(xc * LX_LOG2E);
-        float r = (xc - k * LX_LN2_HI) - k * LX_LN2_LO;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * (r * r) + r + 1.0f;
-        int32_t ki = lx_int(k), k1 = ki >> 1;
-        /* exact first product, one rounding (overflow to inf, gradual underflow) in the second */
-        return p * lx_pow2i(k1) * lx_pow2i(ki - k1);
+        int hi = x > 0.0f;
+        return lx_exp_core(xc, hi ? LX_SHIFT(127 - 64) : LX_SHIFT(127 + 64),
+                           hi ? LX_TWO_P64 : LX_TWO_M64);
+    }
+
+    /* expm1(x) = 2^k expm1(r) + (2^k - 1) for x <= 43 or NaN (-0 may become +0);
+       what elu, celu, selu call (their x > 0 lanes are discarded). Larger x: garbage. */
+    LX_INLINE float lx_expm1f_lo(float x) {
+        float xc = x < -25.0f ? -25.0f : x;      /* expm1 rounds to -1 below -17.4 */
+        float kk;
+        float r = lx_exp_reduce(xc, LX_SHIFT(127), &kk);
+        float em = lx_exp_poly(r) * (r * r) + r;
+        float s = lx_shl23(kk);
+        return s * em + (s - 1.0f);
     }
 
     LX_INLINE float lx_expm1f(float x) {
-        /* expm1(x) = 2^k expm1(r) + (2^k - 1), |r| <= ln2/2 (up to 0.7 where k is capped) */
-        float xc = x > 89.0f ? 89.0f : (x < -25.0f ? -25.0f : x);
-        float k = lx_rint(xc * LX_LOG2E);
-        k = k > 127.0f ? 127.0f : k;
-        float r = (xc - k * LX_LN2_HI) - k * LX_LN2_LO;
-        float p = 2.7557319e-6f;                  /* Taylor to r^10 / 10! */
-        p = p * r + 2.4801587e-5f;
-        p = p * r + 1.9841270e-4f;
-        p = p * r + 1.3888889e-3f;
-        p = p * r + 8.3333333e-3f;
-        p = p * r + 4.1666667e-2f;
-        p = p * r + 1.6666667e-1f;
-        p = p * r + 0.5f;
-        float em = r * (p * r) + r;
-        float s = lx_pow2i(lx_int(k));
-        float res = s * em + (s - 1.0f);
-        return x == 0.0f ? x : res;              /* keeps -0 */
+        /* e^x - 1 rounds to e^x above 43; keeps -0 */
+        return x > 43.0f ? lx_expf(x) : (x == 0.0f ? x : lx_expm1f_lo(x));
+    }
+
+    /* log1p(t) for 0 <= t <= 1 (or NaN): 2 atanh(s), s = t / (2 + t) <= 1/3, as
+       s (2 + s^2 Q(s^2)) with a minimax Q (5e-9 relative); what softplus calls */
+    LX_INLINE float lx_log1pf_01(float t) {
+        float s = t / (2.0f + t);
+        float z = s * s;
+        float q = 0.28f;
+        q = q * z + 0.28004223f;
+        q = q * z + 0.40021396f;
+        q = q * z + 0.66666418f;
+        return s * (q * z + 2.0f);
     }
 
     LX_INLINE float lx_log1pf(float x) {
@@ -119,38 +160,33 @@ cdef extern from *:
         p = p * z - 5.37397155531e-2f;
         p = p * z + 1.33314422036e-1f;
         p = p * z - 3.33332819422e-1f;
-        float small = (p * z) * x + x;
-        /* 1 - 2 / (e^{2|x|} + 1): inf for large |x| gives 1, NaN stays NaN */
-        float large = copysignf(1.0f - 2.0f / (lx_expf(2.0f * ax) + 1.0f), x);
-        return ax < 0.625f ? (x == 0.0f ? x : small) : large;   /* keeps -0 */
+        float small = (p * z) * ax + ax;
+        /* (1 - e^{-2|x|}) / (1 + e^{-2|x|}): 1 for large |x|, NaN stays NaN */
+        float t = lx_expf_lo(-2.0f * ax);
+        float large = (1.0f - t) / (1.0f + t);
+        return copysignf(ax < 0.625f ? small : large, x);       /* keeps -0 */
     }
 
     LX_INLINE float lx_erff(float x) {
-        /* |x| < 1: x P(x^2), least-squares fit of erf(x)/x; else 1 - erfc(|x|) with
-           Numerical Recipes' erfc (fractional error < 1.2e-7), sign restored */
-        float z = x * x;
-        float p = 7.89749029e-05f;
-        p = p * z - 8.02412513e-04f;
-        p = p * z + 5.19002555e-03f;
-        p = p * z - 2.68547926e-02f;
-        p = p * z + 1.12836123e-01f;
-        p = p * z - 3.76126289e-01f;
-        p = p * z + 1.12837923e+00f;
-        float small = p * x;
-        float ax = fabsf(x);
-        float t = 1.0f / (1.0f + 0.5f * ax);
-        float q = 0.17087277f;
-        q = q * t - 0.82215223f;
-        q = q * t + 1.48851587f;
-        q = q * t - 1.13520398f;
-        q = q * t + 0.27886807f;
-        q = q * t - 0.18628806f;
-        q = q * t + 0.09678418f;
-        q = q * t + 0.37409196f;
-        q = q * t + 1.00002368f;
-        q = q * t - 1.26551223f;
-        float large = copysignf(1.0f - t * lx_expf(q - z), x);
-        return ax < 1.0f ? small : large;
+        /* x P(x^2) / Q(x^2) on |x| <= 4 (rational minimax fit of erf(x)/x, 2.5e-8
+           relative; float32 evaluation adds the rest of the error); erf rounds to +-1
+           beyond 4. NaN passes the clamps, -0 stays -0. */
+        float xc = x > 4.0f ? 4.0f : (x < -4.0f ? -4.0f : x);
+        float u = xc * xc;
+        float p = 1.985722292e-06f;
+        p = p * u + 2.846278949e-04f;
+        p = p * u + 3.887332743e-03f;
+        p = p * u + 5.311417580e-02f;
+        p = p * u + 1.936419010e-01f;
+        p = p * u + 1.128379107e+00f;
+        float q = 3.741231922e-05f;
+        q = q * u + 1.186481561e-03f;
+        q = q * u + 1.521534007e-02f;
+        q = q * u + 1.153896675e-01f;
+        q = q * u + 5.049431920e-01f;
+        q = q * u + 1.0f;
+        float r = xc * p / q;
+        return r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);   /* 1 + erf(-inf) = 0 exactly */
     }
 
     /* out[i] = f(x[i]) for f in exp, expm1, log1p, tanh, erf (0..4): the accuracy tests
