@@ -69,3 +69,18 @@ def test_dropout_masks_bit_identical_on_gpu(cp, dtype):
         np.testing.assert_array_equal(cp.asnumpy(m), m_ref)
         np.testing.assert_array_equal(cp.asnumpy(y), y_ref)
         np.testing.assert_array_equal(cp.asnumpy(ya), ya_ref)
+
+
+@pytest.mark.gpu
+def test_dropout_with_a_cupy_generator_on_gpu(cp):
+    x = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+    rng = cp.random.default_rng(5)
+    with trace() as record:
+        y1, m1, r1 = luxlib.dropout(rng, cp.asarray(x), 0.4, True)
+        _, m2, _ = luxlib.dropout(rng, cp.asarray(x), 0.4, True)
+    assert record == [("dropout", "gpu")] * 2
+    np.testing.assert_array_equal(cp.asnumpy(m1), cp.asnumpy(m2))  # the caller's rng is not advanced
+    assert type(r1) is type(rng) and r1 is not rng
+    _, m3, _ = luxlib.dropout(rng, x, 0.4, True)  # the same key on the CPU path
+    np.testing.assert_array_equal(cp.asnumpy(m1), m3)
+    np.testing.assert_array_equal(cp.asnumpy(y1), x * m3)
