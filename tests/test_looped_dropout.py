@@ -101,17 +101,69 @@ def assert_alpha_close(got, want, x, A, B, alpha=ALPHA):
 # ---------------------------------------------------------------- Philox and the threshold
 
 
-def test_philox_blocks_match_reference():
+def _reference_blocks(first, n, key):
+    b = np.arange(first, first + n, dtype=np.uint64)
+    zero = np.zeros(n, np.uint32)
+    ref = philox4x32(((b & 0xFFFFFFFF).astype(np.uint32), (b >> 32).astype(np.uint32), zero, zero), key)
+    return np.stack(ref, axis=-1)
+
+
+# every version of the bulk generator (the SIMD loops do 16 or 32 blocks at a time and leave
+# the rest to the scalar block function): sizes around those, runs ending at 2**32, high words
+@pytest.mark.parametrize("isa", list(kernels.PHILOX_ISAS))
+@pytest.mark.parametrize(
+    "first, n",
+    [(0, 1), (0, 15), (0, 16), (0, 17), (3, 31), (3, 32), (5, 33), (0, 1031), (2**32 - 7, 7),
+     (2**32 - 64, 64), (2**32 + 5, 9), (2**40 + 3, 100), (2**64 - 2**32, 47)],
+)
+def test_philox_blocks_match_reference(isa, first, n):
+    if not kernels.philox_isa_supported(isa):
+        pytest.skip(f"this build or CPU has no {isa} generator")
     key = (0x9E3779B9, 0x243F6A88)
-    for first, n in [(0, 1), (0, 1031), (2**32 - 7, 7), (2**32 + 5, 9), (2**40 + 3, 4)]:
-        b = np.arange(first, first + n, dtype=np.uint64)
-        zero = np.zeros(n, np.uint32)
-        ref = philox4x32(((b & 0xFFFFFFFF).astype(np.uint32), (b >> 32).astype(np.uint32), zero, zero), key)
-        np.testing.assert_array_equal(kernels.philox_blocks(first, n, *key), np.stack(ref, axis=-1))
+    np.testing.assert_array_equal(kernels.philox_blocks(first, n, *key, isa=isa), _reference_blocks(first, n, key))
+
+
+def test_philox_blocks_known_answer_and_errors():
     # Random123 known answer (counter 0, key 0)
     assert kernels.philox_blocks(0, 1, 0, 0).tolist() == [[0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]]
+    assert kernels.philox_isa_supported("best") and kernels.philox_isa_supported("scalar")
     with pytest.raises(ValueError, match="2\\*\\*32"):
         kernels.philox_blocks(2**32 - 2, 3, 0, 0)
+    with pytest.raises(ValueError, match="instruction set 'sse9'"):
+        kernels.philox_blocks(0, 1, 0, 0, isa="sse9")
+
+
+@pytest.fixture(params=list(kernels.PHILOX_ISAS))
+def isa(request):
+    """Every version of the generator this CPU runs, in every kernel (float32 on AVX-512
+    makes its words in registers, the others go through the word buffer)."""
+    if not kernels.philox_isa_supported(request.param):
+        pytest.skip(f"this build or CPU has no {request.param} generator")
+    kernels.set_philox_isa(request.param)
+    yield request.param
+    kernels.set_philox_isa("best")
+
+
+# around the 128-element step of the in-register path, the 256-element pieces and the
+# 2048-element units; 40961 runs on two threads
+@pytest.mark.parametrize("size", [1, 127, 128, 129, 255, 257, 2049, 2048 + 129, 40961])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_every_generator_gives_the_generic_masks(isa, dtype, size, threads):
+    x, dy = data(size, dtype), data(size, dtype, seed=2)
+    for p in (0.1, 0.5):
+        (y, mask, _), (y_ref, mask_ref, _) = both(luxlib.dropout, rng_of(size), x, p, True)
+        np.testing.assert_array_equal(mask, mask_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        (looped, grads), (generic, grads_ref) = both_vjp(luxlib.alpha_dropout, dy, rng_of(size), x, p, True)
+        A = 1 / math.sqrt((1 - p) * (1 + p * ALPHA**2))
+        assert_alpha_close(looped[0], generic[0], x, A, -A * ALPHA * p)
+        np.testing.assert_array_equal(grads[1], grads_ref[1])
+        np.testing.assert_array_equal(luxlib.alpha_dropout(rng_of(size), x, p, True)[0], looped[0])
+
+
+def test_set_philox_isa_rejects_unknown():
+    with pytest.raises(ValueError, match="instruction set 'sse9'"):
+        kernels.set_philox_isa("sse9")
 
 
 @pytest.mark.parametrize(
