@@ -8,6 +8,9 @@ satisfy ``max|looped - reference| <= TOL[dtype] * max(1, max|reference|)`` with
 """
 
 import gc
+import mmap
+import platform
+import sys
 import weakref
 
 import numpy as np
@@ -323,3 +326,78 @@ def test_kernel_argument_checks():
         kernels.forward(0, 0.0, x, ones, ones, np.empty(12), mean, var, False, 0.0, (3, 1, 5, 5, 5, 5, 3, 1, 0, False))
     with pytest.raises(ValueError, match="mean must have 3 elements, got 2"):
         kernels.backward(0, 0.0, x, ones, ones, x, np.empty(12), mean[:2], var, True, 0.0, geom)
+
+
+def _fresh(n, dtype):
+    """An ``(n,)`` array on a new anonymous mapping no page of which is resident yet."""
+    buf = mmap.mmap(-1, n * np.dtype(dtype).itemsize)
+    return np.frombuffer(buf, dtype)
+
+
+# the kernels stream (mincore, SSE2) on x86-64 Linux only
+STREAMS = sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
+# (name, shape holding n elements, activation) at >= 16 MiB of output; odd run lengths, so most
+# runs start off the 16-byte alignment of the streaming stores
+STREAM_CASES = [
+    ("batchnorm", lambda n: (5, -(-n // 5 // 4099), 4099), activations.relu),  # one unit per group
+    ("batchnorm-split", lambda n: (2, 1, -(-n // 2)), activations.identity),  # 1 group: chunks
+    ("layernorm", lambda n: (-(-n // 1027), 1027), activations.gelu),
+]
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_streamed_outputs_match(dtype, case, threads):
+    """Outputs of >= 16 MiB whose pages are resident (reused buffers) are written with
+    non-temporal stores (the forward's with one scale/bias per channel only), fresh
+    ones (not yet faulted in) with ordinary stores: the same values bitwise, forward
+    and backward."""
+    name, shape_of, act = case
+    n = (16 << 20) // np.dtype(dtype).itemsize + 1
+    rng = np.random.default_rng(9)
+    if name == "layernorm":
+        rows, length = shape_of(n)
+        geom = (rows, 1, length, length, length, length, 1, 0, length, True)
+        ngroups, naffine = rows, length
+    else:
+        nb, c, s = shape_of(n)
+        geom = (c, nb, s, c * s, s, s, c, 1, 0, False)
+        ngroups, naffine = c, c
+    size = (geom[0] - 1) * geom[2] + (geom[1] - 1) * geom[3] + geom[5]
+    x = (rng.standard_normal(size) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal(size).astype(dtype)
+    scale = rng.uniform(0.5, 1.5, naffine).astype(dtype)
+    bias = rng.standard_normal(naffine).astype(dtype)
+    results = []
+    for out in (_fresh, lambda m, d: np.full(m, np.nan, d)):
+        y, dx = out(size, dtype), out(size, dtype)
+        assert kernels.streams_output(y) == (out is not _fresh and STREAMS)
+        mean, var = np.empty(ngroups), np.empty(ngroups)
+        kernels.forward(act.id, 0.0, x, scale, bias, y, mean, var, False, EPS, geom)
+        sums = kernels.backward(act.id, 0.0, x, scale, bias, dy, dx, mean, var, True, EPS, geom)
+        results.append((y.copy(), dx.copy(), mean, var, *sums))
+    assert not np.isnan(results[1][0]).any()
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ["batchnorm", "layernorm"])
+def test_statistics_of_offset_data(op):
+    """float64 statistics of data far from 0 (mean 1e3, std 1) and of groups that start
+    with outliers keep the float64 tolerance: the one-pass moments are taken about a
+    shift (the mean of a group's first elements); unshifted, ``E[x^2] - E[x]^2`` would
+    lose about 20 bits here."""
+    rng = np.random.default_rng(10)
+    x = 1e3 + rng.standard_normal((4, 3, 4097))
+    x[:, 1, :8] += 500  # the shift sits 500 std away from the group's mean
+    scale, bias = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
+    dy = rng.standard_normal(x.shape)
+    if op == "batchnorm":
+        f, args = luxlib.batchnorm, (x, scale, bias, None, None, True, activations.relu)
+    else:
+        f, args = luxlib.layernorm, (x, scale[:1], bias[:1], activations.relu)
+    kwargs = {"epsilon": EPS} if op == "batchnorm" else {"dims": (2,), "epsilon": EPS}
+    with trace() as record:
+        got = outputs(f, args, kwargs, dy)
+    assert record == [(op, "looped")]
+    assert_close(got, reference(f, args, kwargs, dy), np.float64)

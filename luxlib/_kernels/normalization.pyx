@@ -10,37 +10,47 @@ contiguous elements (``runlen`` long, the last one ``lastlen``)::
 
 ``vec`` False: one scale/bias per run (a channel); True: one per element (layernorm).
 
-Statistics are two-pass (the mean, then the sum of squared deviations), accumulated
-in float64 over several independent partial sums. A *unit* of work is a group, or a
-chunk of a group's runs when there are too few groups to keep the threads busy; chunk
+Statistics take one read of ``x``: the moments about a shift ``c`` (the mean of the
+unit's first ``SHIFT_LEN`` elements), ``sum(x - c)`` and ``sum((x - c)^2)``, accumulated
+in float64 over several independent partial sums; ``m2 = sum((x - c)^2) - sum(x - c)^2 / n``
+loses ``log2(1 + (mean - c)^2 / var)`` bits of float64's 53, and ``(mean - c)^2 / var``
+is at most ``n / SHIFT_LEN`` (``(c - mean)^2 <= sum((x_i - mean)^2) / SHIFT_LEN`` over
+the shift's elements, ``<= n var / SHIFT_LEN``), a few in practice. A *unit* of work is a group, or a chunk
+of a group's runs when there are too few groups to keep the threads busy; chunk
 statistics are merged with Chan's formula in chunk order. With one chunk per group,
-statistics and the normalize + affine + activation pass run back to back on the same
-group (its data still in cache); otherwise they are two parallel phases.
+statistics and the fused normalize + affine + activation pass run back to back on the
+same group (its data still in cache); otherwise they are two parallel phases.
 
 The backward pass is closed-form, with ``g = dy * act'`` and ``h = g * scale``:
 ``dx = rstd * (h - mean(h) - xhat * mean(h * xhat))`` (batch statistics) or
-``rstd * h`` (given statistics). Pass 1 writes ``g`` into ``dx`` and reduces
-``sum(h)``, ``sum(h * xhat)`` per unit and ``sum(g)``, ``sum(g * xhat)`` per run (or
-per affine element, in per-thread float64 rows added in thread order); pass 2
-rewrites ``dx``. ``act'`` is taken from ``z`` (and ``y = act(z)`` for output-only
-activations) recomputed per block from ``x``, which pass 1 reads anyway: bitwise the
-forward's values, and one array less to read than a stored ``y``.
+``rstd * h`` (given statistics). Pass 1 computes ``g`` (nothing for the identity,
+where ``g`` is ``dy``) into a per-thread buffer that holds one group (or into ``dx``
+when groups are split or large) and reduces ``sum(h)``, ``sum(h * xhat)`` per unit and
+``sum(g)``, ``sum(g * xhat)`` per run (or per affine element, in per-thread float64
+rows added in thread order); pass 2 writes ``dx``. ``act'`` is taken from ``z`` (and
+``y = act(z)`` for output-only activations) recomputed from ``x``, which pass 1 reads
+anyway, with the forward's expression: one array less to read than a stored ``y``.
+
+Outputs of at least ``STREAM_BYTES`` whose memory is already resident (a reused
+buffer) are written with non-temporal stores (``y`` only without ``vec``) (block by block from an L1 scratch): no
+read for ownership, and the output does not evict the inputs from the caches.
 """
 
 import numpy as np
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt
 
-from ._activation cimport N_ACTIVATIONS as _N_IDS, _output_only, act_backward_n, act_forward_n
+from ._activation cimport N_ACTIVATIONS as _N_IDS, _output_only, act_backward_n
 from ._openmp_helpers cimport num_threads_for
 
 #: number of activation ids the kernels implement (ids 0 .. N_ACTIVATIONS - 1)
 N_ACTIVATIONS = _N_IDS
 
 cdef enum:
-    # elements handled per step inside a run (affine then activation while in L1)
+    # elements per step through a per-thread L1 scratch (the backward's recomputed z,
+    # streamed outputs)
     BLOCK = 1024
     # fewer groups than this many per thread: split groups into chunks of runs
     UNITS_PER_THREAD = 4
@@ -48,6 +58,13 @@ cdef enum:
     MIN_CHUNK = 4096
     # per-thread float64 rows start on different cache lines
     PAD = 8
+    # the statistics' shift is the mean of this many leading elements of a unit
+    SHIFT_LEN = 8
+    # outputs of at least this many bytes (half this machine's L3) are written with
+    # non-temporal stores
+    STREAM_BYTES = 16 << 20
+    # the backward keeps g in a per-thread buffer (not in dx) for groups up to this size
+    GBUF_MAX = 1 << 18
 
 
 cdef struct Geom:
@@ -103,19 +120,6 @@ cdef extern from *:
         return acc[0];
     }
 
-    /* lxn_sum_g's loop, with GV(j) the j-th float64 term of g (* w). Each step */
-    /* converts its lanes into v, d first: written as one expression, GCC 12 */
-    /* vectorizes the sum of v but keeps the v * (x - m) chain scalar */
-    #define LXN_G1(j) ((double)g[j])
-    #define LXN_GW(j) (g[j] * (double)w[j])
-    #define LXN_SUM_G_LOOP(GV) \\
-        for (i = 0; i < nl; i += LXN_LANES) { \\
-            for (k = 0; k < LXN_LANES; k++) { v[k] = GV(i + k); d[k] = x[i + k] - m; } \\
-            for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
-        } \\
-        for (i = nl; i < n; i++) { \\
-            v[0] = GV(i); acc[LXN_LANES - 1] += v[0]; accx[LXN_LANES - 1] += v[0] * (x[i] - m); }
-
     /* lxn_dx computes h - hm with h rounded first, so a group of one element gives */
     /* exactly 0: no fused multiply-add there (GCC contracts across statements */
     /* unless told, clang within an expression) */
@@ -130,164 +134,284 @@ cdef extern from *:
         #define LXN_NO_CONTRACT_BODY
     #endif
 
+    /* y = z with non-temporal stores, for outputs too large to stay in cache: no read */
+    /* for ownership of y's lines. SSE2 (every x86-64 version): 16-byte stores after a */
+    /* scalar head up to y's alignment. Other machines: plain copies. */
+    #if defined(__x86_64__) || defined(_M_X64)
+        #include <emmintrin.h>
+        #define LXN_STREAM(T, V, STORE, LOADU) \\
+            ptrdiff_t i = 0, w = 16 / sizeof(T); \\
+            for (; i < n && ((uintptr_t)(y + i) & 15); i++) y[i] = z[i]; \\
+            for (; i + w <= n; i += w) STORE(y + i, LOADU(z + i)); \\
+            for (; i < n; i++) y[i] = z[i];
+        static void lxn_stream_f(float* y, const float* z, ptrdiff_t n) {
+            LXN_STREAM(float, __m128, _mm_stream_ps, _mm_loadu_ps) }
+        static void lxn_stream_d(double* y, const double* z, ptrdiff_t n) {
+            LXN_STREAM(double, __m128d, _mm_stream_pd, _mm_loadu_pd) }
+        /* orders the streamed stores before the thread's later ones */
+        static void lxn_fence(void) { _mm_sfence(); }
+    #else
+        #define LXN_NO_STREAM
+        static void lxn_stream_f(float* y, const float* z, ptrdiff_t n) { memcpy(y, z, n * sizeof(float)); }
+        static void lxn_stream_d(double* y, const double* z, ptrdiff_t n) { memcpy(y, z, n * sizeof(double)); }
+        static void lxn_fence(void) {}
+    #endif
+
+    /* Whether to stream an output of n bytes at p: large, and its last page already */
+    /* resident. A fresh mapping (glibc serves large arrays with a new mmap each call) */
+    /* is not: its first touch faults and the kernel zeroes the page, leaving its */
+    /* lines in cache, where ordinary stores then hit and streaming ones would have */
+    /* to evict them first. */
+    #if !defined(LXN_NO_STREAM) && defined(__linux__)
+        #include <sys/mman.h>
+        #include <unistd.h>
+        static int lxn_stream_pays(void* p, size_t n, size_t min_bytes) {
+            if (n < min_bytes) return 0;
+            size_t page = (size_t)sysconf(_SC_PAGESIZE);
+            unsigned char v = 0;
+            /* the last page: an allocator writes its header before the first */
+            void* start = (void*)(((uintptr_t)p + n - 1) / page * page);
+            return mincore(start, 1, &v) == 0 && (v & 1);
+        }
+    #else
+        static int lxn_stream_pays(void* p, size_t n, size_t min_bytes) { return 0; }
+    #endif
+
+    #define LXN_AFFINE_CASE(ID, S) case ID: \\
+        if (vec) for (i = 0; i < n; i++) z[i] = lx_act_##S(ID, (x[i] - m) * r * sc[i] + bias[i], p); \\
+        else for (i = 0; i < n; i++) z[i] = lx_act_##S(ID, (x[i] - m) * a + b, p); \\
+        break;
+
+    /* lxn_pass1's loop for one activation id: g = dy * act'(z or y) with z recomputed */
+    /* from x as in lxn_affine (channel scale a, shift b), written to g and summed */
+    #define LXN_ACT_G(ID, S, XV, DY) ((DY) * (LX_OUTPUT_ONLY(ID) \\
+        ? lx_dact_from_output_##S(ID, lx_act_##S(ID, ((XV) - m) * a + b, p), p) \\
+        : lx_dact_from_input_##S(ID, ((XV) - m) * a + b, p)))
+    #define LXN_PASS1_CASE(ID, S) case ID: \\
+        for (i = 0; i < nl; i += LXN_LANES) { \\
+            for (k = 0; k < LXN_LANES; k++) { \\
+                gv = LXN_ACT_G(ID, S, x[i + k], dy[i + k]); \\
+                g[i + k] = gv; v[k] = gv; d[k] = x[i + k] - md; } \\
+            for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
+        } \\
+        for (i = nl; i < n; i++) { \\
+            gv = LXN_ACT_G(ID, S, x[i], dy[i]); \\
+            g[i] = gv; acc[LXN_LANES - 1] += gv; accx[LXN_LANES - 1] += gv * (x[i] - md); } \\
+        break;
+
     #define LXN_DEFINE(T, S) \\
-    /* sum(x) */ \\
-    static LX_CLONES double lxn_sum_##S(const T* x, ptrdiff_t n) { \\
-        double acc[LXN_LANES] = {0}; \\
-        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
-        for (i = 0; i < nl; i += LXN_LANES) \\
-            for (k = 0; k < LXN_LANES; k++) acc[k] += x[i + k]; \\
-        for (i = nl; i < n; i++) acc[LXN_LANES - 1] += x[i]; \\
-        return lxn_combine(acc); \\
-    } \\
-    /* sum((x - m)^2) */ \\
-    static LX_CLONES double lxn_sum_sq_dev_##S(const T* x, ptrdiff_t n, double m) { \\
-        double acc[LXN_LANES] = {0}, d; \\
-        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
-        for (i = 0; i < nl; i += LXN_LANES) \\
-            for (k = 0; k < LXN_LANES; k++) { d = x[i + k] - m; acc[k] += d * d; } \\
-        for (i = nl; i < n; i++) { d = x[i] - m; acc[LXN_LANES - 1] += d * d; } \\
-        return lxn_combine(acc); \\
-    } \\
-    /* s += sum(g * w), sx += sum(g * w * (x - m)); w NULL means 1 */ \\
-    static LX_CLONES void lxn_sum_g_##S(const T* g, const T* w, const T* x, ptrdiff_t n, \\
-                                        double m, double* s, double* sx) { \\
+    /* g = dy * act'((x - m) * a + b) (one scale/bias), s += sum(g), */ \\
+    /* sx += sum(g * (x - md)): pass 1 of a run in one loop */ \\
+    static LX_CLONES void lxn_pass1_##S(int act, T p, const T* x, const T* dy, T* restrict g, \\
+                                        ptrdiff_t n, T m, T a, T b, double md, double* s, \\
+                                        double* sx) { \\
         double acc[LXN_LANES] = {0}, accx[LXN_LANES] = {0}, v[LXN_LANES], d[LXN_LANES]; \\
         ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
-        if (w == NULL) { LXN_SUM_G_LOOP(LXN_G1) } else { LXN_SUM_G_LOOP(LXN_GW) } \\
+        T gv; \\
+        switch (act) { LX_FOR_IDS(LXN_PASS1_CASE, S) } \\
         *s += lxn_combine(acc); \\
         *sx += lxn_combine(accx); \\
     } \\
-    /* cg[i] += g[i], cgx[i] += g[i] * ((x[i] - m) * r) */ \\
-    static LX_CLONES void lxn_cols_##S(const T* g, const T* x, ptrdiff_t n, double m, \\
-                                       double r, double* restrict cg, double* restrict cgx) { \\
-        for (ptrdiff_t i = 0; i < n; i++) { \\
-            double v = g[i]; cg[i] += v; cgx[i] += v * ((x[i] - m) * r); } \\
+    /* s1 += sum(x - k), s2 += sum((x - k)^2): both moments in one read of x */ \\
+    static LX_CLONES void lxn_moments_##S(const T* x, ptrdiff_t n, double k, double* s1, \\
+                                          double* s2) { \\
+        double a[LXN_LANES] = {0}, b[LXN_LANES] = {0}, d; \\
+        ptrdiff_t i, j, nl = n - n % LXN_LANES; \\
+        for (i = 0; i < nl; i += LXN_LANES) \\
+            for (j = 0; j < LXN_LANES; j++) { d = x[i + j] - k; a[j] += d; b[j] += d * d; } \\
+        for (i = nl; i < n; i++) { d = x[i] - k; a[LXN_LANES - 1] += d; b[LXN_LANES - 1] += d * d; } \\
+        *s1 += lxn_combine(a); \\
+        *s2 += lxn_combine(b); \\
     } \\
-    /* z = (x - m) * r * sc + bias, per element (vec) or sc[0], bias[0] */ \\
-    static LX_CLONES void lxn_affine_##S(const T* x, const T* sc, const T* bias, \\
-                                         T* restrict z, ptrdiff_t n, T m, T r, int vec) { \\
-        ptrdiff_t i; \\
-        if (vec) { \\
-            for (i = 0; i < n; i++) z[i] = (x[i] - m) * r * sc[i] + bias[i]; \\
-        } else { \\
-            T a = r * sc[0], b = bias[0]; \\
-            for (i = 0; i < n; i++) z[i] = (x[i] - m) * a + b; \\
+    /* s += sum(g), sx += sum(g * (x - m)). Each step converts its lanes into v, d */ \\
+    /* first: written as one expression, GCC 12 vectorizes the sum of v but keeps */ \\
+    /* the v * (x - m) chain scalar */ \\
+    static LX_CLONES void lxn_sum_g_##S(const T* g, const T* x, ptrdiff_t n, double m, \\
+                                        double* s, double* sx) { \\
+        double acc[LXN_LANES] = {0}, accx[LXN_LANES] = {0}, v[LXN_LANES], d[LXN_LANES]; \\
+        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
+        for (i = 0; i < nl; i += LXN_LANES) { \\
+            for (k = 0; k < LXN_LANES; k++) { v[k] = g[i + k]; d[k] = x[i + k] - m; } \\
+            for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
         } \\
+        for (i = nl; i < n; i++) { \\
+            v[0] = g[i]; acc[LXN_LANES - 1] += v[0]; accx[LXN_LANES - 1] += v[0] * (x[i] - m); } \\
+        *s += lxn_combine(acc); \\
+        *sx += lxn_combine(accx); \\
     } \\
-    /* d = h * r with h = d * (sc[i] or s) (given statistics), or */ \\
-    /* d = (h - hm) * r - (x - m) * cc (batch statistics) */ \\
-    static LX_CLONES LXN_NO_CONTRACT void lxn_dx_##S(T* d, const T* x, const T* sc, T s, \\
-                                                     ptrdiff_t n, T hm, T r, T m, T cc, \\
-                                                     int batch) { \\
+    /* per-element affine (layernorm), in one read of g, w, x: s += sum(g * w), */ \\
+    /* sx += sum(g * (x - m) * w), cg[i] += g[i], cgx[i] += g[i] * (x[i] - m) * r */ \\
+    static LX_CLONES void lxn_sum_cols_##S(const T* g, const T* w, const T* x, ptrdiff_t n, \\
+                                           double m, double r, double* s, double* sx, \\
+                                           double* restrict cg, double* restrict cgx) { \\
+        double acc[LXN_LANES] = {0}, accx[LXN_LANES] = {0}, v[LXN_LANES], t[LXN_LANES]; \\
+        ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
+        for (i = 0; i < nl; i += LXN_LANES) { \\
+            for (k = 0; k < LXN_LANES; k++) { v[k] = g[i + k]; t[k] = v[k] * (x[i + k] - m); } \\
+            for (k = 0; k < LXN_LANES; k++) { \\
+                cg[i + k] += v[k]; cgx[i + k] += t[k] * r; \\
+                acc[k] += v[k] * w[i + k]; accx[k] += t[k] * w[i + k]; } \\
+        } \\
+        for (i = nl; i < n; i++) { \\
+            v[0] = g[i]; t[0] = v[0] * (x[i] - m); cg[i] += v[0]; cgx[i] += t[0] * r; \\
+            acc[LXN_LANES - 1] += v[0] * w[i]; accx[LXN_LANES - 1] += t[0] * w[i]; } \\
+        *s += lxn_combine(acc); \\
+        *sx += lxn_combine(accx); \\
+    } \\
+    /* z = act((x - m) * r * sc + bias), per element (vec) or sc[0], bias[0]; one */ \\
+    /* loop per activation id (LXN_AFFINE_CASE) */ \\
+    static LX_CLONES void lxn_affine_##S(int act, T p, const T* x, const T* sc, \\
+                                         const T* bias, T* restrict z, ptrdiff_t n, T m, T r, \\
+                                         int vec) { \\
+        ptrdiff_t i; \\
+        T a = r * sc[0], b = bias[0]; \\
+        switch (act) { LX_FOR_IDS(LXN_AFFINE_CASE, S) } \\
+    } \\
+    /* d = h * r with h = g * (sc[i] or s) (given statistics), or */ \\
+    /* d = (h - hm) * r - (x - m) * cc (batch statistics); d may be g */ \\
+    static LX_CLONES LXN_NO_CONTRACT void lxn_dx_##S(T* d, const T* g, const T* x, \\
+                                                     const T* sc, T s, ptrdiff_t n, T hm, \\
+                                                     T r, T m, T cc, int batch) { \\
         LXN_NO_CONTRACT_BODY \\
         ptrdiff_t i; \\
         if (!batch) { \\
-            if (sc) for (i = 0; i < n; i++) d[i] = d[i] * sc[i] * r; \\
-            else for (i = 0; i < n; i++) d[i] = d[i] * s * r; \\
+            if (sc) for (i = 0; i < n; i++) d[i] = g[i] * sc[i] * r; \\
+            else for (i = 0; i < n; i++) d[i] = g[i] * s * r; \\
         } else if (sc) { \\
-            for (i = 0; i < n; i++) d[i] = (d[i] * sc[i] - hm) * r - (x[i] - m) * cc; \\
+            for (i = 0; i < n; i++) d[i] = (g[i] * sc[i] - hm) * r - (x[i] - m) * cc; \\
         } else { \\
-            for (i = 0; i < n; i++) d[i] = (d[i] * s - hm) * r - (x[i] - m) * cc; \\
+            for (i = 0; i < n; i++) d[i] = (g[i] * s - hm) * r - (x[i] - m) * cc; \\
         } \\
     }
 
     LXN_DEFINE(float, f)
     LXN_DEFINE(double, d)
     """
-    double lxn_sum_f(const float* x, Py_ssize_t n) nogil
-    double lxn_sum_d(const double* x, Py_ssize_t n) nogil
-    double lxn_sum_sq_dev_f(const float* x, Py_ssize_t n, double m) nogil
-    double lxn_sum_sq_dev_d(const double* x, Py_ssize_t n, double m) nogil
-    void lxn_sum_g_f(const float* g, const float* w, const float* x, Py_ssize_t n, double m,
-                     double* s, double* sx) nogil
-    void lxn_sum_g_d(const double* g, const double* w, const double* x, Py_ssize_t n, double m,
-                     double* s, double* sx) nogil
-    void lxn_cols_f(const float* g, const float* x, Py_ssize_t n, double m, double r, double* cg,
-                    double* cgx) nogil
-    void lxn_cols_d(const double* g, const double* x, Py_ssize_t n, double m, double r, double* cg,
-                    double* cgx) nogil
-    void lxn_affine_f(const float* x, const float* sc, const float* bias, float* z, Py_ssize_t n,
-                      float m, float r, bint vec) nogil
-    void lxn_affine_d(const double* x, const double* sc, const double* bias, double* z,
-                      Py_ssize_t n, double m, double r, bint vec) nogil
-    void lxn_dx_f(float* d, const float* x, const float* sc, float s, Py_ssize_t n, float hm,
-                  float r, float m, float cc, bint batch) nogil
-    void lxn_dx_d(double* d, const double* x, const double* sc, double s, Py_ssize_t n, double hm,
-                  double r, double m, double cc, bint batch) nogil
+    void lxn_moments_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2) nogil
+    void lxn_moments_d(const double* x, Py_ssize_t n, double k, double* s1, double* s2) nogil
+    void lxn_pass1_f(int act, float p, const float* x, const float* dy, float* g, Py_ssize_t n,
+                     float m, float a, float b, double md, double* s, double* sx) nogil
+    void lxn_pass1_d(int act, double p, const double* x, const double* dy, double* g,
+                     Py_ssize_t n, double m, double a, double b, double md, double* s,
+                     double* sx) nogil
+    void lxn_sum_g_f(const float* g, const float* x, Py_ssize_t n, double m, double* s,
+                     double* sx) nogil
+    void lxn_sum_g_d(const double* g, const double* x, Py_ssize_t n, double m, double* s,
+                     double* sx) nogil
+    void lxn_sum_cols_f(const float* g, const float* w, const float* x, Py_ssize_t n, double m,
+                        double r, double* s, double* sx, double* cg, double* cgx) nogil
+    void lxn_sum_cols_d(const double* g, const double* w, const double* x, Py_ssize_t n,
+                        double m, double r, double* s, double* sx, double* cg, double* cgx) nogil
+    void lxn_affine_f(int act, float p, const float* x, const float* sc, const float* bias,
+                      float* z, Py_ssize_t n, float m, float r, bint vec) nogil
+    void lxn_affine_d(int act, double p, const double* x, const double* sc, const double* bias,
+                      double* z, Py_ssize_t n, double m, double r, bint vec) nogil
+    void lxn_stream_f(float* y, const float* z, Py_ssize_t n) nogil
+    void lxn_stream_d(double* y, const double* z, Py_ssize_t n) nogil
+    void lxn_fence() nogil
+    bint lxn_stream_pays(void* p, size_t n, size_t min_bytes) nogil
+    void lxn_dx_f(float* d, const float* g, const float* x, const float* sc, float s,
+                  Py_ssize_t n, float hm, float r, float m, float cc, bint batch) nogil
+    void lxn_dx_d(double* d, const double* g, const double* x, const double* sc, double s,
+                  Py_ssize_t n, double hm, double r, double m, double cc, bint batch) nogil
 
 
-cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
+cdef inline void _moments(const floating* x, Py_ssize_t n, double k, double* s1,
+                          double* s2) noexcept nogil:
+    """``s1 += sum(x - k)``, ``s2 += sum((x - k) ** 2)``."""
     if floating is float:
-        return lxn_sum_f(x, n)
+        lxn_moments_f(x, n, k, s1, s2)
     else:
-        return lxn_sum_d(x, n)
+        lxn_moments_d(x, n, k, s1, s2)
 
 
-cdef inline double _sum_sq_dev(const floating* x, Py_ssize_t n, double m) noexcept nogil:
-    """``sum((x - m) ** 2)``."""
+cdef inline void _pass1(int act, floating p, const floating* x, const floating* dy, floating* g,
+                        Py_ssize_t n, floating m, floating a, floating b, double md, double* s,
+                        double* sx) noexcept nogil:
+    """``g = dy * act'`` of ``z = (x - m) * a + b`` (``y = act(z)`` for output-only
+    activations), ``s += sum(g)``, ``sx += sum(g * (x - md))``."""
     if floating is float:
-        return lxn_sum_sq_dev_f(x, n, m)
+        lxn_pass1_f(act, p, x, dy, g, n, m, a, b, md, s, sx)
     else:
-        return lxn_sum_sq_dev_d(x, n, m)
+        lxn_pass1_d(act, p, x, dy, g, n, m, a, b, md, s, sx)
 
 
-cdef inline void _sum_g(const floating* g, const floating* w, const floating* x, Py_ssize_t n,
-                        double m, double* s, double* sx) noexcept nogil:
-    """``s += sum(g * w)``, ``sx += sum(g * w * (x - m))``; ``w`` NULL means 1."""
+cdef inline void _sum_g(const floating* g, const floating* x, Py_ssize_t n, double m, double* s,
+                        double* sx) noexcept nogil:
+    """``s += sum(g)``, ``sx += sum(g * (x - m))``."""
     if floating is float:
-        lxn_sum_g_f(g, w, x, n, m, s, sx)
+        lxn_sum_g_f(g, x, n, m, s, sx)
     else:
-        lxn_sum_g_d(g, w, x, n, m, s, sx)
+        lxn_sum_g_d(g, x, n, m, s, sx)
 
 
-cdef inline void _cols(const floating* g, const floating* x, Py_ssize_t n, double m, double r,
-                       double* cg, double* cgx) noexcept nogil:
-    """``cg[i] += g[i]``, ``cgx[i] += g[i] * (x[i] - m) * r`` (per-element affine sums)."""
+cdef inline void _sum_cols(const floating* g, const floating* w, const floating* x, Py_ssize_t n,
+                           double m, double r, double* s, double* sx, double* cg,
+                           double* cgx) noexcept nogil:
+    """``s += sum(g * w)``, ``sx += sum(g * w * (x - m))`` and the per-element affine sums
+    ``cg[i] += g[i]``, ``cgx[i] += g[i] * (x[i] - m) * r``."""
     if floating is float:
-        lxn_cols_f(g, x, n, m, r, cg, cgx)
+        lxn_sum_cols_f(g, w, x, n, m, r, s, sx, cg, cgx)
     else:
-        lxn_cols_d(g, x, n, m, r, cg, cgx)
+        lxn_sum_cols_d(g, w, x, n, m, r, s, sx, cg, cgx)
 
 
-cdef inline void _affine(const floating* x, const floating* scale, const floating* bias,
-                         floating* z, Py_ssize_t n, floating m, floating r, bint vec) noexcept nogil:
-    """``z = (x - m) * r * scale + bias``: per element (``vec``) or ``scale[0]``, ``bias[0]``."""
+cdef inline void _affine(int act, floating p, const floating* x, const floating* scale,
+                         const floating* bias, floating* z, Py_ssize_t n, floating m, floating r,
+                         bint vec) noexcept nogil:
+    """``z = act((x - m) * r * scale + bias)``: per element (``vec``) or ``scale[0]``,
+    ``bias[0]``; ``act`` 0 (identity) gives the pre-activation."""
     if floating is float:
-        lxn_affine_f(x, scale, bias, z, n, m, r, vec)
+        lxn_affine_f(act, p, x, scale, bias, z, n, m, r, vec)
     else:
-        lxn_affine_d(x, scale, bias, z, n, m, r, vec)
+        lxn_affine_d(act, p, x, scale, bias, z, n, m, r, vec)
 
 
-cdef inline void _dx(floating* d, const floating* x, const floating* sc, floating s, Py_ssize_t n,
-                     floating hm, floating r, floating m, floating cc, bint batch) noexcept nogil:
-    """``dx`` from ``h = d * (sc[i] if sc else s)``: ``(h - hm) * r - (x - m) * cc`` with
-    ``batch``, else ``h * r``."""
+cdef inline void _stream(floating* y, const floating* z, Py_ssize_t n) noexcept nogil:
+    """``y[:n] = z[:n]`` with non-temporal stores (``lxn_fence`` after the last one)."""
     if floating is float:
-        lxn_dx_f(d, x, sc, s, n, hm, r, m, cc, batch)
+        lxn_stream_f(y, z, n)
     else:
-        lxn_dx_d(d, x, sc, s, n, hm, r, m, cc, batch)
+        lxn_stream_d(y, z, n)
+
+
+cdef inline void _dx(floating* d, const floating* g, const floating* x, const floating* sc,
+                     floating s, Py_ssize_t n, floating hm, floating r, floating m, floating cc,
+                     bint batch) noexcept nogil:
+    """``d`` (may be ``g``) from ``h = g * (sc[i] if sc else s)``: ``(h - hm) * r - (x - m) * cc``
+    with ``batch``, else ``h * r``."""
+    if floating is float:
+        lxn_dx_f(d, g, x, sc, s, n, hm, r, m, cc, batch)
+    else:
+        lxn_dx_d(d, g, x, sc, s, n, hm, r, m, cc, batch)
 
 
 # ---- per-unit work -----------------------------------------------------------------
 
 cdef void _unit_stats(const floating* x, const Geom* g, Py_ssize_t u, double* cnt, double* mean,
                       double* m2) noexcept nogil:
-    """Count, mean and sum of squared deviations of unit ``u`` (two passes)."""
-    cdef Py_ssize_t q, k0, k1, k, off, a, n
+    """Count, mean and sum of squared deviations of unit ``u``, in one read of ``x``.
+
+    Moments about a shift ``c``, the mean of the unit's first ``SHIFT_LEN`` elements:
+    ``m2 = sum((x - c)^2) - sum(x - c)^2 / n``. The subtraction loses
+    ``log2(1 + (mean - c)^2 / var)`` of float64's 53 bits, and ``(mean - c)^2 / var``
+    is at most ``n / SHIFT_LEN`` (module docstring).
+    """
+    cdef Py_ssize_t q, k0, k1, k, off, a, n, i
     cdef Py_ssize_t total = _unit(g, u, &q, &k0, &k1)
-    cdef double s = 0, m
+    cdef double s1 = 0, s2 = 0, c = 0
+    n = min(_run(g, q, k0, &off, &a), <Py_ssize_t>SHIFT_LEN)
+    for i in range(n):
+        c += x[off + i]
+    c /= n
+    if not c - c == 0:  # an Inf or NaN there: shift by 0, so that Inf - Inf does not
+        c = 0           # turn an infinite mean into NaN
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
-        s += _sum(x + off, n)
-    m = s / total
-    s = 0
-    for k in range(k0, k1):
-        n = _run(g, q, k, &off, &a)
-        s += _sum_sq_dev(x + off, n, m)
+        _moments(x + off, n, c, &s1, &s2)
     cnt[u] = total
-    mean[u] = m
-    m2[u] = s
+    mean[u] = c + s1 / total
+    m2[u] = max(s2 - s1 * (s1 / total), 0.0)
 
 
 cdef void _merge(const Geom* g, const double* cnt, const double* mean, const double* m2,
@@ -309,60 +433,80 @@ cdef void _merge(const Geom* g, const double* cnt, const double* mean, const dou
 
 
 cdef void _unit_forward(int act, floating p, const floating* x, const floating* scale,
-                        const floating* bias, floating* y, const Geom* g, Py_ssize_t u,
-                        double mean, double rstd) noexcept nogil:
-    """``y = act((x - mean) * rstd * scale + bias)`` over unit ``u``."""
+                        const floating* bias, floating* y, floating* zs, const Geom* g,
+                        Py_ssize_t u, double mean, double rstd) noexcept nogil:
+    """``y = act((x - mean) * rstd * scale + bias)`` over unit ``u``; with a ``BLOCK``-long
+    scratch ``zs``, computed there block by block and streamed to ``y`` (the caller's
+    thread runs ``lxn_fence`` after its last unit)."""
     cdef Py_ssize_t q, k0, k1, k, off, a, n, b, nb
     cdef floating m = <floating>mean, r = <floating>rstd
     _unit(g, u, &q, &k0, &k1)
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
+        if zs == NULL:
+            _affine(act, p, x + off, scale + a, bias + a, y + off, n, m, r, g.vec)
+            continue
         for b in range(0, n, 1024):  # BLOCK (a literal step compiles to a C loop)
             nb = min(<Py_ssize_t>BLOCK, n - b)
-            _affine(x + off + b, scale + a + (b if g.vec else 0), bias + a + (b if g.vec else 0),
-                    y + off + b, nb, m, r, g.vec)
-            if act != 0:
-                act_forward_n(act, p, y + off + b, y + off + b, nb)
+            _affine(act, p, x + off + b, scale + a + (b if g.vec else 0),
+                    bias + a + (b if g.vec else 0), zs, nb, m, r, g.vec)
+            _stream(y + off + b, zs, nb)
+
+
+cdef inline floating* _gpos(floating* dx, floating* gb, const Geom* g, Py_ssize_t k0, Py_ssize_t k,
+                           Py_ssize_t off) noexcept nogil:
+    """Where pass 1 leaves ``g`` of run ``k`` (of a unit starting at run ``k0``): the unit
+    buffer ``gb`` (runs back to back), or ``dx`` itself when ``gb`` is NULL."""
+    return dx + off if gb == NULL else gb + (k - k0) * g.runlen
 
 
 cdef void _unit_pass1(int act, floating p, const floating* x, const floating* scale,
-                      const floating* bias, const floating* dy, floating* dx, floating* z,
-                      const Geom* g, Py_ssize_t u, double mean, double rstd, double* run_g,
-                      double* run_gx, double* col_g, double* col_gx, double* usum) noexcept nogil:
-    """``dx = g = dy * act'`` over unit ``u`` and its sums (see the module docstring).
+                      const floating* bias, const floating* dy, floating* dx, floating* gb,
+                      floating* z, const Geom* g, Py_ssize_t u, double mean, double rstd,
+                      double* run_g, double* run_gx, double* col_g, double* col_gx,
+                      double* usum) noexcept nogil:
+    """``g = dy * act'`` over unit ``u`` (into ``gb`` or ``dx``, see ``_gpos``) and its
+    sums (see the module docstring).
 
     ``z`` (and ``y = act(z)`` for output-only activations) is recomputed from ``x``
-    into the ``BLOCK``-long scratch ``z``, bitwise as the forward pass computed it:
-    cheaper than reading a stored ``y``. ``usum[2u], usum[2u+1]`` receive
+    with the forward's expression: cheaper than reading a stored ``y``. One scale/bias
+    per run: ``z``, ``act'``, ``g`` and the sums in one loop (``lxn_pass1``); per
+    element (``vec``): ``z`` or ``y`` into the ``BLOCK``-long scratch ``z`` (bitwise
+    the forward's), then ``act'`` and the sums. The identity writes nothing (``g`` is
+    ``dy``, which pass 2 reads). ``usum[2u], usum[2u+1]`` receive
     ``sum(h)``, ``sum(h * (x - mean))``; per-run sums go to ``run_g``/``run_gx``
     (indexed ``offset // runlen``), per-element ones are added into ``col_*``.
     """
     cdef Py_ssize_t q, k0, k1, k, off, a, n, b, nb
     cdef floating m = <floating>mean, r = <floating>rstd
-    cdef const floating* src
+    cdef const floating* gp
+    cdef floating* gw
     cdef const floating* sc
     cdef double sh = 0, shx = 0, sg, sgx
     _unit(g, u, &q, &k0, &k1)
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
+        gw = _gpos(dx, gb, g, k0, k, off)
         sg = 0
         sgx = 0
-        for b in range(0, n, 1024):  # BLOCK
+        if act != 0 and not g.vec:  # one loop: z, act', g and the sums
+            _pass1(act, p, x + off, dy + off, gw, n, m, <floating>(r * scale[a]), bias[a], mean,
+                   &sg, &sgx)
+        for b in range(0, n if g.vec or act == 0 else 0, 1024):  # BLOCK
             nb = min(<Py_ssize_t>BLOCK, n - b)
             sc = scale + a + (b if g.vec else 0)
-            if act == 0:
-                src = dy + off + b  # identity: act' = 1 reads nothing meaningful
-            else:
-                _affine(x + off + b, sc, bias + a + (b if g.vec else 0), z, nb, m, r, g.vec)
-                if _output_only(act):
-                    act_forward_n(act, p, z, z, nb)
-                src = z
-            act_backward_n(act, p, src, dy + off + b, dx + off + b, nb)
+            gp = dy + off + b
+            if act != 0:
+                # y (output-only activations) or z, bitwise as in the forward pass
+                _affine(act if _output_only(act) else 0, p, x + off + b, sc,
+                        bias + a + (b if g.vec else 0), z, nb, m, r, g.vec)
+                act_backward_n(act, p, z, dy + off + b, gw + b, nb)
+                gp = gw + b
             if g.vec:
-                _sum_g(dx + off + b, sc, x + off + b, nb, mean, &sh, &shx)
-                _cols(dx + off + b, x + off + b, nb, mean, rstd, col_g + a + b, col_gx + a + b)
+                _sum_cols(gp, sc, x + off + b, nb, mean, rstd, &sh, &shx, col_g + a + b,
+                          col_gx + a + b)
             else:
-                _sum_g(dx + off + b, <const floating*>NULL, x + off + b, nb, mean, &sg, &sgx)
+                _sum_g(gp, x + off + b, nb, mean, &sg, &sgx)
         if not g.vec:
             run_g[off // g.runlen] = sg
             run_gx[off // g.runlen] = sgx * rstd
@@ -372,23 +516,35 @@ cdef void _unit_pass1(int act, floating p, const floating* x, const floating* sc
     usum[2 * u + 1] = shx
 
 
-cdef void _unit_pass2(const floating* x, const floating* scale, floating* dx, const Geom* g,
-                      Py_ssize_t u, double mean, double rstd, double mh, double mhx,
+cdef void _unit_pass2(const floating* x, const floating* scale, const floating* dy, floating* dx,
+                      floating* gb, floating* zs, bint identity, const Geom* g, Py_ssize_t u,
+                      double mean, double rstd, double mh, double mhx,
                       bint batch_stats) noexcept nogil:
-    """``dx = rstd * (h - mh - xhat * rstd * mhx)`` over unit ``u`` (``dx`` holds ``g``),
-    with ``mh`` the mean of ``h`` and ``mhx`` the mean of ``h * (x - mean)``; given
-    statistics: ``dx = rstd * h`` (``x`` not read: a NaN there stays out of ``dx``).
+    """``dx = rstd * (h - mh - xhat * rstd * mhx)`` over unit ``u``, from ``g`` where pass 1
+    left it (``dy`` for the ``identity``, else see ``_gpos``), with ``mh`` the mean of
+    ``h`` and ``mhx`` the mean of ``h * (x - mean)``; given statistics: ``dx = rstd * h``
+    (``x`` not read: a NaN there stays out of ``dx``). With a ``BLOCK``-long scratch
+    ``zs``, computed there block by block and streamed to ``dx``.
 
     ``h - mh`` comes first, unscaled: it cancels exactly where it should (one element).
     """
-    cdef Py_ssize_t q, k0, k1, k, off, a, n
+    cdef Py_ssize_t q, k0, k1, k, off, a, n, b, nb
     cdef floating m = <floating>mean, r = <floating>rstd
     cdef floating hm = <floating>mh, cc = <floating>(rstd * rstd * rstd * mhx)
+    cdef const floating* gp
     _unit(g, u, &q, &k0, &k1)
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
-        _dx(dx + off, x + off, scale + a if g.vec else NULL, scale[a], n, hm, r, m, cc,
-            batch_stats)
+        gp = dy + off if identity else _gpos(dx, gb, g, k0, k, off)
+        if zs == NULL:
+            _dx(dx + off, gp, x + off, scale + a if g.vec else NULL, scale[a], n, hm, r, m, cc,
+                batch_stats)
+            continue
+        for b in range(0, n, 1024):  # BLOCK
+            nb = min(<Py_ssize_t>BLOCK, n - b)
+            _dx(zs, gp + b, x + off + b, scale + a + b if g.vec else NULL, scale[a], nb, hm, r, m,
+                cc, batch_stats)
+            _stream(dx + off + b, zs, nb)
 
 
 # ---- entry points ----------------------------------------------------------------
@@ -407,6 +563,12 @@ cdef Geom _geometry(tuple geom, Py_ssize_t size, int nt) except *:
         want = (UNITS_PER_THREAD * nt + g.ngroups - 1) // g.ngroups
         g.nck = max(1, min(g.nruns, want, count // MIN_CHUNK))
     return g
+
+
+def streams_output(floating[::1] out):
+    """Whether the kernels write ``out`` (``dx``; ``y`` without ``vec``) with non-temporal
+    stores: at least ``STREAM_BYTES`` long, last page already resident (``lxn_stream_pays``)."""
+    return bool(lxn_stream_pays(&out[0], out.shape[0] * sizeof(floating), STREAM_BYTES))
 
 
 cdef _check(int act, Py_ssize_t n, str name, Py_ssize_t expected):
@@ -434,6 +596,13 @@ def forward(int act, double p, const floating[::1] x, const floating[::1] scale,
     cdef Py_ssize_t units = g.ngroups * g.nck, u, q
     cdef double[:, ::1] chunk = np.empty((3, units))
     cdef double[::1] rstd = np.empty(g.ngroups)
+    # not with a per-element affine (layernorm): there the extra pass through the scratch
+    # cost more than the stores saved (doc/normalization.md)
+    cdef bint stream = not g.vec and lxn_stream_pays(&y[0], y.shape[0] * sizeof(floating),
+                                                     STREAM_BYTES)
+    scratch_np = np.empty((nt, BLOCK if stream else 1), np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] scratch = scratch_np
+    cdef floating* zs = NULL
     cdef floating fp = <floating>p
     cdef const floating* px = &x[0]
     cdef const floating* ps = &scale[0]
@@ -453,15 +622,24 @@ def forward(int act, double p, const floating[::1] x, const floating[::1] scale,
             for q in range(g.ngroups):
                 rstd[q] = 1 / sqrt(var[q] + eps)
         if given or g.nck > 1:
-            for u in prange(units, num_threads=nt, schedule="static"):
-                _unit_forward(act, fp, px, ps, pb, py, &g, u, mean[u // g.nck], rstd[u // g.nck])
+            with parallel(num_threads=nt):
+                zs = &scratch[threadid(), 0] if stream else NULL
+                for u in prange(units, schedule="static"):
+                    _unit_forward(act, fp, px, ps, pb, py, zs, &g, u, mean[u // g.nck],
+                                  rstd[u // g.nck])
+                if stream:
+                    lxn_fence()
         else:  # one unit per group: statistics and normalize back to back
-            for u in prange(units, num_threads=nt, schedule="static"):
-                _unit_stats(px, &g, u, c0, c1, c2)
-                mean[u] = c1[u]
-                var[u] = c2[u] / c0[u]
-                rstd[u] = 1 / sqrt(var[u] + eps)
-                _unit_forward(act, fp, px, ps, pb, py, &g, u, mean[u], rstd[u])
+            with parallel(num_threads=nt):
+                zs = &scratch[threadid(), 0] if stream else NULL
+                for u in prange(units, schedule="static"):
+                    _unit_stats(px, &g, u, c0, c1, c2)
+                    mean[u] = c1[u]
+                    var[u] = c2[u] / c0[u]
+                    rstd[u] = 1 / sqrt(var[u] + eps)
+                    _unit_forward(act, fp, px, ps, pb, py, zs, &g, u, mean[u], rstd[u])
+                if stream:
+                    lxn_fence()
 
 
 def backward(int act, double p, const floating[::1] x, const floating[::1] scale,
@@ -490,8 +668,18 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     cdef double[::1] usum = np.empty(2 * units)
     cdef double[::1] rstd = np.empty(g.ngroups)
     cdef double[::1] mh = np.zeros(g.ngroups), mhx = np.zeros(g.ngroups)
-    scratch_np = np.empty((nt, BLOCK), np.float32 if floating is float else np.float64)
-    cdef floating[:, ::1] scratch = scratch_np
+    cdef bint fused = g.nck == 1 and batch_stats  # pass 1 and pass 2 back to back per group
+    cdef bint stream = lxn_stream_pays(&dx[0], dx.shape[0] * sizeof(floating), STREAM_BYTES)
+    # g of a whole group in a per-thread buffer that stays in cache (not in dx, which
+    # would be read for ownership, written twice and evicted to memory in between)
+    cdef Py_ssize_t gsize = _runs_count(&g, 0, g.nruns)
+    cdef bint use_gb = fused and act != 0 and gsize <= GBUF_MAX
+    dt = np.float32 if floating is float else np.float64
+    # per thread: z (pass 1), the streaming block (pass 2), g of one group
+    cdef floating[:, ::1] scratch = np.empty(
+        (nt, BLOCK + (BLOCK if stream else 0) + (gsize if use_gb else 0)), dt)
+    cdef floating* zs = NULL
+    cdef floating* gb = NULL
     cdef floating fp = <floating>p
     cdef const floating* px = &x[0]
     cdef const floating* ps = &scale[0]
@@ -506,10 +694,10 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     with nogil:
         for q in range(g.ngroups):
             rstd[q] = 1 / sqrt(var[q] + eps)
-        if g.nck > 1 or not batch_stats:  # pass 1, group sums, pass 2
+        if not fused:  # pass 1, group sums, pass 2
             for u in prange(units, num_threads=nt, schedule="static"):
                 t = threadid()
-                _unit_pass1(act, fp, px, ps, pb, pdy, pdx, &scratch[t, 0], &g, u,
+                _unit_pass1(act, fp, px, ps, pb, pdy, pdx, NULL, &scratch[t, 0], &g, u,
                             mean[u // g.nck], rstd[u // g.nck], prg, prgx,
                             pcol + 2 * t * stride, pcol + (2 * t + 1) * stride, pu)
             if batch_stats:
@@ -522,18 +710,27 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
                     cnt = _runs_count(&g, 0, g.nruns)
                     mh[q] = s / cnt
                     mhx[q] = sx / cnt
-            for u in prange(units, num_threads=nt, schedule="static"):
-                q = u // g.nck
-                _unit_pass2(px, ps, pdx, &g, u, mean[q], rstd[q], mh[q], mhx[q], batch_stats)
+            with parallel(num_threads=nt):
+                zs = &scratch[threadid(), BLOCK] if stream else NULL
+                for u in prange(units, schedule="static"):
+                    q = u // g.nck
+                    _unit_pass2(px, ps, pdy, pdx, NULL, zs, act == 0, &g, u, mean[q], rstd[q],
+                                mh[q], mhx[q], batch_stats)
+                if stream:
+                    lxn_fence()
         else:  # one unit per group: both passes back to back
-            for u in prange(units, num_threads=nt, schedule="static"):
+            with parallel(num_threads=nt):
                 t = threadid()
-                _unit_pass1(act, fp, px, ps, pb, pdy, pdx, &scratch[t, 0], &g, u,
-                            mean[u], rstd[u], prg, prgx,
-                            pcol + 2 * t * stride, pcol + (2 * t + 1) * stride, pu)
-                cnt = _runs_count(&g, 0, g.nruns)
-                _unit_pass2(px, ps, pdx, &g, u, mean[u], rstd[u], pu[2 * u] / cnt,
-                            pu[2 * u + 1] / cnt, True)
+                zs = &scratch[t, BLOCK] if stream else NULL
+                gb = &scratch[t, BLOCK + (BLOCK if stream else 0)] if use_gb else NULL
+                for u in prange(units, schedule="static"):
+                    _unit_pass1(act, fp, px, ps, pb, pdy, pdx, gb, &scratch[t, 0], &g, u,
+                                mean[u], rstd[u], prg, prgx,
+                                pcol + 2 * t * stride, pcol + (2 * t + 1) * stride, pu)
+                    _unit_pass2(px, ps, pdy, pdx, gb, zs, act == 0, &g, u, mean[u], rstd[u],
+                                pu[2 * u] / gsize, pu[2 * u + 1] / gsize, True)
+                if stream:
+                    lxn_fence()
     if not g.vec:
         return np.asarray(run_g), np.asarray(run_gx)
     # per-thread rows added in thread order
