@@ -51,6 +51,11 @@ SHAPES = [
     # whole and partial vectors, k at and below the limit, rows not a multiple of 4
     ((6, 7, 15), (1, 15, 8)),
     ((3, 18, 16), (3, 16, 5)),
+    # BLAS products with a transposed operand copied (transposed) into a thread buffer:
+    # the backward's dz @ y^T at ~40^3 (register blocks and ragged edges) and its
+    # x^T @ dz at ~128^3, both in the parallel loop over the batch
+    ((300, 40, 33), (300, 33, 45)),
+    ((4, 128, 129), (4, 129, 130)),
 ]
 
 
@@ -127,6 +132,20 @@ def test_shapes_cover_both_kernels():
     assert not kernels.small_products(1, 1, 9000, False)  # the packed panel would not fit
 
 
+def test_shapes_cover_transposing_copies():
+    """The backward's products (dx: dz @ y^T, dy: x^T @ dz) over SHAPES take every
+    path: BLAS reading the operand as stored, or a transposed copy of a or of b."""
+    for double in (False, True):
+        seen = set()
+        for xs, ys in SHAPES:
+            (m, k), n = xs[1:], ys[2]
+            seen.add(kernels.packed_operand(m, k, n, False, True, double))  # dx
+            seen.add(kernels.packed_operand(k, n, m, True, False, double))  # dy
+        assert seen == {None, "a", "b"}
+    assert kernels.packed_operand(256, 256, 256, False, False, False) is None
+    assert kernels.packed_operand(16, 16, 16, True, True, False) is None  # small kernel
+
+
 @pytest.mark.parametrize("shapes, blas", [(((300, 16, 16), (300, 16, 16)), False),
                                            (((300, 40, 40), (300, 40, 40)), True)], ids=str)
 def test_blas_threads_limited_only_around_blas(shapes, blas, threads, monkeypatch):
@@ -147,7 +166,7 @@ def test_blas_threads_limited_only_around_blas(shapes, blas, threads, monkeypatc
         _, pullback = luxlib.vjp(bmm, x, y)
         pullback(dz)
     assert record == [("batched_matmul", "looped")]
-    assert len(calls) == (3 if blas else 0)  # forward, dx, dy
+    assert len(calls) == (2 if blas else 0)  # forward; dx and dy in one parallel loop
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -237,6 +256,17 @@ def test_transposed_operands_reach_blas_uncopied(monkeypatch):
     np.testing.assert_allclose(z, x @ y, rtol=1e-12)
 
 
+@pytest.mark.parametrize("empty_first", [True, False])
+def test_pair_computes_the_other_product_when_one_is_empty(empty_first):
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((3, 4, 5)), rng.standard_normal((3, 5, 6))
+    out = np.full((3, 4, 6), np.nan)
+    full = (a, False, 5, b, False, 6, out)
+    empty = (a, False, 5, b[:, :, :0], False, 6, np.empty((3, 4, 0)))  # n = 0
+    kernels.gemm_batched_pair(*(empty + full if empty_first else full + empty), 1)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12)
+
+
 def test_broadcast_sum_is_deterministic(threads):
     x, y, dz = make((1, 8, 9), (600, 9, 7), np.float32, seed=2)
     results = []
@@ -273,3 +303,6 @@ def test_kernel_rejects_mismatched_shapes():
         kernels.gemm_batched(a, False, 4, b[:, :3], False, 5, np.empty((2, 3, 5)), 1)
     with pytest.raises(ValueError, match="batch sizes do not fit"):
         kernels.gemm_batched(a, False, 4, b, False, 5, np.empty((3, 3, 5)), 1)
+    pair = (a, False, 4, b, False, 5)
+    with pytest.raises(ValueError, match="batches differ, or one is a sum"):
+        kernels.gemm_batched_pair(*pair, np.empty((2, 3, 5)), *pair, np.empty((1, 3, 5)), 1)

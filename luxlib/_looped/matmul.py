@@ -47,6 +47,18 @@ def blas_operand(a):
     return np.ascontiguousarray(a), False, max(1, cols)
 
 
+def _threads(batch, m, n, k, double):
+    """``(nt, blas)``: the kernel's threads and whether its products go to BLAS."""
+    nt = 1 if batch == 1 else kernels.batch_threads(batch, m, n, k)
+    return nt, not kernels.small_products(m, n, k, double)
+
+
+def _limit(nt, blas):
+    # a sum over the batch runs serially on BLAS's threads (see the kernel); the
+    # small kernel calls no BLAS, so BLAS's threads need no limit
+    return single_threaded_blas() if nt > 1 and blas else contextlib.nullcontext()
+
+
 def gemm_batched(a, b, c):
     """``c[i] = a[i] @ b[i]`` for ``blas_operand`` triples ``a``, ``b``; returns ``c``.
 
@@ -54,14 +66,27 @@ def gemm_batched(a, b, c):
     """
     (a, ta, lda), (b, tb, ldb) = a, b
     batch, m, n = c.shape
-    k = a.shape[2]
-    # a sum over the batch runs serially on BLAS's threads (see the kernel); the
-    # small kernel calls no BLAS, so BLAS's threads need no limit
-    nt = 1 if batch == 1 else kernels.batch_threads(batch, m, n, k)
-    blas = not kernels.small_products(m, n, k, c.dtype == np.float64)
-    with single_threaded_blas() if nt > 1 and blas else contextlib.nullcontext():
+    nt, blas = _threads(batch, m, n, a.shape[2], c.dtype == np.float64)
+    with _limit(nt, blas):
         kernels.gemm_batched(a, ta, lda, b, tb, ldb, c, nt)
     return c
+
+
+def gemm_batched_pair(a, b, c, a2, b2, c2):
+    """``gemm_batched(a, b, c)`` and ``gemm_batched(a2, b2, c2)`` item by item in one
+    parallel loop (no sums over the batch); returns ``(c, c2)``.
+
+    The two products must have the same batch and the same multiply-adds per item
+    (the backward's ``dx`` and ``dy``), so one thread plan serves both.
+    """
+    (a, ta, lda), (b, tb, ldb), (a2, ta2, lda2), (b2, tb2, ldb2) = a, b, a2, b2
+    batch, m, n = c.shape
+    double = c.dtype == np.float64
+    nt, blas = _threads(batch, m, n, a.shape[2], double)
+    blas = blas or not kernels.small_products(c2.shape[1], c2.shape[2], a2.shape[2], double)
+    with _limit(nt, blas):
+        kernels.gemm_batched_pair(a, ta, lda, b, tb, ldb, c, a2, ta2, lda2, b2, tb2, ldb2, c2, nt)
+    return c, c2
 
 
 def _transposed(operand):
@@ -92,8 +117,13 @@ def vjp(x, y):
 
     def pullback(dz):
         dzo = blas_operand(dz)
-        dx = gemm_batched(dzo, _transposed(yo), np.empty(x.shape, dz.dtype))
-        dy = gemm_batched(_transposed(xo), dzo, np.empty(y.shape, dz.dtype))
+        dx, dy = np.empty(x.shape, dz.dtype), np.empty(y.shape, dz.dtype)
+        args = dzo, _transposed(yo), dx, _transposed(xo), dzo, dy
+        if len(x) == len(y):  # one parallel loop: dz[i] is still in cache for dy[i]
+            gemm_batched_pair(*args)
+        else:  # a broadcast argument's gradient is a sum over the batch
+            gemm_batched(*args[:3])
+            gemm_batched(*args[3:])
         return {"x": dx, "y": dy}
 
     return z, pullback
