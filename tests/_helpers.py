@@ -136,3 +136,75 @@ def check_gradients(f, args, kwargs=None, rtol=1e-6, seed=0, expect=None):
     if expect is not None:
         assert checked == list(expect), f"gradients given for {checked}, expected {list(expect)}"
     return grads
+
+
+# ---- normalization cases, shared by the looped and CUDA kernel tests -------------------
+
+#: epsilon of the normalization kernel tests (fixed: its default depends on the dtype, and
+#: the references run in float64)
+NORM_EPS = 1e-5
+
+
+def norm_inputs(op, variant, shape, dtype, affine=True, seed=0):
+    """``[x, scale, bias, running_mean, running_var, dy]`` of one normalization case.
+
+    ``variant``: batchnorm/instancenorm ``"train"``, ``"infer"`` or ``"none"`` (see
+    :func:`norm_call`), groupnorm's group count, layernorm's dims (``"default"``, a tuple,
+    ``"all"`` or None: scale/bias of rank 1). ``affine=False``: scale and bias None.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    if op != "layernorm":
+        aff = shape[1:2]
+    elif variant in ((-1,), None):
+        aff = shape[-1:]
+    elif variant == (0, 2):
+        aff = (shape[0], 1, shape[2])
+    else:
+        aff = shape[1:] if len(shape) > 1 else shape
+    scale, bias = rng.uniform(0.5, 1.5, aff), rng.standard_normal(aff)
+    c = shape[1] if len(shape) > 1 else 1
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    dy = rng.standard_normal(shape)
+    out = [a.astype(dtype) for a in (x, scale, bias, rm, rv, dy)]
+    if not affine:
+        out[1] = out[2] = None
+    return out
+
+
+def norm_call(op, variant, act, x, scale, bias, rm, rv):
+    """``(function, args, kwargs)`` of one normalization case (epsilon ``NORM_EPS``).
+
+    batchnorm/instancenorm: ``"train"`` trains with the running statistics, ``"infer"``
+    normalizes with them, ``"none"`` runs without them (training False: batch statistics).
+    """
+    kw = {"epsilon": NORM_EPS}
+    if op == "batchnorm":
+        stats = (None, None) if variant == "none" else (rm, rv)
+        return luxlib.batchnorm, (x, scale, bias, *stats, variant == "train", act), kw
+    if op == "instancenorm":
+        if variant != "none":
+            kw.update(running_mean=rm, running_var=rv)
+        return luxlib.instancenorm, (x, scale, bias, variant == "train", act), kw
+    if op == "groupnorm":
+        return luxlib.groupnorm, (x, scale, bias, variant, act), kw
+    if variant != "default":
+        kw["dims"] = variant
+    return luxlib.layernorm, (x, scale, bias, act), kw
+
+
+def norm_outputs(f, args, kwargs, dy):
+    """``[y, *running stats, *gradients]`` (None entries dropped) from one vjp call."""
+    with np.errstate(all="ignore"):
+        out, pullback = luxlib.vjp(f, *args, **kwargs)
+        grads = pullback(dy)
+    y, stats = out if isinstance(out, tuple) else (out, None)
+    return [y] + list(stats or ()) + [g for g in grads if g is not None]
+
+
+def norm_reference(f, args, kwargs, dy):
+    """:func:`norm_outputs` of the generic path in float64 on the same inputs (upcast exactly)."""
+    up = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    kw = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    with luxlib.backend("generic"):
+        return norm_outputs(f, up, kw, dy.astype(np.float64))

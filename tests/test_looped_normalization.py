@@ -26,10 +26,14 @@ if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
 
 from luxlib._kernels import normalization as kernels  # noqa: E402
 from _helpers import LAYOUTS, assert_unchanged, snapshot, with_layout  # noqa: E402
+from _helpers import NORM_EPS as EPS  # noqa: E402
+from _helpers import norm_call as call  # noqa: E402
+from _helpers import norm_inputs as make_inputs  # noqa: E402
+from _helpers import norm_outputs as outputs  # noqa: E402
+from _helpers import norm_reference as reference  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
-EPS = 1e-5
 
 BOUND = [activations.leakyrelu.with_params(a=0.2), activations.trelu.with_params(theta=0.5)]
 ACTS = list(activations.ACTIVATIONS.values()) + BOUND
@@ -73,53 +77,6 @@ def threads(request):
     luxlib.set_num_threads(None)
 
 
-def make_inputs(op, variant, shape, dtype, seed=0):
-    """``(x, scale, bias, running_mean, running_var, dy)``."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * 2 + 0.5
-    if op == "layernorm":
-        affine = shape[-1:] if variant == (-1,) else shape[1:]
-    else:
-        affine = shape[1:2]
-    scale, bias = rng.uniform(0.5, 1.5, affine), rng.standard_normal(affine)
-    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
-    dy = rng.standard_normal(shape)
-    return tuple(a.astype(dtype) for a in (x, scale, bias, rm, rv, dy))
-
-
-def call(op, variant, act, x, scale, bias, rm, rv):
-    """``(function, args, kwargs)`` of one VARIANTS entry (epsilon fixed: its default
-    depends on the dtype, and the reference runs in float64)."""
-    kw = {"epsilon": EPS}
-    if op == "batchnorm":
-        stats = (None, None) if variant == "none" else (rm, rv)
-        return luxlib.batchnorm, (x, scale, bias, *stats, variant == "train", act), kw
-    if op == "instancenorm":
-        kw.update(running_mean=rm, running_var=rv)
-        return luxlib.instancenorm, (x, scale, bias, variant == "train", act), kw
-    if op == "groupnorm":
-        return luxlib.groupnorm, (x, scale, bias, variant, act), kw
-    if variant != "default":
-        kw["dims"] = variant
-    return luxlib.layernorm, (x, scale, bias, act), kw
-
-
-def outputs(f, args, kwargs, dy):
-    """``[y, *running stats, *gradients]`` (None entries dropped) from one vjp call."""
-    with np.errstate(all="ignore"):
-        out, pullback = luxlib.vjp(f, *args, **kwargs)
-        grads = pullback(dy)
-    y, stats = out if isinstance(out, tuple) else (out, None)
-    return [y] + list(stats or ()) + [g for g in grads if g is not None]
-
-
-def reference(f, args, kwargs, dy):
-    up = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-    kw = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
-    with luxlib.backend("generic"):
-        return outputs(f, up, kw, dy.astype(np.float64))
-
-
 def assert_close(got, want, dtype):
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -130,7 +87,7 @@ def assert_close(got, want, dtype):
 
 def check(op, variant, act, shape, dtype, seed=0):
     """The looped op ran (forward and vjp), agrees with the reference, mutated nothing."""
-    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed)
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed=seed)
     f, args, kwargs = call(op, variant, act, x, scale, bias, rm, rv)
     before = snapshot(x, scale, bias, rm, rv, dy)
     with trace() as record:

@@ -11,7 +11,8 @@ backward recomputes ``z`` (and ``y``) from them.
 Launch code written against a kernel module with CuPy's calling convention
 ``mod.get_function(name)(grid, block, args)`` (see ``_bias_activation``); the small
 per-group/per-channel combinations between kernels (``rstd``, sums over chunks) run in
-the arrays' namespace.
+the arrays' namespace. The pieces the looped path does alike are in
+:mod:`luxlib._normalization_glue`.
 """
 
 import math
@@ -20,7 +21,7 @@ from functools import partial
 
 import numpy as np
 
-from .._generic.normalization import _sum_to
+from .. import _normalization_glue as glue
 from .._validation import array_namespace
 from ._modules import BLOCK, acc_scalar, grid_1d, kernel_name
 
@@ -183,42 +184,10 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
     return pullback
 
 
-# ---- shared checks and vectors -------------------------------------------------------
-
-
 def _supports(act, x, **_):
     # user activations (id -1), activations without a derivative and empty arrays run on the
     # generic path
     return act.id >= 0 and act.has_derivative and x.dtype.name in DTYPES and x.size > 0
-
-
-def _vector(xp, v, n, fill, dtype):
-    """``v`` (None: ``fill``) as a contiguous ``(n,)`` array of ``dtype``."""
-    return xp.full((n,), fill, dtype) if v is None else xp.ascontiguousarray(v, dtype=dtype).reshape(n)
-
-
-def _running(mean, var, n, c, per_sample, count, running_mean, running_var, momentum):
-    """New running statistics from the float64 group statistics (per (n, c) when
-    ``per_sample``: averaged over the batch); ``count`` values per group."""
-    if per_sample:
-        mean, var = mean.reshape(n, c).mean(axis=0), var.reshape(n, c).mean(axis=0)
-    dtype = running_mean.dtype
-    return (
-        ((1 - momentum) * running_mean + momentum * mean).astype(dtype),
-        ((1 - momentum) * running_var + (momentum * count / (count - 1)) * var).astype(dtype),
-    )
-
-
-def _channel_grads(pullback, shape, dtype, has_scale, has_bias):
-    def grads(dy):
-        dx, sg, sgx = pullback(dy)
-        return {
-            "x": dx.reshape(shape),
-            "scale": sgx.astype(dtype) if has_scale else None,
-            "bias": sg.astype(dtype) if has_bias else None,
-        }
-
-    return grads
 
 
 # ---- batchnorm, instancenorm, groupnorm --------------------------------------------
@@ -227,94 +196,51 @@ def _channel_grads(pullback, shape, dtype, has_scale, has_bias):
 def _running_norm(per_sample, mod, with_vjp, act, x, scale, bias, running_mean, running_var, training, momentum,
                   epsilon):
     """batchnorm (``per_sample`` False: one group per channel) or instancenorm (per (n, c))."""
-    xp = array_namespace(x)
-    x = xp.ascontiguousarray(x)
-    n, c = x.shape[:2]
+    x = array_namespace(x).ascontiguousarray(x)
     geom = _channel_geometry(x.shape, "instance" if per_sample else "batch")
-    sv, bv = _vector(xp, scale, c, 1, x.dtype), _vector(xp, bias, c, 0, x.dtype)
+    sv, bv = glue.channel_vectors(x, scale, bias)
     given = running_mean is not None and not training
-    stats = given_stats = None
+    stats = group_stats = None
     if given:
         stats = (running_mean, running_var)
-        given_stats = tuple(xp.tile(xp.asarray(s, dtype=xp.float64).reshape(c), n if per_sample else 1)
-                            for s in stats)
-    y, mean, var, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon, given_stats)
+        group_stats = glue.given_stats(*stats, x.shape, per_sample)
+    y, mean, var, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon, group_stats)
     if running_mean is not None and not given:
-        stats = _running(mean, var, n, c, per_sample, geom.count, running_mean, running_var, momentum)
+        stats = glue.updated_stats(mean, var, x.shape, per_sample, running_mean, running_var, momentum)
     out = (y, stats)
     if not with_vjp:
         return out
     has_affine = scale is not None or bias is not None
     pullback = _backward(mod, act, x, sv, bv, mean, rstd, geom, not given, has_affine)
-    return out, _channel_grads(pullback, x.shape, x.dtype, scale is not None, bias is not None)
+    return out, glue.channel_grads(pullback, x, scale, bias)
 
 
 def _groupnorm(mod, with_vjp, act, x, scale, bias, groups, epsilon):
-    xp = array_namespace(x)
-    x = xp.ascontiguousarray(x)
-    c = x.shape[1]
+    x = array_namespace(x).ascontiguousarray(x)
     geom = _channel_geometry(x.shape, "group", groups)
-    sv, bv = _vector(xp, scale, c, 1, x.dtype), _vector(xp, bias, c, 0, x.dtype)
+    sv, bv = glue.channel_vectors(x, scale, bias)
     y, mean, _, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon)
     if not with_vjp:
         return y
     has_affine = scale is not None or bias is not None
     pullback = _backward(mod, act, x, sv, bv, mean, rstd, geom, True, has_affine)
-    return y, _channel_grads(pullback, x.shape, x.dtype, scale is not None, bias is not None)
+    return y, glue.channel_grads(pullback, x, scale, bias)
 
 
 # ---- layernorm: rows over the reduced axes (moved last when needed) --------------------
 
 
-def _padded(v, ndim):
-    return v.reshape((1,) * (ndim - v.ndim) + tuple(v.shape))
-
-
-def _layernorm_supports(act, x, scale, bias, axes, **_):
-    # scale/bias varying along a non-reduced axis would need a full-size affine per row
-    kept = [i for i in range(x.ndim) if i not in axes]
-    return _supports(act, x) and all(
-        v is None or all(_padded(v, x.ndim).shape[i] == 1 for i in kept) for v in (scale, bias)
-    )
-
-
 def _layernorm(mod, with_vjp, act, x, scale, bias, axes, epsilon):
-    xp = array_namespace(x)
-    kept = [i for i in range(x.ndim) if i not in axes]
-    perm = tuple(kept) + tuple(axes)
-    xt = xp.ascontiguousarray(x.transpose(perm))  # copies only when needed
-    rows = math.prod(x.shape[i] for i in kept)
-    length = math.prod(x.shape[i] for i in axes)
-    geom = _rows_geometry(rows, length)
-
-    def vector(v, fill):
-        if v is None:
-            return xp.full((length,), fill, x.dtype)
-        v = xp.broadcast_to(_padded(v, x.ndim), x.shape).transpose(perm)[(0,) * len(kept)]
-        return xp.ascontiguousarray(v, dtype=x.dtype).reshape(length)
-
-    sv, bv = vector(scale, 1), vector(bias, 0)
+    rows = glue.LayernormRows(x, axes)
+    xt = rows.to_rows(x)  # copies only when needed
+    geom = _rows_geometry(rows.rows, rows.length)
+    sv, bv = rows.vector(scale, 1), rows.vector(bias, 0)
     yt, mean, _, rstd = _normalize(mod, act, xt, sv, bv, geom, epsilon)
-    inverse = tuple(int(i) for i in np.argsort(perm))
-    y = yt.transpose(inverse)
+    y = rows.from_rows(yt)
     if not with_vjp:
         return y
     pullback = _backward(mod, act, xt, sv, bv, mean, rstd, geom, True, True)
-    # per-element sums over the rows, shaped like x with the kept axes of length 1
-    col_shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
-    scale_shape = None if scale is None else scale.shape
-    bias_shape = None if bias is None else bias.shape
-    dtype = x.dtype
-
-    def grads(dy):
-        dx, sg, sgx = pullback(dy.transpose(perm))
-        return {
-            "x": dx.transpose(inverse),
-            "scale": None if scale_shape is None else _sum_to(sgx.reshape(col_shape), scale_shape).astype(dtype),
-            "bias": None if bias_shape is None else _sum_to(sg.reshape(col_shape), bias_shape).astype(dtype),
-        }
-
-    return y, grads
+    return y, rows.grads(pullback, scale, bias)
 
 
 #: op -> ``f(mod, with_vjp, **kwargs)``: the keyword arguments of luxlib's dispatch
@@ -326,4 +252,4 @@ OPS = {
 }
 #: op -> ``supports(**kwargs)``
 SUPPORTS = {"batchnorm": _supports, "instancenorm": _supports, "groupnorm": _supports,
-            "layernorm": _layernorm_supports}
+            "layernorm": partial(glue.layernorm_supports, _supports)}

@@ -18,7 +18,19 @@ import sys
 import emu_module
 import numpy as np
 import pytest
-from _helpers import ALL_ACT_IDS, ALL_ACTS, LAYOUTS, assert_unchanged, snapshot, with_layout
+from _helpers import (
+    ALL_ACT_IDS,
+    ALL_ACTS,
+    LAYOUTS,
+    assert_unchanged,
+    norm_outputs,
+    snapshot,
+    with_layout,
+)
+from _helpers import NORM_EPS as EPS
+from _helpers import norm_call as call
+from _helpers import norm_inputs as make_inputs
+from _helpers import norm_reference as reference
 
 import luxlib
 from luxlib import activations
@@ -30,7 +42,6 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 DTYPES = [np.float16, np.float32, np.float64]
 TOL = {np.float16: 1e-3, np.float32: 1e-5, np.float64: 1e-12}
-EPS = 1e-5
 SCHEDULES = ["inorder", "shuffle"]
 # identity, output-only, input-needing, bound parameter
 ACTS = [activations.identity, activations.relu, activations.gelu, activations.leakyrelu.with_params(a=0.2)]
@@ -74,63 +85,11 @@ def emu(schedule="inorder", seed=1234, max_blocks=None, min_chunk=None):
     return _MODULES[key]
 
 
-def make_inputs(op, variant, shape, dtype, affine=True, seed=0):
-    """``(x, scale, bias, running_mean, running_var, dy)``."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * 2 + 0.5
-    if op != "layernorm":
-        aff = shape[1:2]
-    elif variant == (-1,):
-        aff = shape[-1:]
-    elif variant is None:
-        aff = shape[-1:]  # dims=None: rank 1, statistics over axes 1..
-    elif variant == (0, 2):
-        aff = (shape[0], 1, shape[2])
-    else:
-        aff = shape[1:] if len(shape) > 1 else shape
-    scale, bias = rng.uniform(0.5, 1.5, aff), rng.standard_normal(aff)
-    c = shape[1] if len(shape) > 1 else 1
-    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
-    dy = rng.standard_normal(shape)
-    out = [a.astype(dtype) for a in (x, scale, bias, rm, rv, dy)]
-    if not affine:
-        out[1] = out[2] = None
-    return out
-
-
-def call(op, variant, act, x, scale, bias, rm, rv):
-    """``(function, args, kwargs)`` of one case (epsilon fixed: its default depends on the dtype)."""
-    kw = {"epsilon": EPS}
-    if op == "batchnorm":
-        stats = (None, None) if variant == "none" else (rm, rv)
-        return luxlib.batchnorm, (x, scale, bias, *stats, variant == "train", act), kw
-    if op == "instancenorm":
-        if variant != "none":
-            kw.update(running_mean=rm, running_var=rv)
-        return luxlib.instancenorm, (x, scale, bias, variant == "train", act), kw
-    if op == "groupnorm":
-        return luxlib.groupnorm, (x, scale, bias, variant, act), kw
-    if variant != "default":
-        kw["dims"] = variant
-    return luxlib.layernorm, (x, scale, bias, act), kw
-
-
 def outputs(f, args, kwargs, dy):
-    """``[y, *running stats, *gradients]`` (None entries dropped) from one vjp call, and
-    the plain call's ``y``."""
+    """``norm_outputs`` of one vjp call, and the plain call's ``y`` (run first)."""
     with np.errstate(all="ignore"):
         plain = f(*args, **kwargs)
-        out, pullback = luxlib.vjp(f, *args, **kwargs)
-        grads = pullback(dy)
-    y, stats = out if isinstance(out, tuple) else (out, None)
-    plain_y = plain[0] if isinstance(plain, tuple) else plain
-    return [y] + list(stats or ()) + [g for g in grads if g is not None], plain_y
-
-
-def reference(f, args, kwargs, dy):
-    up = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-    with luxlib.backend("generic"):
-        return outputs(f, up, kwargs, dy.astype(np.float64))[0]
+    return norm_outputs(f, args, kwargs, dy), plain[0] if isinstance(plain, tuple) else plain
 
 
 class emulated:
