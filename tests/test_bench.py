@@ -319,3 +319,15 @@ def test_quick_cuda_run(tmp_path):
             assert not m["failed"] and m["check_ok"], (r["name"], mode, m["failed"], m["check"])
             # checked against torch (CUDA) where torch is there; dropout masks differ by design
             assert m["check_reference"] != "torch" or r["name"] in random or m["check"], (r["name"], mode)
+
+
+def test_in_place_case_checks_each_mode_on_the_original_input():
+    # with a pause, untimed wake-up calls run for a time, not a count: an in-place
+    # contender's input drifts by a different amount per contender, so each mode must
+    # build its contenders afresh for its first (checked) call
+    from luxlib.bench.runner import run_case
+
+    (case,) = [c for c in CASES if c.name == "bias_activation_ relu"]
+    record = run_case(case, quick=True, repeats=2, warmup=1, ceilings={}, pause=0.001)
+    for mode, m in record["modes"].items():
+        assert m["check_ok"] and m["check"], (mode, m["check"])

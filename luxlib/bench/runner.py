@@ -159,21 +159,23 @@ def run_case(case, *, quick, repeats, warmup, ceilings, pause=0.0, torch=None, d
         return record
     a = device.put(case.arrays(quick))
     record["shape"] = case.shape(a)
-    contenders = {}
-    for who in device.contenders:
-        if who == "torch" and torch is None:
-            continue
-        try:
-            contenders[who] = case.contender(who, a, torch)
-        except Exception as exc:  # e.g. an op that rejects these arguments
-            record.setdefault("failed", {})[who] = f"{type(exc).__name__}: {exc}"
     amounts = case.amount(a)
-    record["modes"] = {
-        mode: _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device)
-        for mode, amount in zip(MODES, amounts)
-    }
-    del a, contenders
-    gc.collect()
+    record["modes"] = {}
+    for mode, amount in zip(MODES, amounts):
+        # contenders built afresh for each mode: an in-place one changes its own input on
+        # every call (a time-based number of calls), so each mode's first, checked, call
+        # must see the original input
+        contenders = {}
+        for who in device.contenders:
+            if who == "torch" and torch is None:
+                continue
+            try:
+                contenders[who] = case.contender(who, a, torch)
+            except Exception as exc:  # e.g. an op that rejects these arguments
+                record.setdefault("failed", {})[who] = f"{type(exc).__name__}: {exc}"
+        record["modes"][mode] = _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device)
+        del contenders
+        gc.collect()
     return record
 
 
