@@ -321,13 +321,23 @@ def test_quick_cuda_run(tmp_path):
             assert m["check_reference"] != "torch" or r["name"] in random or m["check"], (r["name"], mode)
 
 
-def test_in_place_case_checks_each_mode_on_the_original_input():
-    # with a pause, untimed wake-up calls run for a time, not a count: an in-place
-    # contender's input drifts by a different amount per contender, so each mode must
-    # build its contenders afresh for its first (checked) call
+def test_in_place_case_checks_each_mode_on_the_original_input(monkeypatch):
+    # untimed wake-up calls run for a time, not a count, so an in-place contender's input
+    # drifts by a different amount per contender; here 1, 2, 3, 1, ... calls per wake-up
+    # make the counts differ deterministically: each mode must build its contenders
+    # afresh for its first (checked) call
     from luxlib.bench.runner import run_case
 
+    wakes = []
+
+    def wake(f):
+        wakes.append(f)
+        for _ in range(1 + (len(wakes) - 1) % 3):
+            f()
+
+    monkeypatch.setattr("luxlib.bench.timing._wake", wake)
     (case,) = [c for c in CASES if c.name == "bias_activation_ relu"]
-    record = run_case(case, quick=True, repeats=2, warmup=1, ceilings={}, pause=0.001)
+    record = run_case(case, quick=True, repeats=2, warmup=1, ceilings={}, pause=1e-6)
+    assert wakes
     for mode, m in record["modes"].items():
         assert m["check_ok"] and m["check"], (mode, m["check"])
