@@ -50,6 +50,13 @@ GEOMETRIES = {
     "2d-depthwise-flip-stride-dil": (
         (2, 4, 11, 9), (4, 1, 3, 3), dict(stride=(2, 3), dilation=(2, 1), groups=4, cross_correlation=False)
     ),
+    # unit-stride depthwise runs the padded flat layout: flipped and dilated, 1-D with a
+    # multiplier and padding wider than the kernel, a plane smaller than the kernel
+    "2d-depthwise-flip-dil": (
+        (2, 5, 7, 10), (5, 1, 3, 2), dict(padding=((2, 1), (0, 2)), dilation=(2, 3), groups=5, cross_correlation=False)
+    ),
+    "1d-depthwise-mult-wide-pad": ((3, 2, 13), (6, 1, 5), dict(padding=((6, 3),), groups=2)),
+    "2d-depthwise-tiny-plane": ((2, 3, 2, 3), (3, 1, 3, 3), dict(padding=3, groups=3)),
     "3d": ((2, 2, 4, 5, 6), (3, 2, 2, 3, 2), dict(padding=(1, 0, (2, 1)), stride=(1, 2, 1))),
     "3d-depthwise": ((2, 3, 5, 4, 6), (3, 1, 2, 2, 3), dict(padding=1, groups=3, dilation=(2, 1, 1))),
     "valid-kernel-covers-input": ((2, 3, 4, 4), (2, 3, 4, 4), dict(padding="valid")),
@@ -287,5 +294,5 @@ def test_kernel_rejects_bad_arguments():
         kernels.gemm_forward(1, 0.0, x, w, b, y[:, :2], y[:, :2], np.empty((1, 18)), 3, *opts, 1, False, 1)
     dw = np.empty((3, 1, 1, 1, 3))
     xd, wd, yd = x[:, :1].repeat(3, axis=1), np.ascontiguousarray(w[:, :1]), np.empty((1, 3, 1, 1, 3))
-    with pytest.raises(ValueError, match="workspace"):
-        kernels.depthwise_backward(xd, wd, yd, np.empty_like(xd), dw, np.empty((1, 2)), *opts, False, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.depthwise_backward(xd, wd, yd[:, :2], np.empty_like(xd), dw, *opts, False, 1)

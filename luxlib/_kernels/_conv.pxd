@@ -38,6 +38,58 @@ cdef extern from *:
     }
     LX_DEFINE_CONV_PLANE(float, f)
     LX_DEFINE_CONV_PLANE(double, d)
+    /* Unit-stride planes in the padded layout: the input plane is copied into a zero-padded
+       volume xp, whose flat index of output position (od, oh, ow) is q (rows PW long, the
+       surplus columns and rows being garbage), so that each tap is one long contiguous
+       loop over q in [0, Q) at the flat offset off[k] (no per-row bounds). Forward:
+       t[q] += w[k] * xp[q + off[k]], three taps per pass over t (one tap per pass, GCC's
+       unroll-and-jam fused pairs of taps into a scalar loop). The data gradient is the
+       same loop over the padded dx with the output gradient (zero at garbage positions)
+       at reversed offsets. Filter gradient (Q a multiple of LX_DW_L): acc[k][q % LX_DW_L]
+       += dzp[q] * xp[q + off[k]], lane-wise partial sums, three taps per pass over dzp. */
+    #define LX_DW_L 16
+    #define LX_DEFINE_DW_FLAT(T, S) \
+    static LX_CLONES void lx_dw_flat_fwd_##S(T* restrict t, const T* restrict xp, \
+            const T* w, const ptrdiff_t* off, ptrdiff_t K, ptrdiff_t Q) { \
+        ptrdiff_t k = 0, q; \
+        for (; k + 3 <= K; k += 3) { \
+            const T a0 = w[k], a1 = w[k + 1], a2 = w[k + 2]; \
+            const T* restrict x0 = xp + off[k]; const T* restrict x1 = xp + off[k + 1]; \
+            const T* restrict x2 = xp + off[k + 2]; \
+            for (q = 0; q < Q; q++) t[q] = ((t[q] + a0 * x0[q]) + a1 * x1[q]) + a2 * x2[q]; \
+        } \
+        for (; k < K; k++) { \
+            const T a = w[k]; const T* restrict xs = xp + off[k]; \
+            for (q = 0; q < Q; q++) t[q] += a * xs[q]; \
+        } \
+    } \
+    static LX_CLONES void lx_dw_flat_dw_##S(T* restrict acc, const T* restrict dzp, \
+            const T* restrict xp, const ptrdiff_t* off, ptrdiff_t K, ptrdiff_t Q) { \
+        ptrdiff_t k = 0, q, j; \
+        for (; k + 3 <= K; k += 3) { \
+            const T* restrict x0 = xp + off[k]; const T* restrict x1 = xp + off[k + 1]; \
+            const T* restrict x2 = xp + off[k + 2]; \
+            T* restrict a = acc + k * LX_DW_L; T s0[LX_DW_L], s1[LX_DW_L], s2[LX_DW_L]; \
+            for (j = 0; j < LX_DW_L; j++) { \
+                s0[j] = a[j]; s1[j] = a[LX_DW_L + j]; s2[j] = a[2 * LX_DW_L + j]; } \
+            for (q = 0; q < Q; q += LX_DW_L) \
+                for (j = 0; j < LX_DW_L; j++) { \
+                    const T g = dzp[q + j]; \
+                    s0[j] += g * x0[q + j]; s1[j] += g * x1[q + j]; s2[j] += g * x2[q + j]; } \
+            for (j = 0; j < LX_DW_L; j++) { \
+                a[j] = s0[j]; a[LX_DW_L + j] = s1[j]; a[2 * LX_DW_L + j] = s2[j]; } \
+        } \
+        for (; k < K; k++) { \
+            const T* restrict xs = xp + off[k]; T* restrict a = acc + k * LX_DW_L; \
+            T s[LX_DW_L]; \
+            for (j = 0; j < LX_DW_L; j++) s[j] = a[j]; \
+            for (q = 0; q < Q; q += LX_DW_L) \
+                for (j = 0; j < LX_DW_L; j++) s[j] += dzp[q + j] * xs[q + j]; \
+            for (j = 0; j < LX_DW_L; j++) a[j] = s[j]; \
+        } \
+    }
+    LX_DEFINE_DW_FLAT(float, f)
+    LX_DEFINE_DW_FLAT(double, d)
     #endif
     """
     void lx_conv_plane_f(int grad, float alpha, const float* x, float* dx, float* seg,
@@ -48,3 +100,12 @@ cdef extern from *:
                          double* acc, const Py_ssize_t* lo, const Py_ssize_t* hi,
                          const Py_ssize_t* s, const Py_ssize_t* off, Py_ssize_t OH,
                          Py_ssize_t OW, Py_ssize_t IH, Py_ssize_t IW) noexcept nogil
+    enum: LX_DW_L
+    void lx_dw_flat_fwd_f(float* t, const float* xp, const float* w, const Py_ssize_t* off,
+                          Py_ssize_t K, Py_ssize_t Q) noexcept nogil
+    void lx_dw_flat_fwd_d(double* t, const double* xp, const double* w, const Py_ssize_t* off,
+                          Py_ssize_t K, Py_ssize_t Q) noexcept nogil
+    void lx_dw_flat_dw_f(float* acc, const float* dzp, const float* xp, const Py_ssize_t* off,
+                         Py_ssize_t K, Py_ssize_t Q) noexcept nogil
+    void lx_dw_flat_dw_d(double* acc, const double* dzp, const double* xp,
+                         const Py_ssize_t* off, Py_ssize_t K, Py_ssize_t Q) noexcept nogil

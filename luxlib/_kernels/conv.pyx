@@ -19,9 +19,11 @@ Two schemes:
   its ``dx`` planes and its filter gradients in one sweep.
 
 The GEMM scheme visits the input through :func:`_tap` (one tile of output positions,
-any start), the depthwise scheme through :func:`_plane` (whole planes, row by row with
-no division); both touch only the in-bounds input samples (padding is never
-materialized). A flipped kernel (true convolution) reads spatial tap ``k-1-t`` for
+any start), the strided depthwise scheme through :func:`_plane` (whole planes, row by
+row with no division); both touch only the in-bounds input samples (padding is never
+materialized). Unit-stride depthwise copies each plane into a zero-padded per-thread
+buffer instead, where every tap is one contiguous loop over the whole plane
+(:func:`_dw_forward_flat`, :func:`_dw_backward_flat`). A flipped kernel (true convolution) reads spatial tap ``k-1-t`` for
 weight tap ``t``.
 
 Threads: samples (GEMM), planes (depthwise forward) or input channels (depthwise
@@ -38,7 +40,8 @@ from libc.string cimport memcpy, memset
 
 from ._activation cimport N_ACTIVATIONS, act_forward_n
 from ._blas cimport gemm
-from ._conv cimport lx_conv_plane_d, lx_conv_plane_f
+from ._conv cimport (LX_DW_L, lx_conv_plane_d, lx_conv_plane_f, lx_dw_flat_dw_d,
+                     lx_dw_flat_dw_f, lx_dw_flat_fwd_d, lx_dw_flat_fwd_f)
 from ._openmp_helpers cimport num_threads_for
 
 cdef struct Geom:
@@ -293,6 +296,125 @@ cdef void _dw_backward_channel(const floating* x, const floating* w, const float
         dw[t] = <floating>s
 
 
+# ---- unit-stride depthwise planes in the padded layout ------------------------------------
+
+cdef struct Flat:
+    Py_ssize_t pd[3]   # padded input dims (unit stride: output + dilated kernel - 1)
+    Py_ssize_t vol     # padded buffer length (plus LX_DW_L slack for the rounded-up span)
+    Py_ssize_t Q       # flat span of the output positions, rounded up to LX_DW_L
+    Py_ssize_t maxoff  # largest tap offset
+
+
+cdef inline bint _flat_ok(const Geom* g) noexcept nogil:
+    return (g.s[0] == 1 and g.s[1] == 1 and g.s[2] == 1 and g.lo[0] >= 0 and g.lo[1] >= 0
+            and g.lo[2] >= 0)
+
+
+cdef Flat _flat(const Geom* g, Py_ssize_t[::1] offs):
+    """The padded layout of ``g`` (unit stride, no cropping); ``offs`` (2K): each tap's flat
+    offset, then ``maxoff`` minus it (the data gradient's offsets)."""
+    cdef Flat f
+    cdef Py_ssize_t a, t, q
+    cdef Py_ssize_t off[3]
+    for a in range(3):
+        f.pd[a] = g.outd[a] + (g.k[a] - 1) * g.d[a]
+    q = ((g.outd[0] - 1) * f.pd[1] + g.outd[1] - 1) * f.pd[2] + g.outd[2]
+    f.Q = (q + LX_DW_L - 1) // LX_DW_L * LX_DW_L
+    f.vol = f.pd[0] * f.pd[1] * f.pd[2] + LX_DW_L
+    for t in range(g.K):
+        _offsets(g, t, off)
+        offs[t] = (((off[0] + g.lo[0]) * f.pd[1] + off[1] + g.lo[1]) * f.pd[2]
+                   + off[2] + g.lo[2])
+    f.maxoff = max(offs[:g.K])
+    for t in range(g.K):
+        offs[g.K + t] = f.maxoff - offs[t]
+    return f
+
+
+cdef void _pad(floating* x, floating* xp, const Geom* g, const Flat* f,
+               bint into) noexcept nogil:
+    """Copies plane ``x`` into the zero-padded ``xp`` (``into``), or the interior of ``xp``
+    back into ``x`` (0 where ``x`` lies beyond the padded volume)."""
+    cdef Py_ssize_t d, h, n = min(g.ind[2], f.pd[2] - g.lo[2])
+    cdef floating* xr
+    cdef floating* pr
+    memset(xp if into else x, 0, (f.vol if into else g.S) * sizeof(floating))
+    for d in range(min(g.ind[0], f.pd[0] - g.lo[0])):
+        for h in range(min(g.ind[1], f.pd[1] - g.lo[1])):
+            xr = x + (d * g.ind[1] + h) * g.ind[2]
+            pr = xp + ((d + g.lo[0]) * f.pd[1] + h + g.lo[1]) * f.pd[2] + g.lo[2]
+            if n > 0:
+                memcpy(pr if into else xr, xr if into else pr, n * sizeof(floating))
+
+
+cdef void _rows(floating* z, floating* t, const Geom* g, const Flat* f,
+                bint into) noexcept nogil:
+    """Copies output plane ``z`` into the padded-layout ``t`` (``into``; the garbage
+    positions are left as they are), or the output positions of ``t`` into ``z``."""
+    cdef Py_ssize_t od, oh, OW = g.outd[2]
+    cdef floating* zr
+    cdef floating* tr
+    for od in range(g.outd[0]):
+        for oh in range(g.outd[1]):
+            zr = z + (od * g.outd[1] + oh) * OW
+            tr = t + (od * f.pd[1] + oh) * f.pd[2]
+            memcpy(tr if into else zr, zr if into else tr, OW * sizeof(floating))
+
+
+cdef void _dw_forward_flat(int act, floating p, const floating* x, const floating* w,
+                           const floating* bias, floating* z, floating* y, const Geom* g,
+                           const Flat* f, const Py_ssize_t* offs, floating* ws) noexcept nogil:
+    """One output plane as :func:`_dw_forward_plane`, unit stride; ``ws``: ``vol + Q``."""
+    cdef floating* xp = ws
+    cdef floating* t = ws + f.vol
+    cdef floating b0 = 0 if bias == NULL else bias[0]
+    cdef Py_ssize_t i
+    _pad(<floating*>x, xp, g, f, True)
+    for i in range(f.Q):
+        t[i] = b0
+    if floating is float:
+        lx_dw_flat_fwd_f(t, xp, w, offs, g.K, f.Q)
+    else:
+        lx_dw_flat_fwd_d(t, xp, w, offs, g.K, f.Q)
+    _rows(z, t, g, f, False)
+    _epilogue(act, p, z, NULL, y, 1, g.P, g.P)
+
+
+cdef void _dw_backward_flat(const floating* x, const floating* w, const floating* dz,
+                            floating* dx, floating* dw, Py_ssize_t N, const Geom* g,
+                            const Flat* f, const Py_ssize_t* offs, floating* ws) noexcept nogil:
+    """One input channel as :func:`_dw_backward_channel`, unit stride. The padded ``dx``
+    gathers the output gradient, placed ``maxoff`` into a zeroed buffer, at the reversed
+    offsets. ``ws``: ``3 * vol + maxoff + Cog * K * LX_DW_L`` (``acc``: lane-wise partial
+    sums of the filter gradient per tap)."""
+    cdef floating* xp = ws
+    cdef floating* dxp = ws + f.vol
+    cdef floating* dzq = ws + 2 * f.vol
+    cdef floating* acc = dzq + f.vol + f.maxoff
+    cdef Py_ssize_t n, m, t, i, R = f.vol - LX_DW_L
+    cdef double s
+    memset(acc, 0, g.Cog * g.K * LX_DW_L * sizeof(floating))
+    memset(dzq, 0, (f.vol + f.maxoff) * sizeof(floating))
+    for n in range(N):
+        _pad(<floating*>x + n * g.C * g.S, xp, g, f, True)
+        memset(dxp, 0, R * sizeof(floating))
+        for m in range(g.Cog):
+            # only the output positions change: the garbage ones stay 0
+            _rows(<floating*>dz + (n * g.Co + m) * g.P, dzq + f.maxoff, g, f, True)
+            if floating is float:
+                lx_dw_flat_fwd_f(dxp, dzq, w + m * g.K, offs + g.K, g.K, R)
+                lx_dw_flat_dw_f(acc + m * g.K * LX_DW_L, dzq + f.maxoff, xp, offs, g.K, f.Q)
+            else:
+                lx_dw_flat_fwd_d(dxp, dzq, w + m * g.K, offs + g.K, g.K, R)
+                lx_dw_flat_dw_d(acc + m * g.K * LX_DW_L, dzq + f.maxoff, xp, offs, g.K, f.Q)
+        _pad(dx + n * g.C * g.S, dxp, g, f, False)
+    for t in range(g.Cog * g.K):
+        s = 0
+        for i in range(LX_DW_L):
+            s += acc[t * LX_DW_L + i]
+        dw[t] = <floating>s
+
+
 # ---- entry points ----------------------------------------------------------------------
 
 def threads(Py_ssize_t work, Py_ssize_t units):
@@ -396,6 +518,15 @@ def depthwise_forward(int act, double p, const floating[:, :, :, :, ::1] x,
     _check_act(act)
     cdef Geom g = _geom(x.shape, w.shape, y.shape, stride, dilation, lo, x.shape[1], flip)
     cdef Py_ssize_t planes = y.shape[0] * g.Co, u, n, co
+    cdef Py_ssize_t[::1] offs = np.empty(2 * g.K, np.intp)
+    cdef bint flat = _flat_ok(&g)
+    cdef Flat f
+    if flat:
+        f = _flat(&g, offs)
+    cdef floating[:, ::1] ws = np.empty((nt, f.vol + f.Q if flat else 1),
+                                        np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t wst = ws.shape[1]
+    cdef floating* pws = &ws[0, 0]
     cdef floating fp = <floating>p
     cdef const floating* pb = NULL if bias is None else &bias[0]
     cdef const floating* px = &x[0, 0, 0, 0, 0]
@@ -406,21 +537,34 @@ def depthwise_forward(int act, double p, const floating[:, :, :, :, ::1] x,
         for u in prange(planes, num_threads=nt, schedule="static"):
             n = u // g.Co
             co = u % g.Co
-            _dw_forward_plane(act, fp, px + (n * g.C + co // g.Cog) * g.S, pw + co * g.K,
-                              NULL if pb == NULL else pb + co, pz + u * g.P, py + u * g.P, &g)
+            if flat:
+                _dw_forward_flat(act, fp, px + (n * g.C + co // g.Cog) * g.S, pw + co * g.K,
+                                 NULL if pb == NULL else pb + co, pz + u * g.P, py + u * g.P,
+                                 &g, &f, &offs[0], pws + threadid() * wst)
+            else:
+                _dw_forward_plane(act, fp, px + (n * g.C + co // g.Cog) * g.S, pw + co * g.K,
+                                  NULL if pb == NULL else pb + co, pz + u * g.P, py + u * g.P,
+                                  &g)
 
 
 def depthwise_backward(const floating[:, :, :, :, ::1] x, const floating[:, :, :, :, ::1] w,
                        const floating[:, :, :, :, ::1] dz, floating[:, :, :, :, ::1] dx,
-                       floating[:, :, :, :, ::1] dw, floating[:, ::1] ws, tuple stride,
-                       tuple dilation, tuple lo, bint flip, int nt):
+                       floating[:, :, :, :, ::1] dw, tuple stride, tuple dilation, tuple lo,
+                       bint flip, int nt):
     """``dx`` and ``dw``, parallel over input channels; each channel sums its filter
-    gradient over the batch in order (identical for every thread count). ``ws`` is
-    ``(nt, (C_out/C_in)*K*OW)``, per-thread partial sums."""
+    gradient over the batch in order (identical for every thread count). The per-thread
+    workspace (padded planes and partial sums of the filter gradient) is allocated here."""
     cdef Geom g = _geom(x.shape, w.shape, dz.shape, stride, dilation, lo, x.shape[1], flip)
-    cdef Py_ssize_t N = x.shape[0], c, wst = ws.shape[1]
-    if ws.shape[0] < nt or wst < g.Cog * g.K * g.outd[2]:
-        raise ValueError(f"conv kernels: workspace {ws.shape[0], ws.shape[1]} too small")
+    cdef Py_ssize_t N = x.shape[0], c
+    cdef Py_ssize_t[::1] offs = np.empty(2 * g.K, np.intp)
+    cdef bint flat = _flat_ok(&g)
+    cdef Flat f
+    if flat:
+        f = _flat(&g, offs)
+    cdef floating[:, ::1] ws = np.empty(
+        (nt, 3 * f.vol + f.maxoff + g.Cog * g.K * LX_DW_L if flat else g.Cog * g.K * g.outd[2]),
+        np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t wst = ws.shape[1]
     cdef const floating* px = &x[0, 0, 0, 0, 0]
     cdef const floating* pw = &w[0, 0, 0, 0, 0]
     cdef const floating* pdz = &dz[0, 0, 0, 0, 0]
@@ -428,12 +572,12 @@ def depthwise_backward(const floating[:, :, :, :, ::1] x, const floating[:, :, :
     cdef floating* pdw = &dw[0, 0, 0, 0, 0]
     cdef floating* pws = &ws[0, 0]
     with nogil:
-        if nt == 1:
-            for c in range(g.C):
-                _dw_backward_channel(px + c * g.S, pw + c * g.Cog * g.K, pdz + c * g.Cog * g.P,
-                                     pdx + c * g.S, pdw + c * g.Cog * g.K, pws, N, &g)
-        else:
-            for c in prange(g.C, num_threads=nt, schedule="static"):
+        for c in prange(g.C, num_threads=nt, schedule="static"):
+            if flat:
+                _dw_backward_flat(px + c * g.S, pw + c * g.Cog * g.K, pdz + c * g.Cog * g.P,
+                                  pdx + c * g.S, pdw + c * g.Cog * g.K, N, &g, &f, &offs[0],
+                                  pws + threadid() * wst)
+            else:
                 _dw_backward_channel(px + c * g.S, pw + c * g.Cog * g.K, pdz + c * g.Cog * g.P,
                                      pdx + c * g.S, pdw + c * g.Cog * g.K,
                                      pws + threadid() * wst, N, &g)

@@ -85,9 +85,7 @@ class _Plan:
         dx = np.empty_like(self.x)
         dw = np.empty_like(self.w)
         if self.depthwise:
-            ws = np.empty((self.nt, self.w.shape[0] // self.groups * int(np.prod(self.w.shape[2:]))
-                           * dz.shape[-1]), self.x.dtype)
-            kernels.depthwise_backward(self.x, self.w, dz, dx, dw, ws, *self.options, self.flip,
+            kernels.depthwise_backward(self.x, self.w, dz, dx, dw, *self.options, self.flip,
                                        self.nt)
         else:
             ws = np.empty((self.nt, 2 * self.tile), self.x.dtype)
