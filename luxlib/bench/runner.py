@@ -109,13 +109,13 @@ def rel_diff(out, ref):
     return worst
 
 
+def _until_done(f, device):
+    """``f`` as a call that ends when the device has finished the work it queued."""
+    return lambda: device.finish(f())
+
+
 def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device):
-    # a timed call ends when the device has finished the work it queued
-    funcs = {
-        who: (lambda f=getattr(c, mode): device.finish(f()))
-        for who, c in contenders.items()
-        if getattr(c, mode) is not None
-    }
+    funcs = {who: _until_done(getattr(c, mode), device) for who, c in contenders.items() if getattr(c, mode) is not None}
     times, first, failed = interleaved(funcs, repeats, warmup, pause)
     median = {who: statistics.median(t) for who, t in times.items()}
     rate = {who: amount / t / 1e9 for who, t in median.items()}
