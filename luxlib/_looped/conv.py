@@ -4,8 +4,10 @@ Glue around :mod:`luxlib._kernels.conv`: every convolution runs as a 3-D one (1-
 2-D get leading unit spatial axes), on C-contiguous arrays (non-contiguous inputs are
 copied once). Depthwise convolutions (``groups == C_in > 1``) run the direct kernel,
 everything else im2col tiles + BLAS gemm (1x1 with unit stride and no padding: gemm on
-``x`` itself). The reverse pass first forms ``dz = dy * act'`` and the bias gradient in
-one pass with the activation kernel, then the conv kernels give ``dx`` and ``dweight``.
+``x`` itself). Large enough 2-D 3x3 stride-1 single-group convolutions run their forward
+by Winograd F(2x2, 3x3) (:mod:`luxlib._kernels.winograd`). The reverse pass first forms
+``dz = dy * act'`` and the bias gradient in one pass with the activation kernel, then the
+conv kernels give ``dx`` and ``dweight``.
 """
 
 import contextlib
@@ -15,10 +17,15 @@ import numpy as np
 from .._dispatch import register
 from .._kernels import activation as act_kernels
 from .._kernels import conv as kernels
+from .._kernels import winograd
 from .._threads import single_threaded_blas
 
 # bytes of one im2col (or col2im) tile; each thread holds one (two in the reverse pass)
 _TILE_BYTES = 4 << 20
+# Winograd F(2x2, 3x3) forward from these channel counts and output sizes up (below them
+# the transforms cost more than the gemm saves; doc/conv.md)
+_WINOGRAD_MIN_CHANNELS = 16
+_WINOGRAD_MIN_OUT = 8
 
 
 def _supports(act, weight, x, **_):
@@ -62,6 +69,15 @@ class _Plan:
             and all(p == (0, 0) for p in cdims.padding)
         )
         self.tile = 0 if one_by_one else taps * self.pc
+        self.winograd = (
+            cdims.spatial_dims == 2
+            and weight.shape[2:] == (3, 3)
+            and self.groups == 1
+            and all(s == 1 for s in cdims.stride)
+            and all(d == 1 for d in cdims.dilation)
+            and min(weight.shape[:2]) >= _WINOGRAD_MIN_CHANNELS
+            and min(self.y_shape[2:]) >= _WINOGRAD_MIN_OUT
+        )
 
     def blas_threads(self):
         """One BLAS thread inside the kernels' OpenMP regions (they call BLAS per thread)."""
@@ -74,6 +90,11 @@ class _Plan:
         if self.depthwise:
             kernels.depthwise_forward(act.id, _param(act), self.x, self.w, bias, z, y,
                                       *self.options, self.flip, self.nt)
+            return
+        if self.winograd:  # forward only: the reverse pass stays on the gemm kernels
+            with self.blas_threads():
+                winograd.forward(act.id, _param(act), self.x[:, :, 0], self.w[:, :, 0], bias,
+                                 z[:, :, 0], y[:, :, 0], self.options[2][1:], self.flip, self.nt)
             return
         ws = np.empty((self.nt, self.tile), self.x.dtype)
         with self.blas_threads():

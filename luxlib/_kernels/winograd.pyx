@@ -1,0 +1,227 @@
+"""Winograd F(2x2, 3x3) forward of a 2-D 3x3 convolution (stride 1, dilation 1, one group).
+
+``x`` is a C-contiguous ``(N, C_in, H, W)`` array, ``weight`` ``(C_out, C_in, 3, 3)``
+and the output ``(N, C_out, OH, OW)``; input row ``oh + kh - lo_h`` feeds output row
+``oh`` (likewise columns), rows and columns outside the input are zero (the padding).
+With the transforms of Lavin & Gray (2016):
+
+- ``U[k] (C_out, C_in) = G g G^T`` for the 16 entries ``k`` of the 4x4 transformed
+  filters, once per call (in float64, rounded once to the array type);
+- per sample, ``V[k] (C_in, T) = B^T d B`` for the ``T = ceil(OH/2) * ceil(OW/2)`` input
+  tiles ``d`` (4x4, step 2; the out-of-bounds samples are read as 0 in the transform),
+  then 16 BLAS gemms ``M[k] = U[k] @ V[k]``, then ``Y = A^T m A`` (2x2 outputs per tile,
+  the ragged last row/column dropped) + bias into ``z`` and ``y = act(z)`` per output
+  plane while it is in cache.
+
+Threads: samples are spread over threads (static schedule), each with its own ``V`` and
+``M`` (``16 (C_in + C_out) T`` elements); BLAS must then be single-threaded (the caller
+arranges it).
+"""
+
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from ._activation cimport N_ACTIVATIONS, act_forward_n
+from ._blas cimport gemm
+
+
+cdef struct WGeom:
+    Py_ssize_t Ci, Co, IH, IW, OH, OW, lh, lw  # channels, sizes, leading padding
+    Py_ssize_t TH, TW, T                       # tiles per column, per row, in all
+
+
+cdef void _filters(const floating* w, floating* u, Py_ssize_t Co, Py_ssize_t Ci,
+                   bint flip) noexcept nogil:
+    """``u[k, o, c] = (G g G^T)[k // 4, k % 4]`` of filter ``g = w[o, c]`` (flipped if asked)."""
+    cdef Py_ssize_t o, c, a, b
+    cdef double g[3][3]
+    cdef double t[4][3]
+    cdef double r[4][4]
+    for o in range(Co):
+        for c in range(Ci):
+            for a in range(3):
+                for b in range(3):
+                    g[a][b] = w[(o * Ci + c) * 9 + (8 - 3 * a - b if flip else 3 * a + b)]
+            for b in range(3):  # t = G g
+                t[0][b] = g[0][b]
+                t[1][b] = (g[0][b] + g[1][b] + g[2][b]) * 0.5
+                t[2][b] = (g[0][b] - g[1][b] + g[2][b]) * 0.5
+                t[3][b] = g[2][b]
+            for a in range(4):  # r = t G^T
+                r[a][0] = t[a][0]
+                r[a][1] = (t[a][0] + t[a][1] + t[a][2]) * 0.5
+                r[a][2] = (t[a][0] - t[a][1] + t[a][2]) * 0.5
+                r[a][3] = t[a][2]
+            for a in range(4):
+                for b in range(4):
+                    u[((4 * a + b) * Co + o) * Ci + c] = <floating>r[a][b]
+
+
+cdef void _inputs(const floating* x, floating* v, floating* buf, const WGeom* g) noexcept nogil:
+    """``v[k, c, t] = (B^T d B)[k // 4, k % 4]`` of every 4x4 input tile ``d`` of one sample.
+
+    Per row of tiles: the 4 input rows (zero outside the input) are copied into ``buf``
+    (``4 (2 TW + 2)``), combined row-wise (``B^T d``) in place, then the column transform
+    runs over the whole row of tiles (contiguous stores, stride-2 loads: vectorized)."""
+    cdef Py_ssize_t c, th, tw, i, j, ri, L = 2 * g.TW + 2, CT = g.Ci * g.T
+    cdef Py_ssize_t jlo = min(max(g.lw, 0), L), jhi = max(min(g.IW + g.lw, L), jlo)
+    cdef floating* b0 = buf
+    cdef floating* b1 = buf + L
+    cdef floating* b2 = buf + 2 * L
+    cdef floating* b3 = buf + 3 * L
+    cdef floating* r
+    cdef floating* vr
+    cdef floating e0, e1, e2, e3
+    cdef const floating* xr
+    for c in range(g.Ci):
+        for th in range(g.TH):
+            for i in range(4):
+                r = buf + i * L
+                ri = 2 * th - g.lh + i
+                if 0 <= ri < g.IH:  # buf column j is input column j - lw
+                    xr = x + (c * g.IH + ri) * g.IW - g.lw
+                    for j in range(jlo):
+                        r[j] = 0
+                    for j in range(jlo, jhi):
+                        r[j] = xr[j]
+                    for j in range(jhi, L):
+                        r[j] = 0
+                else:
+                    for j in range(L):
+                        r[j] = 0
+            for j in range(L):  # rows of B^T d
+                e0, e1, e2, e3 = b0[j], b1[j], b2[j], b3[j]
+                b0[j] = e0 - e2
+                b1[j] = e1 + e2
+                b2[j] = e2 - e1
+                b3[j] = e1 - e3
+            for i in range(4):  # (B^T d) B, one row of tiles
+                r = buf + i * L
+                vr = v + 4 * i * CT + c * g.T + th * g.TW
+                for tw in range(g.TW):
+                    vr[tw] = r[2 * tw] - r[2 * tw + 2]
+                for tw in range(g.TW):
+                    vr[CT + tw] = r[2 * tw + 1] + r[2 * tw + 2]
+                for tw in range(g.TW):
+                    vr[2 * CT + tw] = r[2 * tw + 2] - r[2 * tw + 1]
+                for tw in range(g.TW):
+                    vr[3 * CT + tw] = r[2 * tw + 1] - r[2 * tw + 3]
+
+
+cdef void _outputs(int act, floating p, const floating* m, const floating* bias, floating* z,
+                   floating* y, floating* buf, const WGeom* g) noexcept nogil:
+    """``z = A^T m A + bias`` (in bounds only) and ``y = act(z)`` per output plane.
+
+    Per row of tiles: ``A^T m`` over the row (contiguous loads) into ``buf`` (``8 TW``),
+    then ``A`` along the columns into the two output rows."""
+    cdef Py_ssize_t o, th, tw, i, j, oh, TW = g.TW, P = g.OH * g.OW, OT = g.Co * g.T
+    cdef floating b0
+    cdef floating* zo
+    cdef floating* zr
+    cdef floating* r
+    cdef const floating* mr
+    for o in range(g.Co):
+        b0 = 0 if bias == NULL else bias[o]
+        zo = z + o * P
+        for th in range(g.TH):
+            mr = m + o * g.T + th * TW
+            for j in range(4):  # r[i, j, tw] = (A^T q)[i, j]
+                r = buf + j * TW
+                for tw in range(TW):
+                    r[tw] = mr[j * OT + tw] + mr[(4 + j) * OT + tw] + mr[(8 + j) * OT + tw]
+                r = buf + (4 + j) * TW
+                for tw in range(TW):
+                    r[tw] = mr[(4 + j) * OT + tw] - mr[(8 + j) * OT + tw] - mr[(12 + j) * OT + tw]
+            for i in range(min(2, g.OH - 2 * th)):
+                oh = 2 * th + i
+                zr = zo + oh * g.OW
+                r = buf + 4 * i * TW
+                for tw in range(g.OW // 2):
+                    zr[2 * tw] = (r[tw] + r[TW + tw] + r[2 * TW + tw]) + b0
+                    zr[2 * tw + 1] = (r[TW + tw] - r[2 * TW + tw] - r[3 * TW + tw]) + b0
+                if g.OW % 2:
+                    tw = TW - 1
+                    zr[2 * tw] = (r[tw] + r[TW + tw] + r[2 * TW + tw]) + b0
+        if act != 0 or y != z:
+            act_forward_n(act, p, zo, y + o * P, P)
+
+
+cdef void _sample(int act, floating p, const floating* x, const floating* u,
+                  const floating* bias, floating* z, floating* y, floating* ws,
+                  const WGeom* g) noexcept nogil:
+    """One sample; ``ws``: ``V``, ``M``, then the row buffers (``_ws_len``)."""
+    cdef Py_ssize_t k
+    cdef floating* v = ws
+    cdef floating* m = ws + 16 * g.Ci * g.T
+    cdef floating* buf = m + 16 * g.Co * g.T
+    _inputs(x, v, buf, g)
+    for k in range(16):
+        gemm(False, False, g.Co, g.T, g.Ci, <floating>1, u + k * g.Co * g.Ci, g.Ci,
+             v + k * g.Ci * g.T, g.T, <floating>0, m + k * g.Co * g.T, g.T)
+    _outputs(act, p, m, bias, z, y, buf, g)
+
+
+cdef inline Py_ssize_t _ws_len(const WGeom* g) noexcept nogil:
+    return 16 * (g.Ci + g.Co) * g.T + max(4 * (2 * g.TW + 2), 8 * g.TW)
+
+
+def forward(int act, double p, const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+            const floating[::1] bias, floating[:, :, :, ::1] z, floating[:, :, :, ::1] y,
+            tuple lo, bint flip, int nt):
+    """``z = conv(x, w) + bias`` and ``y = act(z)`` (``z`` may be ``y``) by Winograd F(2x2, 3x3).
+
+    Parameters
+    ----------
+    act : int
+        Activation id (``0 <= act < N_ACTIVATIONS``); ``p`` its bound parameter.
+    p : float
+        The activation's parameter (ignored by activations without one).
+    x : ndarray, shape (N, C_in, H, W)
+    w : ndarray, shape (C_out, C_in, 3, 3)
+    bias : ndarray, shape (C_out,), or None
+    z, y : ndarray, shape (N, C_out, OH, OW)
+        Outputs: the pre-activation and the activation (may be the same array).
+    lo : tuple of int
+        Leading padding ``(lo_h, lo_w)``; the trailing one follows from ``OH``, ``OW``.
+    flip : bool
+        True convolution (the filters are flipped) instead of cross-correlation.
+    nt : int
+        Threads (samples run in parallel when ``nt > 1``; BLAS must then be serial).
+    """
+    if not 0 <= act < N_ACTIVATIONS:
+        raise ValueError(f"winograd: unknown activation id {act}")
+    cdef WGeom g
+    g.Co, g.Ci, g.IH, g.IW = w.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    g.OH, g.OW = y.shape[2], y.shape[3]
+    g.lh, g.lw = lo
+    if (w.shape[1] != g.Ci or w.shape[2] != 3 or w.shape[3] != 3 or y.shape[0] != x.shape[0]
+            or y.shape[1] != g.Co or any(z.shape[a] != y.shape[a] for a in range(4))
+            or (bias is not None and bias.shape[0] != g.Co) or nt < 1 or g.Ci == 0):
+        raise ValueError("winograd: x, weight, bias and the outputs do not fit (or are empty)")
+    cdef Py_ssize_t N = x.shape[0], n
+    if N == 0 or g.Co == 0 or g.OH == 0 or g.OW == 0:
+        return
+    g.TH, g.TW = (g.OH + 1) // 2, (g.OW + 1) // 2
+    g.T = g.TH * g.TW
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] u = np.empty(16 * g.Co * g.Ci, dtype)
+    cdef floating[:, ::1] ws = np.empty((nt, _ws_len(&g)), dtype)
+    cdef floating fp = <floating>p
+    cdef const floating* pb = NULL if bias is None else &bias[0]
+    cdef const floating* px = &x[0, 0, 0, 0]
+    cdef floating* pz = &z[0, 0, 0, 0]
+    cdef floating* py = &y[0, 0, 0, 0]
+    cdef floating* pu = &u[0]
+    cdef floating* pws = &ws[0, 0]
+    cdef Py_ssize_t xst = g.Ci * g.IH * g.IW, yst = g.Co * g.OH * g.OW, wst = ws.shape[1]
+    with nogil:
+        _filters(&w[0, 0, 0, 0], pu, g.Co, g.Ci, flip)
+        if nt == 1:
+            for n in range(N):
+                _sample(act, fp, px + n * xst, pu, pb, pz + n * yst, py + n * yst, pws, &g)
+        else:
+            for n in prange(N, num_threads=nt, schedule="static"):
+                _sample(act, fp, px + n * xst, pu, pb, pz + n * yst, py + n * yst,
+                        pws + threadid() * wst, &g)
