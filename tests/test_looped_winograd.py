@@ -20,6 +20,7 @@ if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
 import luxlib._looped.conv as glue  # noqa: E402
 from luxlib._kernels import winograd  # noqa: E402
 from _helpers import BOUND_ACTS, assert_unchanged, snapshot  # noqa: E402
+from test_looped_conv import inputs  # noqa: E402
 
 conv = luxlib.fused_conv_bias_activation
 DTYPES = [np.float32, np.float64]
@@ -55,14 +56,6 @@ def _count(monkeypatch):
 
     monkeypatch.setattr(winograd, "forward", counting)
     return seen
-
-
-def inputs(xs, ws, dtype, bias=True, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(xs).astype(dtype)
-    w = rng.standard_normal(ws).astype(dtype)
-    b = rng.standard_normal(ws[0]).astype(dtype) if bias else None
-    return w, x, b
 
 
 def assert_close(got, want, dtype, w, x, b, cd):
