@@ -22,15 +22,18 @@ __all__ = [
     "bias_activation",
     "bias_activation_",
     "dropout",
+    "empty_memory_cache",
     "fast_activation",
     "fast_activation_",
     "fused_conv_bias_activation",
     "fused_dense_bias_activation",
+    "get_memory_cache_limit",
     "get_num_threads",
     "groupnorm",
     "instancenorm",
     "internal_operation_mode",
     "layernorm",
+    "set_memory_cache_limit",
     "set_num_threads",
     "show_config",
     "vjp",
@@ -51,6 +54,7 @@ from . import _generic  # noqa: F401  (registers the reference implementations)
 from . import _looped  # noqa: F401  (registers the Cython kernels)
 from . import cuda  # noqa: F401  (registers the CUDA kernels; never imports CuPy)
 from ._config import get_num_threads, set_num_threads, show_config
+from ._memory import empty_memory_cache, get_memory_cache_limit, set_memory_cache_limit
 
 # public ops, one module per family
 from .api.activation import fast_activation, fast_activation_

@@ -6,7 +6,7 @@ import operator
 import platform
 import sys
 
-from . import __version__
+from . import __version__, _memory
 from ._kernels import IMPORT_ERROR
 
 if IMPORT_ERROR is None:
@@ -116,7 +116,9 @@ def show_config():
         that generated the kernels) versions; ``openmp`` (whether the kernels
         were built with OpenMP); ``num_threads`` (see :func:`get_num_threads`);
         ``threadpools`` (threadpoolctl's BLAS/OpenMP libraries with their thread
-        counts, ``None`` without threadpoolctl); ``backends`` (``generic``,
+        counts, ``None`` without threadpoolctl); ``memory_cache`` (the limit, idle
+        bytes and blocks, hits and misses of the looped kernels' memory cache, see
+        :func:`luxlib.set_memory_cache_limit`; ``None`` without the kernels); ``backends`` (``generic``,
         ``looped``, ``gpu`` mapped to their status).
 
     Examples
@@ -137,6 +139,7 @@ def show_config():
         "openmp": bool(kernels and _openmp_helpers.OPENMP),
         "num_threads": get_num_threads(),
         "threadpools": _threadpools(),
+        "memory_cache": _memory.info(),
         "backends": {
             "generic": "available",
             "looped": "available" if kernels else f"unavailable: {IMPORT_ERROR}",
@@ -155,6 +158,13 @@ def show_config():
         lines.append(
             f"  {pool['user_api']}: {pool['internal_api']} {pool['version']}, "
             f"{pool['num_threads']} threads ({pool['filepath']})"
+        )
+    cache = info["memory_cache"]
+    if cache is not None:
+        lines.append(
+            f"{'cache:':<12}{cache['idle_bytes'] >> 20} of {cache['limit'] >> 20} MiB idle in "
+            f"{cache['idle_blocks']} blocks, {cache['hits']} hits, {cache['misses']} misses "
+            "(luxlib.set_memory_cache_limit / LUXLIB_MEMORY_CACHE)"
         )
     lines.append("backends:")
     lines += [f"  {name + ':':<10}{status}" for name, status in info["backends"].items()]

@@ -7,7 +7,7 @@ the reason. Each new ``*.pyx`` module is added to ``_EXTENSIONS``.
 
 import importlib
 
-_EXTENSIONS = ("_openmp_helpers", "activation", "conv", "dense", "matmul", "normalization", "dropout",
+_EXTENSIONS = ("_openmp_helpers", "allocator", "activation", "conv", "dense", "matmul", "normalization", "dropout",
                "winograd")
 
 try:

@@ -24,6 +24,10 @@ def _row(values):
     return "  ".join(f"{v:{align}{width}}" for v, (_, width, align) in zip(values, _COLUMNS)).rstrip()
 
 
+def _cache_state(limit):
+    return f"up to {limit / 2**20:.0f} MiB idle" if limit else "off"
+
+
 def header(head):
     """The lines printed before the first row: machine, settings, copy bandwidth, columns."""
     m, s = head["machine"], head["settings"]
@@ -33,6 +37,8 @@ def header(head):
         f"{s.get('pause_s', 0):g} s pause before each"
         + (" [--quick: tiny shapes, numbers meaningless]" if s["quick"] else ""),
         f"CPU: {m['cpu_model']} ({m['usable_cores']} usable cores; {' '.join(m['cpu_simd'])})",
+        *([f"luxlib memory cache: {_cache_state(m['luxlib_memory_cache_bytes'])} (outputs reuse freed "
+           "outputs' memory; LUXLIB_MEMORY_CACHE=0 times without it)"] if "luxlib_memory_cache_bytes" in m else []),
         *([f"device: cuda, {m['gpu']} ({m['gpu_memory_gib']} GiB), CuPy {m['cupy']}; the NumPy compositions "
            "do not take part"] if s.get("device") == "cuda" else []),
         f"copy bandwidth: {head['copy_bandwidth_gbs']:.1f} GB/s ({head['copy_bandwidth_method']})",

@@ -89,6 +89,7 @@ def machine_info(threads, torch=None):
         "numpy": np.__version__,
         "torch": None if torch is None else torch.__version__,
         "luxlib": luxlib.__version__,
+        "luxlib_memory_cache_bytes": luxlib.get_memory_cache_limit(),
         "luxlib_config": _show_config(),
         "threadpools": threadpool_info(),
         "env": {k: os.environ.get(k) for k in _ENV_VARS},
