@@ -199,3 +199,38 @@ def test_concurrent_calls_get_their_own_blocks():
         t.join()
     assert errors == []
     assert _memory.info()["idle_bytes"] <= 256 * MIB
+
+
+def test_random_allocations_from_threads_keep_their_contents():
+    luxlib.set_memory_cache_limit(24 * MIB)  # small: eviction happens too
+    errors = []
+
+    def churn(seed):
+        rng = np.random.default_rng(seed)
+        live = []
+        for step in range(300):
+            if live and rng.random() < 0.45:
+                a, tag = live.pop(int(rng.integers(len(live))))
+                if not (a == tag).all():
+                    errors.append((seed, step))
+            else:
+                size = int(rng.choice([100, 70_000, MIB // 4 - 3, MIB // 4 + 5, 3 * MIB // 4]))
+                make = (np.empty, np.zeros)[int(rng.integers(2))]
+                a = make(size, np.float32)
+                if rng.random() < 0.2:
+                    a.resize(size + int(rng.integers(1, MIB // 4)), refcheck=False)
+                tag = np.float32(seed * 1000 + step)
+                a.fill(tag)
+                live.append((a, tag))
+        for a, tag in live:
+            if not (a == tag).all():
+                errors.append((seed, "end"))
+
+    threads = [threading.Thread(target=_memory.run_cached, args=(churn, s)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    info = _memory.info()
+    assert info["hits"] > 0 and info["idle_bytes"] <= 24 * MIB and info["idle_blocks"] <= 64
