@@ -157,6 +157,44 @@ def test_matches_generic_large(dtype, act, shape, op, threads):
     check_against_generic(op, act, x, bias, dy)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 11, 31), (2, 17, 33, 37), (2100, 17)], ids=str)
+@pytest.mark.parametrize("alpha", [0.7, -0.7], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_celu_alpha_sign(dtype, alpha, shape, threads):
+    # the forward loops run celu with alpha > 0 under its own internal id (cheaper expm1)
+    threads(2)
+    act = activations.celu.with_params(alpha=alpha)
+    x, bias, dy = make_inputs(shape, dtype, seed=7)
+    for op in OPS:
+        check_against_generic(op, act, x, bias, dy)
+
+
+@pytest.mark.parametrize("n", [5000, 40000])
+@pytest.mark.parametrize("act", SOME_ACTS + [activations.swish, activations.tanh], ids=SOME_IDS + ["swish", "tanh"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_any_output_alignment(dtype, act, n, threads):
+    # a single row's blocks follow the output's cache lines: every offset of y and dx
+    # gives the same values, and nothing outside them is written
+    threads(2)
+    p = act.params[0] if act.params else 0.0
+    x, _, dy = make_inputs((n,), dtype, seed=8)
+    y_ref, (_, dx_ref) = reference(luxlib.fast_activation, (act, x), dy)
+    want = {}
+    for offset in range(16):
+        y, dx = (np.zeros(n + 16, dtype)[offset:offset + n] for _ in range(2))
+        x3, y3, dy3, dx3 = (a.reshape(1, -1, 1) for a in (x, y, dy, dx))
+        kernels.forward(act.id, p, x3, None, y3)
+        kernels.backward(act.id, p, y3 if act.output_only else x3, None, dy3, dx3, None)
+        for name, got in (("y", y), ("dx", dx)):
+            base = got.base
+            assert not base[:offset].any() and not base[offset + n:].any(), (name, offset)
+            if offset == 0:
+                want[name] = got.copy()
+            np.testing.assert_array_equal(got, want[name], err_msg=f"{name}, offset {offset}")
+    assert_close(want["y"], y_ref, x)
+    assert_close(want["dx"], dx_ref, x)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(3, 5, 7), (11, 4), (9,), (2, 17, 1000)], ids=str)
 @pytest.mark.parametrize("act", SOME_ACTS, ids=SOME_IDS)

@@ -1,6 +1,7 @@
 # Scalar activation math shared by every kernel that fuses an activation: the
 # table of luxlib.activations evaluated by id, its derivative from the output
-# (output-only activations) or from the input, and loops over contiguous runs.
+# (output-only activations) or from the input, and loops over contiguous runs (with
+# or without a bias added to the input inside the loop).
 #
 # The formulas are written once, in C, as a template over the element type
 # (LX_DEFINE_ACTIVATIONS below): float32 uses the vectorizable math of _fastmath.pxd,
@@ -8,8 +9,9 @@
 # operations, with NumPy's NaN rules, so NaN/Inf propagate exactly as on the generic
 # path (float32 evaluates gelu and mish in equivalent forms with one exp, chosen so that
 # NaN/Inf still land where the table's formula puts them: doc/build.md); branches are
-# written as selects (both sides computed) so that the loops vectorize. The run loops switch on the id once, outside the loop, and are compiled
-# in several instruction-set versions (LX_CLONES, see _fastmath.pxd).
+# written as selects (both sides computed) so that the loops vectorize. The run loops
+# switch on the id once, outside the loop, and are compiled in several instruction-set
+# versions (LX_CLONES, see _fastmath.pxd).
 
 from cython cimport floating
 
@@ -36,12 +38,30 @@ cdef extern from *:
     #define LX_FOR_IDS(M, S) M(0, S) M(1, S) M(2, S) M(3, S) M(4, S) M(5, S) M(6, S) \
         M(7, S) M(8, S) M(9, S) M(10, S) M(11, S) M(12, S) M(13, S) M(14, S) M(15, S) \
         M(16, S) M(17, S) M(18, S) M(19, S) M(20, S) M(21, S) M(22, S) M(23, S) M(24, S) M(25, S)
+    /* internal id of the forward loops: celu with alpha = p > 0 (the cheap expm1) */
+    #define LX_CELU_POS 26
+    #define LX_FORWARD_ID(act, p) ((act) == 5 && (p) > 0 ? LX_CELU_POS : (act))
     /* one loop per id: the id is a constant inside, so the switch in lx_act_* folds away */
-    #define LX_FORWARD_CASE(ID, S) case ID: \
-        for (i = 0; i < n; i++) y[i] = lx_act_##S(ID, z[i], p); break;
+    #define LX_FORWARD_LOOP(ID, S, Z) for (i = 0; i < n; i++) y[i] = lx_act_##S(ID, Z, p);
+    #define LX_FORWARD_CASE(ID, S) case ID: LX_FORWARD_LOOP(ID, S, z[i]) break;
+    /* the bias add inside the activation's loop: one pass, so the loads of x overlap
+       the math (a separate bias pass into an L1 buffer serializes memory and math) */
+    #define LX_FORWARD_BIAS_CASE(ID, S) case ID: \
+        if (bstride) LX_FORWARD_LOOP(ID, S, x[i] + b[i]) \
+        else LX_FORWARD_LOOP(ID, S, x[i] + b0) \
+        break;
     #define LX_BACKWARD_CASE(ID, S) case ID: \
         for (i = 0; i < n; i++) dz[i] = dy[i] * (LX_OUTPUT_ONLY(ID) \
             ? lx_dact_from_output_##S(ID, src[i], p) : lx_dact_from_input_##S(ID, src[i], p)); \
+        break;
+    /* the ids whose derivative needs the input */
+    #define LX_FOR_INPUT_IDS(M, S) M(7, S) M(8, S) M(9, S) M(16, S) M(17, S) M(18, S) \
+        M(19, S) M(20, S) M(21, S) M(22, S) M(23, S)
+    #define LX_BACKWARD_LOOP(ID, S, Z) \
+        for (i = 0; i < n; i++) dz[i] = dy[i] * lx_dact_from_input_##S(ID, Z, p);
+    #define LX_BACKWARD_BIAS_CASE(ID, S) case ID: \
+        if (bstride) LX_BACKWARD_LOOP(ID, S, x[i] + b[i]) \
+        else LX_BACKWARD_LOOP(ID, S, x[i] + b0) \
         break;
 
     /* The activation table for element type T (suffix S) over the math functions of
@@ -92,6 +112,7 @@ cdef extern from *:
         case 3: t = p * z; return z > 0 ? z : t;                  /* leakyrelu(a) */ \
         case 4: t = p * EXPM1_LO(z); return z >= 0 ? z : t;       /* elu(alpha) */ \
         case 5: return lx_celu_##S(z, p, p > 0);                  /* celu(alpha) */ \
+        case LX_CELU_POS: return lx_celu_##S(z, p, 1);            /* celu(alpha > 0) */ \
         case 6: t = (T)LUXLIB_SELU_ALPHA * EXPM1_LO(z);           /* selu */ \
             return (T)LUXLIB_SELU_LAMBDA * (z > 0 ? z : t); \
         case 8: return z / (T)2 * ((T)1 + ERF(z / (T)LUXLIB_SQRT2));   /* gelu_erf */ \
@@ -180,11 +201,17 @@ cdef extern from *:
     /* y[i] = act(z[i]); y may be z */ \
     static LX_CLONES void lx_forward_##S(int act, T p, const T* z, T* y, ptrdiff_t n) { \
         ptrdiff_t i; \
-        if (act == 5 && p > 0) {  /* celu: the usual alpha > 0 gets a loop with the cheap expm1 */ \
-            for (i = 0; i < n; i++) y[i] = lx_celu_##S(z[i], p, 1); \
-            return; \
-        } \
-        switch (act) { LX_FOR_IDS(LX_FORWARD_CASE, S) } \
+        switch (LX_FORWARD_ID(act, p)) { \
+            LX_FOR_IDS(LX_FORWARD_CASE, S) LX_FORWARD_CASE(LX_CELU_POS, S) } \
+    } \
+    \
+    /* y[i] = act(x[i] + b[i]) (bstride 1) or act(x[i] + b[0]) (bstride 0); y may be x */ \
+    static LX_CLONES void lx_forward_bias_##S(int act, T p, const T* x, const T* b, \
+                                              int bstride, T* y, ptrdiff_t n) { \
+        ptrdiff_t i; \
+        T b0 = b[0]; \
+        switch (LX_FORWARD_ID(act, p)) { \
+            LX_FOR_IDS(LX_FORWARD_BIAS_CASE, S) LX_FORWARD_BIAS_CASE(LX_CELU_POS, S) } \
     } \
     \
     /* dz[i] = dy[i] * act'(src[i]), src = y for output-only ids, else z; dz may be dy or src */ \
@@ -192,6 +219,15 @@ cdef extern from *:
                                           ptrdiff_t n) { \
         ptrdiff_t i; \
         switch (act) { LX_FOR_IDS(LX_BACKWARD_CASE, S) } \
+    } \
+    \
+    /* dz[i] = dy[i] * act'(x[i] + b[i]) (bstride 1) or act'(x[i] + b[0]) (bstride 0), for \
+       an act that needs the input (not LX_OUTPUT_ONLY); dz may be dy or x */ \
+    static LX_CLONES void lx_backward_bias_##S(int act, T p, const T* x, const T* b, \
+                                               int bstride, const T* dy, T* dz, ptrdiff_t n) { \
+        ptrdiff_t i; \
+        T b0 = b[0]; \
+        switch (act) { LX_FOR_INPUT_IDS(LX_BACKWARD_BIAS_CASE, S) } \
     }
 
     LX_DEFINE_ACTIVATIONS(float, f, 1, lx_expf_lo, lx_expm1f, lx_expm1f_lo, lx_log1pf_01,
@@ -208,10 +244,18 @@ cdef extern from *:
     double _dact_from_input_d "lx_dact_from_input_d"(int, double, double) noexcept nogil
     void _forward_f "lx_forward_f"(int, float, const float*, float*, Py_ssize_t) noexcept nogil
     void _forward_d "lx_forward_d"(int, double, const double*, double*, Py_ssize_t) noexcept nogil
+    void _forward_bias_f "lx_forward_bias_f"(int, float, const float*, const float*, int, float*,
+                                             Py_ssize_t) noexcept nogil
+    void _forward_bias_d "lx_forward_bias_d"(int, double, const double*, const double*, int,
+                                             double*, Py_ssize_t) noexcept nogil
     void _backward_f "lx_backward_f"(int, float, const float*, const float*, float*,
                                      Py_ssize_t) noexcept nogil
     void _backward_d "lx_backward_d"(int, double, const double*, const double*, double*,
                                      Py_ssize_t) noexcept nogil
+    void _backward_bias_f "lx_backward_bias_f"(int, float, const float*, const float*, int,
+                                               const float*, float*, Py_ssize_t) noexcept nogil
+    void _backward_bias_d "lx_backward_bias_d"(int, double, const double*, const double*, int,
+                                               const double*, double*, Py_ssize_t) noexcept nogil
 
 #: number of activation ids implemented (ids 0 .. N_ACTIVATIONS - 1)
 cdef enum:
@@ -257,6 +301,16 @@ cdef inline void act_forward_n(int act, floating p, const floating* z, floating*
         _forward_d(act, p, z, y, n)
 
 
+cdef inline void act_forward_bias_n(int act, floating p, const floating* x, const floating* b,
+                                    bint bstride, floating* y, Py_ssize_t n) noexcept nogil:
+    """``y[i] = act(x[i] + b[i])`` (``bstride``) or ``act(x[i] + b[0])`` for ``i < n``, in
+    one pass; ``y`` may be ``x``."""
+    if floating is float:
+        _forward_bias_f(act, p, x, b, bstride, y, n)
+    else:
+        _forward_bias_d(act, p, x, b, bstride, y, n)
+
+
 cdef inline void act_backward_n(int act, floating p, const floating* src, const floating* dy,
                                 floating* dz, Py_ssize_t n) noexcept nogil:
     """``dz[i] = dy[i] * act'`` for ``i < n``, from ``src`` = the output ``y`` when
@@ -265,3 +319,15 @@ cdef inline void act_backward_n(int act, floating p, const floating* src, const 
         _backward_f(act, p, src, dy, dz, n)
     else:
         _backward_d(act, p, src, dy, dz, n)
+
+
+cdef inline void act_backward_bias_n(int act, floating p, const floating* x, const floating* b,
+                                     bint bstride, const floating* dy, floating* dz,
+                                     Py_ssize_t n) noexcept nogil:
+    """``dz[i] = dy[i] * act'(x[i] + b[i])`` (``bstride``) or ``act'(x[i] + b[0])`` for
+    ``i < n``, in one pass, for an ``act`` that needs the input (not ``_output_only``);
+    ``dz`` may be ``dy`` or ``x``."""
+    if floating is float:
+        _backward_bias_f(act, p, x, b, bstride, dy, dz, n)
+    else:
+        _backward_bias_d(act, p, x, b, bstride, dy, dz, n)

@@ -3,11 +3,15 @@
 ``x`` is viewed as a C-contiguous ``(N, C, S)`` array (S = product of the spatial
 axes) and ``bias`` as ``(C,)``. The activation is chosen by its id, the position in
 ``luxlib.activations._TABLE``, evaluated by the vectorized run loops of
-``_activation.pxd`` on each block (the bias is added first, into the output buffer
-while it sits in L1). The ``db`` reduction accumulates in float64.
+``_activation.pxd`` on each block, with the bias added inside the activation's loop
+(one pass over ``x``: its loads overlap the math; the backward pass recomputes
+``z = x + bias`` the same way). ``db`` is summed from the block of ``dx`` while it
+sits in L1, accumulating in float64.
 
 Parallelism: the work is cut into blocks of at most ``BLOCK`` contiguous elements
-sharing one bias pattern; blocks are spread over threads with a static schedule.
+sharing one bias pattern (a single row, such as ``fast_activation``'s, has its blocks
+start on cache lines of the output, except when they group ``db`` sums); blocks are
+spread over threads with a static schedule.
 ``db`` is summed per thread and the per-thread sums are added in thread order, so
 the result is deterministic for a given thread count.
 """
@@ -17,7 +21,8 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from ._activation cimport N_ACTIVATIONS as _N_IDS, _output_only, act_backward_n, act_forward_n
+from ._activation cimport (N_ACTIVATIONS as _N_IDS, _output_only, act_backward_bias_n,
+                          act_backward_n, act_forward_bias_n, act_forward_n)
 from ._fastmath cimport fastmath_n
 from ._openmp_helpers cimport num_threads_for
 
@@ -35,14 +40,23 @@ cdef struct Geometry:
     Py_ssize_t C, S   # channels, elements per (sample, channel)
     Py_ssize_t L      # length of a row: C when S == 1 (bias varies along it), else S
     Py_ssize_t nb     # blocks per row
+    Py_ssize_t shift  # a row's first block is this much shorter
 
 
-cdef Geometry _geometry(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
+cdef Geometry _geometry(Py_ssize_t C, Py_ssize_t S, Py_ssize_t total, const void* out,
+                        Py_ssize_t size) noexcept nogil:
+    """Blocks of ``total`` elements viewed as ``(N, C, S)``. When they form one row (as
+    in ``fast_activation``) and ``out`` is not NULL, the row's first block is shortened
+    so that the others start on cache lines of ``out``: the vector loops' accesses then
+    do not straddle lines (NumPy's large arrays start 16 bytes past one)."""
     cdef Geometry g
     g.C = C
     g.S = S
     g.L = C if S == 1 else S
-    g.nb = (g.L + BLOCK - 1) // BLOCK
+    g.shift = 0
+    if g.L == total and out != NULL and <size_t>out % size == 0:
+        g.shift = (<size_t>out % 64) // size
+    g.nb = (g.L + g.shift + BLOCK - 1) // BLOCK
     return g
 
 
@@ -50,22 +64,10 @@ cdef inline Py_ssize_t _block(const Geometry* g, Py_ssize_t u, Py_ssize_t* start
                               Py_ssize_t* n) noexcept nogil:
     """Set the element range of block ``u``; return the channel of its first element."""
     cdef Py_ssize_t row = u // g.nb, k = u % g.nb
-    start[0] = row * g.L + k * BLOCK
-    n[0] = min(<Py_ssize_t>BLOCK, g.L - k * BLOCK)
-    return k * BLOCK if g.S == 1 else row % g.C
-
-
-cdef inline void _add_bias(const floating* x, const floating* bias, Py_ssize_t bstride,
-                           floating* z, Py_ssize_t n) noexcept nogil:
-    """``z = x + bias``, one bias per element (``bstride`` 1) or one for all (0)."""
-    cdef Py_ssize_t i
-    cdef floating b = bias[0]
-    if bstride:
-        for i in range(n):
-            z[i] = x[i] + bias[i]
-    else:
-        for i in range(n):
-            z[i] = x[i] + b
+    cdef Py_ssize_t a = max(k * BLOCK - g.shift, 0), b = min((k + 1) * BLOCK - g.shift, g.L)
+    start[0] = row * g.L + a
+    n[0] = b - a
+    return a if g.S == 1 else row % g.C
 
 
 cdef inline double _sum(const floating* a, Py_ssize_t n) noexcept nogil:
@@ -92,8 +94,7 @@ cdef void _forward_block(int act, floating p, const floating* x, const floating*
     if bias == NULL:
         act_forward_n(act, p, x, y, n)
     else:
-        _add_bias(x, bias + c, g.S == 1, y, n)
-        act_forward_n(act, p, y, y, n)
+        act_forward_bias_n(act, p, x, bias + c, g.S == 1, y, n)
 
 
 cdef void _backward_block(int act, floating p, const floating* src, const floating* bias,
@@ -107,9 +108,8 @@ cdef void _backward_block(int act, floating p, const floating* src, const floati
     dx += start
     if bias == NULL:
         act_backward_n(act, p, src, dy, dx, n)
-    else:  # z = x + bias, recomputed into dx
-        _add_bias(src, bias + c, g.S == 1, dx, n)
-        act_backward_n(act, p, dx, dy, dx, n)
+    else:  # z = x + bias recomputed in the loop
+        act_backward_bias_n(act, p, src, bias + c, g.S == 1, dy, dx, n)
     if acc == NULL:
         return
     if g.S == 1:
@@ -164,13 +164,13 @@ def forward(int act, double p, const floating[:, :, ::1] x, const floating[::1] 
     cdef Py_ssize_t total = x.shape[0] * x.shape[1] * x.shape[2]
     if total == 0:
         return
-    cdef Geometry g = _geometry(x.shape[1], x.shape[2])
+    cdef floating* py = &y[0, 0, 0]
+    cdef Geometry g = _geometry(x.shape[1], x.shape[2], total, py, sizeof(floating))
     cdef Py_ssize_t units = (total // g.L) * g.nb, u
     cdef int nt = num_threads_for(total)
     cdef floating fp = <floating>p
     cdef const floating* px = &x[0, 0, 0]
     cdef const floating* pb = NULL
-    cdef floating* py = &y[0, 0, 0]
     if bias is not None:
         pb = &bias[0]
     with nogil:
@@ -203,7 +203,11 @@ def backward(int act, double p, const floating[:, :, ::1] src, const floating[::
         if db is not None:
             db[:] = 0
         return
-    cdef Geometry g = _geometry(C, src.shape[2])
+    cdef floating* pdx = &dx[0, 0, 0]
+    # blocks that follow dx's alignment only without db: they group its sums, which must
+    # not depend on where dx lies
+    cdef Geometry g = _geometry(C, src.shape[2], total, pdx if db is None else NULL,
+                                sizeof(floating))
     cdef Py_ssize_t units = (total // g.L) * g.nb, u
     cdef int nt = num_threads_for(total)
     cdef Py_ssize_t stride = (C + PAD - 1) // PAD * PAD
@@ -214,7 +218,6 @@ def backward(int act, double p, const floating[:, :, ::1] src, const floating[::
     cdef const floating* ps = &src[0, 0, 0]
     cdef const floating* pb = NULL
     cdef const floating* pdy = &dy[0, 0, 0]
-    cdef floating* pdx = &dx[0, 0, 0]
     cdef double s
     if bias is not None and not _output_only(act):
         pb = &bias[0]
