@@ -146,7 +146,7 @@ def test_odd_sizes(case, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile_bytes", [1, 200, 1000])
-@pytest.mark.parametrize("geometry", ["1d-pad-stride-dil", "2d-asym", "2d-1x1", "3d"])
+@pytest.mark.parametrize("geometry", ["1d-pad-stride-dil", "2d-asym", "2d-same-stride", "2d-1x1", "3d"])
 def test_small_tiles(geometry, tile_bytes, dtype, monkeypatch):
     """Tiles of 1 and of a few output positions, not dividing the positions or rows."""
     monkeypatch.setattr(glue, "_TILE_BYTES", tile_bytes)
@@ -198,6 +198,123 @@ def test_threads(case, dtype, threads):
     assert_close(g2[1], g1[1], dtype)
     if case.startswith("depthwise"):
         np.testing.assert_array_equal(g1[1], g2[1])
+
+
+def scheme(w, x, cd):
+    """The depthwise scheme the kernels run for this call."""
+    plan = glue._Plan(w, x, cd)
+    return kernels.depthwise_scheme(plan.x.shape, plan.w.shape, plan.y5, *plan.options, plan.flip)
+
+
+# the direct depthwise scheme (1-D/2-D, unit stride, output rows as wide as the input rows,
+# compiled kernel shapes): edge columns and rows, rows narrower than the kernel, asymmetric
+# and one-sided paddings (the output taller or shorter than the input), dilation, flip,
+# channel multiplier, 5x5, 7x7 and 1-D kernels
+DIRECT = {
+    "3x3-pad1": ((3, 1, 1), 3, dict(padding=1)),
+    "3x3-asym": ((3, 1, 1), 3, dict(padding=((2, 0), (0, 2)))),
+    "3x3-rows-unpadded": ((3, 1, 1), 3, dict(padding=((0, 0), (2, 0)))),
+    "3x3-tall-pad": ((3, 1, 1), 3, dict(padding=((4, 1), (1, 1)))),
+    "3x3-dil-flip-mult": ((3, 2, 1), 3, dict(padding=((1, 3), (2, 2)), dilation=2, cross_correlation=False)),
+    "5x5-pad2": ((2, 1, 2), 5, dict(padding=2)),
+    "5x5-asym-flip": ((2, 1, 2), 5, dict(padding=((0, 2), (3, 1)), cross_correlation=False)),
+    "7x7-pad3": ((2, 1, 3), 7, dict(padding=3)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (2, 3), (2, 17), (5, 33), (9, 8)], ids=str)
+@pytest.mark.parametrize("case", list(DIRECT))
+def test_depthwise_direct(case, hw, dtype):
+    (c, mult, n), k, options = DIRECT[case]
+    pad = options["padding"]
+    lo, hi = pad[0] if isinstance(pad, tuple) else (pad, pad)
+    h = max(hw[0], options.get("dilation", 1) * (k - 1) + 1 - lo - hi)  # a positive output height
+    xs, ws = (n, c, h, hw[1]), (c * mult, 1, k, k)
+    cd = ConvDims(xs, ws, groups=c, **options)
+    w, x, b = inputs(xs, ws, dtype)
+    assert scheme(w, x, cd) == "direct"
+    for act, bias in ((activations.relu, b), (activations.gelu, b), (activations.identity, None)):
+        compare(act, w, x, bias, cd, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k, padding", [(3, 1), (3, (0, 2)), (5, 2), (7, 3)])
+@pytest.mark.parametrize("length", [1, 2, 17, 1023])
+def test_depthwise_direct_1d(length, k, padding, dtype):
+    xs, ws = (2, 3, length), (3, 1, k)
+    cd = ConvDims(xs, ws, groups=3, padding=(padding,))
+    w, x, b = inputs(xs, ws, dtype)
+    assert scheme(w, x, cd) == ("direct" if k == 3 else "flat")  # (1, k): 3 is compiled
+    compare(activations.swish, w, x, b, cd, dtype)
+
+
+def test_depthwise_schemes():
+    """Forms outside the direct scheme keep the padded flat or per-row ones."""
+    cases = [
+        ((2, 3, 9, 8), (3, 1, 3, 3), dict(padding=0), "flat"),  # output rows narrower
+        ((2, 3, 9, 8), (3, 1, 3, 2), dict(padding=((1, 1), (1, 0))), "flat"),  # 3x2: not compiled
+        ((2, 3, 9, 8), (3, 1, 3, 3), dict(padding=1, stride=(2, 1)), "rows"),
+        ((2, 3, 5, 4, 6), (3, 1, 1, 3, 3), dict(padding=(0, 1, 1)), "flat"),  # 3-D
+    ]
+    for xs, ws, options, want in cases:
+        w, x, _ = inputs(xs, ws, np.float32)
+        assert scheme(w, x, ConvDims(xs, ws, groups=3, **options)) == want
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_direct_threads(dtype, threads):
+    """Above the serial threshold: every output and gradient identical for 1 and 2 threads."""
+    xs, ws = (6, 16, 15, 17), (32, 1, 3, 3)
+    cd = ConvDims(xs, ws, groups=16, padding=((1, 2), (1, 1)))
+    w, x, b = inputs(xs, ws, dtype)
+    assert scheme(w, x, cd) == "direct"
+    results = []
+    for n in (1, 2):
+        threads(n)
+        assert glue._Plan(w, x, cd).nt == luxlib.get_num_threads()
+        results.append(compare("gelu", w, x, b, cd, dtype))
+    (y1, g1), (y2, g2) = results
+    np.testing.assert_array_equal(y1, y2)
+    for a, b_ in zip(g1[1:], g2[1:]):
+        np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_direct_in_sample_blocks(dtype, threads):
+    """512 channels x (49 + 1) float64 gradient partials per sample: 4 MB hold 20 samples,
+    so a batch of 45 runs in blocks of 20, 20 and 5; same results for 1 and 2 threads."""
+    xs, ws = (45, 512, 4, 5), (512, 1, 7, 7)
+    cd = ConvDims(xs, ws, groups=512, padding=3)
+    w, x, b = inputs(xs, ws, dtype)
+    assert scheme(w, x, cd) == "direct"
+    results = []
+    for n in (1, 2):
+        threads(n)
+        results.append(compare(activations.relu, w, x, b, cd, dtype))
+    for a, b_ in zip(results[0][1][1:], results[1][1][1:]):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_depthwise_direct_nan_inf_stay_in_their_rows():
+    """A dropped tap reads the neighbouring row's edge value: Inf/NaN there must not leak."""
+    xs, ws = (1, 2, 4, 5), (2, 1, 3, 3)
+    w, x, b = inputs(xs, ws, np.float64)
+    x[0, 0, 1, 4], x[0, 1, 2, 0] = np.inf, np.nan  # last / first column
+    cd = ConvDims(xs, ws, groups=2, padding=1)
+    assert scheme(w, x, cd) == "direct"
+    y, pullback = luxlib.vjp(conv, "identity", w, x, b, cd)
+    dy = np.ones_like(y)
+    dy[0, 0, 2, 4], dy[0, 1, 0, 0] = np.inf, np.nan
+    dx = pullback(dy)[2]
+    with luxlib.backend("generic"), np.errstate(invalid="ignore"):  # its dweight: inf - inf
+        ref, ref_pullback = luxlib.vjp(conv, "identity", w, x, b, cd)
+        ref_dx = ref_pullback(dy)[2]
+    for got, want in ((y, ref), (dx, ref_dx)):
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        assert not np.isfinite(got).all()
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12, atol=1e-12)
 
 
 def test_small_input_runs_serially():
@@ -295,4 +412,12 @@ def test_kernel_rejects_bad_arguments():
     dw = np.empty((3, 1, 1, 1, 3))
     xd, wd, yd = x[:, :1].repeat(3, axis=1), np.ascontiguousarray(w[:, :1]), np.empty((1, 3, 1, 1, 3))
     with pytest.raises(ValueError, match="do not fit"):
-        kernels.depthwise_backward(xd, wd, yd[:, :2], np.empty_like(xd), dw, *opts, False, 1)
+        kernels.depthwise_backward(1, 0.0, yd[:, :2], yd[:, :2], xd, wd, np.empty_like(xd), dw, None,
+                                   *opts, False, 1)
+    with pytest.raises(ValueError, match="shapes"):
+        kernels.depthwise_backward(1, 0.0, yd, np.empty((1, 3, 1, 1, 2)), xd, wd, np.empty_like(xd), dw, None,
+                                   *opts, False, 1)
+    with pytest.raises(ValueError, match="C_out"):
+        kernels.depthwise_backward(1, 0.0, yd, yd, xd, wd, np.empty_like(xd), dw, np.empty(2), *opts, False, 1)
+    with pytest.raises(ValueError, match="activation id"):
+        kernels.depthwise_backward(99, 0.0, yd, yd, xd, wd, np.empty_like(xd), dw, None, *opts, False, 1)

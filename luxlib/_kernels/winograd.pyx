@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) forward of a 2-D 3x3 convolution (stride 1, dilation 1, one group).
+"""Winograd F(2x2, 3x3) of a 2-D 3x3 convolution (stride 1, dilation 1, one group).
 
 ``x`` is a C-contiguous ``(N, C_in, H, W)`` array, ``weight`` ``(C_out, C_in, 3, 3)``
 and the output ``(N, C_out, OH, OW)``; input row ``oh + kh - lo_h`` feeds output row
@@ -12,6 +12,13 @@ With the transforms of Lavin & Gray (2016):
   then 16 BLAS gemms ``M[k] = U[k] @ V[k]``, then ``Y = A^T m A`` (2x2 outputs per tile,
   the ragged last row/column dropped) + bias into ``z`` and ``y = act(z)`` per output
   plane while it is in cache.
+
+The data gradient of such a convolution is one too (:func:`forward` of the output gradient
+with the transposed, flipped weight, no bias, identity activation, leading padding
+``2 - lo``): the glue calls it with ``w`` a transposed view, read through its strides.
+The filter gradient (:func:`filter_gradient`) backpropagates through the algorithm:
+``dU[k] += dM[k] @ V[k]^T`` with ``dM = A dY A^T`` of the output-gradient tiles, then
+``dw = G^T dU G``.
 
 Threads: samples are spread over threads (static schedule), each with its own ``V`` and
 ``M`` (``16 (C_in + C_out) T`` elements); BLAS must then be single-threaded (the caller
@@ -33,17 +40,20 @@ cdef struct WGeom:
 
 
 cdef void _filters(const floating* w, floating* u, Py_ssize_t Co, Py_ssize_t Ci,
-                   bint flip) noexcept nogil:
-    """``u[k, o, c] = (G g G^T)[k // 4, k % 4]`` of filter ``g = w[o, c]`` (flipped if asked)."""
+                   const Py_ssize_t* st, bint flip) noexcept nogil:
+    """``u[k, o, c] = (G g G^T)[k // 4, k % 4]`` of filter ``g = w[o, c]`` (flipped if asked);
+    ``w[o, c, a, b]`` is ``w[o * st[0] + c * st[1] + a * st[2] + b * st[3]]`` (any view)."""
     cdef Py_ssize_t o, c, a, b
     cdef double g[3][3]
     cdef double t[4][3]
     cdef double r[4][4]
+    cdef const floating* f
     for o in range(Co):
         for c in range(Ci):
+            f = w + o * st[0] + c * st[1]
             for a in range(3):
                 for b in range(3):
-                    g[a][b] = w[(o * Ci + c) * 9 + (8 - 3 * a - b if flip else 3 * a + b)]
+                    g[a][b] = f[(2 - a) * st[2] + (2 - b) * st[3] if flip else a * st[2] + b * st[3]]
             for b in range(3):  # t = G g
                 t[0][b] = g[0][b]
                 t[1][b] = (g[0][b] + g[1][b] + g[2][b]) * 0.5
@@ -163,11 +173,100 @@ cdef void _sample(int act, floating p, const floating* x, const floating* u,
     _outputs(act, p, m, bias, z, y, buf, g)
 
 
+cdef void _grad_outputs(const floating* dz, floating* dm, floating* buf,
+                        const WGeom* g) noexcept nogil:
+    """``dm[k, o, t] = (A dY A^T)[k // 4, k % 4]`` of every 2x2 output-gradient tile ``dY``
+    of one sample (zero outside the output): the adjoint of ``A^T m A``.
+
+    Per row of tiles: ``A dY`` row-wise into the 4 rows of ``buf`` (``4 (2 TW)``), then
+    ``(.) A^T`` over the whole row of tiles (stride-2 loads, contiguous stores)."""
+    cdef Py_ssize_t o, th, tw, i, j, L = 2 * g.TW, OT = g.Co * g.T
+    cdef floating* q0 = buf
+    cdef floating* q1 = buf + L
+    cdef floating* q2 = buf + 2 * L
+    cdef floating* q3 = buf + 3 * L
+    cdef floating* q
+    cdef floating* dr
+    cdef const floating* r0
+    cdef const floating* r1
+    for o in range(g.Co):
+        for th in range(g.TH):
+            r0 = dz + (o * g.OH + 2 * th) * g.OW
+            if 2 * th + 1 < g.OH:
+                r1 = r0 + g.OW
+                for j in range(g.OW):
+                    q0[j] = r0[j]
+                    q1[j] = r0[j] + r1[j]
+                    q2[j] = r0[j] - r1[j]
+                    q3[j] = -r1[j]
+            else:  # the ragged last row of tiles
+                for j in range(g.OW):
+                    q0[j] = r0[j]
+                    q1[j] = r0[j]
+                    q2[j] = r0[j]
+                    q3[j] = 0
+            if g.OW < L:  # the ragged last column
+                q0[L - 1] = q1[L - 1] = q2[L - 1] = q3[L - 1] = 0
+            for i in range(4):
+                q = buf + i * L
+                dr = dm + 4 * i * OT + o * g.T + th * g.TW
+                for tw in range(g.TW):
+                    dr[tw] = q[2 * tw]
+                for tw in range(g.TW):
+                    dr[OT + tw] = q[2 * tw] + q[2 * tw + 1]
+                for tw in range(g.TW):
+                    dr[2 * OT + tw] = q[2 * tw] - q[2 * tw + 1]
+                for tw in range(g.TW):
+                    dr[3 * OT + tw] = -q[2 * tw + 1]
+
+
+cdef void _grad_sample(const floating* x, const floating* dz, floating* du, floating* ws,
+                       const WGeom* g) noexcept nogil:
+    """Adds one sample's ``dU[k] += dM[k] @ V[k]^T`` into ``du``; ``ws`` as :func:`_sample`."""
+    cdef Py_ssize_t k
+    cdef floating* v = ws
+    cdef floating* dm = ws + 16 * g.Ci * g.T
+    cdef floating* buf = dm + 16 * g.Co * g.T
+    _inputs(x, v, buf, g)
+    _grad_outputs(dz, dm, buf, g)
+    for k in range(16):
+        gemm(False, True, g.Co, g.Ci, g.T, <floating>1, dm + k * g.Co * g.T, g.T,
+             v + k * g.Ci * g.T, g.T, <floating>1, du + k * g.Co * g.Ci, g.Ci)
+
+
+cdef void _filters_adjoint(const floating* du, Py_ssize_t nt, floating* dw, Py_ssize_t Co,
+                           Py_ssize_t Ci, bint flip) noexcept nogil:
+    """``dw[o, c] = G^T dU[o, c] G`` (the adjoint of :func:`_filters`; flipped back if asked)
+    of the sum of the ``nt`` per-thread ``du`` (``16 Co Ci`` each), in float64."""
+    cdef Py_ssize_t o, c, a, b, t, n = 16 * Co * Ci
+    cdef double d[4][4]
+    cdef double r[3][4]
+    cdef double e[3][3]
+    for o in range(Co):
+        for c in range(Ci):
+            for a in range(4):
+                for b in range(4):
+                    d[a][b] = 0
+                    for t in range(nt):
+                        d[a][b] += du[t * n + ((4 * a + b) * Co + o) * Ci + c]
+            for b in range(4):  # r = G^T d
+                r[0][b] = d[0][b] + (d[1][b] + d[2][b]) * 0.5
+                r[1][b] = (d[1][b] - d[2][b]) * 0.5
+                r[2][b] = (d[1][b] + d[2][b]) * 0.5 + d[3][b]
+            for a in range(3):  # e = r G
+                e[a][0] = r[a][0] + (r[a][1] + r[a][2]) * 0.5
+                e[a][1] = (r[a][1] - r[a][2]) * 0.5
+                e[a][2] = (r[a][1] + r[a][2]) * 0.5 + r[a][3]
+            for a in range(3):
+                for b in range(3):
+                    dw[(o * Ci + c) * 9 + (8 - 3 * a - b if flip else 3 * a + b)] = <floating>e[a][b]
+
+
 cdef inline Py_ssize_t _ws_len(const WGeom* g) noexcept nogil:
     return 16 * (g.Ci + g.Co) * g.T + max(4 * (2 * g.TW + 2), 8 * g.TW)
 
 
-def forward(int act, double p, const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+def forward(int act, double p, const floating[:, :, :, ::1] x, const floating[:, :, :, :] w,
             const floating[::1] bias, floating[:, :, :, ::1] z, floating[:, :, :, ::1] y,
             tuple lo, bint flip, int nt):
     """``z = conv(x, w) + bias`` and ``y = act(z)`` (``z`` may be ``y``) by Winograd F(2x2, 3x3).
@@ -180,6 +279,7 @@ def forward(int act, double p, const floating[:, :, :, ::1] x, const floating[:,
         The activation's parameter (ignored by activations without one).
     x : ndarray, shape (N, C_in, H, W)
     w : ndarray, shape (C_out, C_in, 3, 3)
+        Any strided view (the data gradient passes the transposed weight).
     bias : ndarray, shape (C_out,), or None
     z, y : ndarray, shape (N, C_out, OH, OW)
         Outputs: the pre-activation and the activation (may be the same array).
@@ -216,8 +316,12 @@ def forward(int act, double p, const floating[:, :, :, ::1] x, const floating[:,
     cdef floating* pu = &u[0]
     cdef floating* pws = &ws[0, 0]
     cdef Py_ssize_t xst = g.Ci * g.IH * g.IW, yst = g.Co * g.OH * g.OW, wst = ws.shape[1]
+    cdef Py_ssize_t wstr[4]  # the weight's strides in elements
+    cdef int i
+    for i in range(4):
+        wstr[i] = w.strides[i] // <Py_ssize_t>sizeof(floating)
     with nogil:
-        _filters(&w[0, 0, 0, 0], pu, g.Co, g.Ci, flip)
+        _filters(&w[0, 0, 0, 0], pu, g.Co, g.Ci, wstr, flip)
         if nt == 1:
             for n in range(N):
                 _sample(act, fp, px + n * xst, pu, pb, pz + n * yst, py + n * yst, pws, &g)
@@ -225,3 +329,53 @@ def forward(int act, double p, const floating[:, :, :, ::1] x, const floating[:,
             for n in prange(N, num_threads=nt, schedule="static"):
                 _sample(act, fp, px + n * xst, pu, pb, pz + n * yst, py + n * yst,
                         pws + threadid() * wst, &g)
+
+
+def filter_gradient(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dz,
+                    floating[:, :, :, ::1] dw, tuple lo, bint flip, int nt):
+    """``dw`` of the convolution of :func:`forward` for the gradient ``dz`` of its output.
+
+    Backpropagates through the Winograd algorithm: per sample, ``V[k] = B^T d B`` as in the
+    forward, ``dM[k] = A dY A^T`` of the 2x2 tiles of ``dz`` and 16 BLAS gemms
+    ``dU[k] += dM[k] @ V[k]^T`` (``k = T``: 2.25x fewer multiplies than im2col's), into
+    per-thread accumulators summed in thread order (deterministic for a given thread
+    count), then ``dw = G^T dU G`` in float64.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    dz : ndarray, shape (N, C_out, OH, OW)
+    dw : ndarray, shape (C_out, C_in, 3, 3)
+        Output.
+    lo, flip, nt
+        As for :func:`forward`.
+    """
+    cdef WGeom g
+    g.Co, g.Ci, g.IH, g.IW = dz.shape[1], x.shape[1], x.shape[2], x.shape[3]
+    g.OH, g.OW = dz.shape[2], dz.shape[3]
+    g.lh, g.lw = lo
+    if (dz.shape[0] != x.shape[0] or dw.shape[0] != g.Co or dw.shape[1] != g.Ci
+            or dw.shape[2] != 3 or dw.shape[3] != 3 or nt < 1 or g.Ci == 0 or g.Co == 0
+            or g.OH == 0 or g.OW == 0):
+        raise ValueError("winograd: x, dz and dw do not fit (or are empty)")
+    cdef Py_ssize_t N = x.shape[0], n
+    g.TH, g.TW = (g.OH + 1) // 2, (g.OW + 1) // 2
+    g.T = g.TH * g.TW
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] du = np.zeros((nt, 16 * g.Co * g.Ci), dtype)
+    cdef floating[:, ::1] ws = np.empty((nt, _ws_len(&g)), dtype)
+    cdef const floating* px = &x[0, 0, 0, 0]
+    cdef const floating* pdz = &dz[0, 0, 0, 0]
+    cdef floating* pdu = &du[0, 0]
+    cdef floating* pws = &ws[0, 0]
+    cdef Py_ssize_t xst = g.Ci * g.IH * g.IW, yst = g.Co * g.OH * g.OW, wst = ws.shape[1]
+    cdef Py_ssize_t ust = du.shape[1]
+    with nogil:
+        if nt == 1:
+            for n in range(N):
+                _grad_sample(px + n * xst, pdz + n * yst, pdu, pws, &g)
+        else:
+            for n in prange(N, num_threads=nt, schedule="static"):
+                _grad_sample(px + n * xst, pdz + n * yst, pdu + threadid() * ust,
+                             pws + threadid() * wst, &g)
+        _filters_adjoint(pdu, nt, &dw[0, 0, 0, 0], g.Co, g.Ci, flip)

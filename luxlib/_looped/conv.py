@@ -4,10 +4,11 @@ Glue around :mod:`luxlib._kernels.conv`: every convolution runs as a 3-D one (1-
 2-D get leading unit spatial axes), on C-contiguous arrays (non-contiguous inputs are
 copied once). Depthwise convolutions (``groups == C_in > 1``) run the direct kernel,
 everything else im2col tiles + BLAS gemm (1x1 with unit stride and no padding: gemm on
-``x`` itself). Large enough 2-D 3x3 stride-1 single-group convolutions run their forward
-by Winograd F(2x2, 3x3) (:mod:`luxlib._kernels.winograd`). The reverse pass first forms
-``dz = dy * act'`` and the bias gradient in one pass with the activation kernel, then the
-conv kernels give ``dx`` and ``dweight``.
+``x`` itself). Large enough 2-D 3x3 stride-1 single-group convolutions run their forward,
+data and filter gradients by Winograd F(2x2, 3x3) (:mod:`luxlib._kernels.winograd`). The
+reverse pass first forms ``dz = dy * act'`` and the bias gradient in one pass with the
+activation kernel, then the conv kernels give ``dx`` and ``dweight`` (depthwise: its
+kernel forms ``dz`` and the bias gradient itself, per plane).
 """
 
 import contextlib
@@ -22,7 +23,7 @@ from .._threads import single_threaded_blas
 
 # bytes of one im2col (or col2im) tile; each thread holds one (two in the reverse pass)
 _TILE_BYTES = 4 << 20
-# Winograd F(2x2, 3x3) forward from these channel counts and output sizes up (below them
+# Winograd F(2x2, 3x3) from these channel counts and output sizes up (below them
 # the transforms cost more than the gemm saves; doc/conv.md)
 _WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_MIN_OUT = 8
@@ -60,7 +61,8 @@ class _Plan:
         positions = int(np.prod(self.y5[2:]))
         macs = n * weight.shape[0] * positions * taps
         # depthwise: parallel over (sample, channel) planes forward, input channels in
-        # reverse (there are fewer of those); gemm: over samples
+        # reverse (the direct scheme's reverse: (sample, input channel) planes), decided
+        # on the input channels, the fewest of those units; gemm: over samples
         self.nt = kernels.threads(macs, c if self.depthwise else n)
         self.pc = max(1, min(positions, _TILE_BYTES // (taps * x.dtype.itemsize)))
         one_by_one = (
@@ -69,15 +71,17 @@ class _Plan:
             and all(p == (0, 0) for p in cdims.padding)
         )
         self.tile = 0 if one_by_one else taps * self.pc
-        self.winograd = (
+        winograd_ok = (
             cdims.spatial_dims == 2
             and weight.shape[2:] == (3, 3)
             and self.groups == 1
             and all(s == 1 for s in cdims.stride)
             and all(d == 1 for d in cdims.dilation)
             and min(weight.shape[:2]) >= _WINOGRAD_MIN_CHANNELS
-            and min(self.y_shape[2:]) >= _WINOGRAD_MIN_OUT
         )
+        self.winograd = winograd_ok and min(self.y_shape[2:]) >= _WINOGRAD_MIN_OUT
+        # the data gradient is a 3x3 stride-1 conv too, whose output is x
+        self.winograd_dx = winograd_ok and min(x.shape[2:]) >= _WINOGRAD_MIN_OUT
 
     def blas_threads(self):
         """One BLAS thread inside the kernels' OpenMP regions (they call BLAS per thread)."""
@@ -91,7 +95,7 @@ class _Plan:
             kernels.depthwise_forward(act.id, _param(act), self.x, self.w, bias, z, y,
                                       *self.options, self.flip, self.nt)
             return
-        if self.winograd:  # forward only: the reverse pass stays on the gemm kernels
+        if self.winograd:
             with self.blas_threads():
                 winograd.forward(act.id, _param(act), self.x[:, :, 0], self.w[:, :, 0], bias,
                                  z[:, :, 0], y[:, :, 0], self.options[2][1:], self.flip, self.nt)
@@ -102,18 +106,39 @@ class _Plan:
                                  *self.options, self.groups, self.flip, self.nt)
 
     def backward(self, dz):
-        """``(dweight, dx)`` in the caller's shapes for the cotangent ``dz`` (``y5``-shaped)."""
+        """``(dweight, dx)`` in the caller's shapes for the cotangent ``dz`` (``y5``-shaped)
+        of a gemm-scheme conv: im2col/col2im + gemm, or Winograd where it qualifies: ``dx``
+        when ``x`` is large enough, ``dweight`` too when ``y`` also is (doc/conv.md)."""
         dx = np.empty_like(self.x)
         dw = np.empty_like(self.w)
-        if self.depthwise:
-            kernels.depthwise_backward(self.x, self.w, dz, dx, dw, *self.options, self.flip,
-                                       self.nt)
-        else:
-            ws = np.empty((self.nt, 2 * self.tile), self.x.dtype)
-            dwacc = np.empty((self.nt, self.w.size), self.x.dtype)
-            with self.blas_threads():
-                kernels.gemm_backward(self.x, self.w, dz, dx, dw, ws, dwacc, self.pc, *self.options,
-                                      self.groups, self.flip, self.nt)
+        lo = self.options[2][1:]
+        wino_dw = self.winograd and self.winograd_dx
+        with self.blas_threads():
+            if wino_dw:
+                winograd.filter_gradient(self.x[:, :, 0], dz[:, :, 0], dw[:, :, 0], lo, self.flip,
+                                         self.nt)
+            else:
+                ws = np.empty((self.nt, (1 if self.winograd_dx else 2) * self.tile), self.x.dtype)
+                dwacc = np.empty((self.nt, self.w.size), self.x.dtype)
+                kernels.gemm_backward(self.x, self.w, dz, None if self.winograd_dx else dx, dw,
+                                      ws, dwacc, self.pc, *self.options, self.groups, self.flip,
+                                      self.nt)
+            if self.winograd_dx:
+                # dx = dz cross-correlated with the flipped, in/out-transposed weight,
+                # leading padding 2 - lo
+                dx2 = dx[:, :, 0]
+                winograd.forward(0, 0.0, dz[:, :, 0], self.w[:, :, 0].transpose(1, 0, 2, 3), None,
+                                 dx2, dx2, (2 - lo[0], 2 - lo[1]), not self.flip, self.nt)
+        return dw.reshape(self.w_shape), dx.reshape(self.x_shape)
+
+    def depthwise_backward(self, act, src, dy, db):
+        """``(dweight, dx)`` of a depthwise conv for the cotangent ``dy`` of ``y = act(z)``
+        (``src``: ``y`` or ``z``), and the bias gradient into ``db`` unless None: the
+        kernel forms ``dz = dy * act'`` per plane itself."""
+        dx = np.empty_like(self.x)
+        dw = np.empty_like(self.w)
+        kernels.depthwise_backward(act.id, _param(act), src, dy, self.x, self.w, dx, dw, db,
+                                   *self.options, self.flip, self.nt)
         return dw.reshape(self.w_shape), dx.reshape(self.x_shape)
 
 
@@ -134,6 +159,10 @@ def vjp(act, weight, x, bias, cdims):
 
     def pullback(dy):
         dy = np.ascontiguousarray(dy).reshape(plan.y5)
+        if plan.depthwise:
+            db = np.empty(dy.shape[1], dy.dtype) if wants_db else None
+            dweight, dx = plan.depthwise_backward(act, src, dy, db)
+            return {"weight": dweight, "x": dx, "bias": db}
         if act.id == 0 and not wants_db:
             dz, db = dy, None
         else:
