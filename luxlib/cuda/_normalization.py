@@ -25,7 +25,7 @@ from .. import _normalization_glue as glue
 from .._validation import array_namespace
 from ._modules import BLOCK, acc_scalar, grid_1d, kernel_name
 
-__all__ = ["OPS", "SUPPORTS"]
+__all__ = ["OPS", "SUPPORTS", "divisor"]
 
 DTYPES = ("float16", "float32", "float64")
 
@@ -38,6 +38,9 @@ TARGET_BLOCKS = 1024
 MAX_CHUNKS = 65535
 #: block of norm_backward_dx_cols: (LX_WARP columns, LX_NORM_ROWS rows) of normalization.cu
 COLS_BLOCK = (32, 8)
+#: the elementwise kernels index in 32 bits while every index (and index + grid stride)
+#: stays below this (a module may ask for 64 bits always: ``norm_wide_index``, for tests)
+NARROW_LIMIT = 2**31
 
 # Reduction units of x: `units` units of `length` elements in runs of `runlen` contiguous
 # elements, run r of unit u at u * gstride + r * rstride (normalization.cu).
@@ -79,6 +82,45 @@ def _i64(*values):
     return tuple(np.int64(v) for v in values)
 
 
+def divisor(d, bits=64):
+    """Kernel arguments ``(d, mul, shift)`` of ``lx_divisor`` (``common.cuh``): ``n // d``
+    as ``mulhi(2n, mul) >> shift`` in ``bits``-bit unsigned arithmetic, exact for
+    ``0 <= n < 2**(bits - 1)``.
+
+    Parameters
+    ----------
+    d : int
+        The divisor, ``1 <= d <= 2**31`` for 32 bits, ``1 <= d < 2**63`` for 64 bits.
+    bits : {32, 64}
+        Width of the kernel's index type.
+
+    Returns
+    -------
+    tuple of (numpy.int64, numpy.uint64, numpy.int32)
+        ``d``, ``mul = ceil(2**(bits - 1 + shift) / d)`` (below ``2**bits``) and
+        ``shift = ceil(log2(d))``.
+    """
+    d = int(d)
+    if bits not in (32, 64):
+        raise ValueError(f"bits must be 32 or 64, got {bits}")
+    top = 2**31 if bits == 32 else 2**63 - 1  # d is passed as an int64
+    if not 1 <= d <= top:
+        raise ValueError(f"divisor {d} outside [1, {top}]")
+    shift = (d - 1).bit_length()
+    mul = -(-(1 << (bits - 1 + shift)) // d)
+    return np.int64(d), np.uint64(mul), np.int32(shift)
+
+
+def _index_args(mod, n, grid, geom):
+    """The index arguments of the elementwise kernels (``LX_NORM_INDEX_PARAMS``) for ``n``
+    elements on a 1-D ``grid`` of BLOCK-thread blocks."""
+    wide = n + grid[0] * BLOCK > NARROW_LIMIT or getattr(mod, "norm_wide_index", False)
+    bits = 64 if wide else 32
+    qdiv, adiv = geom.elem
+    return ((np.int64(n), np.int32(wide)) + divisor(qdiv, bits) + divisor(geom.groups, bits)
+            + divisor(adiv, bits) + divisor(geom.amod, bits))
+
+
 def _chunks(mod, units, length, width=1):
     """``(nchunks, chunk)`` for a reduction over ``units`` units of ``length`` items of
     ``width`` elements each."""
@@ -101,7 +143,7 @@ def _statistics(mod, x, units):
     part = xp.empty((units.units * nchunks * 2,), xp.float64)
     mod.get_function(kernel_name("norm_stats_partial", x.dtype))(
         (units.units, nchunks), _block(chunk),
-        (x, part) + _i64(units.length, chunk, units.gstride, units.runlen, units.rstride),
+        (x, part) + _i64(units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride),
     )
     mean, var = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64)
     mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
@@ -121,9 +163,10 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     mean, var = _statistics(mod, x, geom.stats) if stats is None else stats
     rstd = 1.0 / xp.sqrt(var + epsilon)
     y = xp.empty(x.shape, x.dtype)
+    grid = grid_1d(mod, x.size)
     mod.get_function(kernel_name("norm_forward", x.dtype))(
-        grid_1d(mod, x.size), (BLOCK,),
-        (x, scale, bias, mean, rstd, y) + _i64(x.size, geom.elem[0], geom.groups, geom.elem[1], geom.amod)
+        grid, (BLOCK,),
+        (x, scale, bias, mean, rstd, y) + _index_args(mod, x.size, grid, geom)
         + (np.int32(act.id), _param(act, x.dtype)),
     )
     return y, mean, var, rstd
@@ -144,7 +187,8 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         mod.get_function(kernel_name("norm_backward_partial", x.dtype))(
             (u.units, nchunks), _block(chunk),
             (x, dy, scale, bias, mean, rstd, part)
-            + _i64(u.length, chunk, u.gstride, u.runlen, u.rstride, geom.sdiv, geom.amod)
+            + _i64(u.length, chunk, u.gstride) + divisor(u.runlen) + _i64(u.rstride) + divisor(geom.sdiv)
+            + divisor(geom.amod)
             + (np.int32(geom.vec), np.int32(act.id), p),
         )
         sums = part.reshape(u.units, nchunks, nsum).sum(axis=1)
@@ -170,10 +214,10 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
             )
             sums = part.reshape(nchunks, length, 2).sum(axis=0)
             return dx, sums[:, 0], sums[:, 1]
+        grid = grid_1d(mod, x.size)
         mod.get_function(kernel_name("norm_backward_dx", x.dtype))(
-            grid_1d(mod, x.size), (BLOCK,),
-            (x, dy, scale, bias, mean, rstd, mh, mhx, dx)
-            + _i64(x.size, geom.elem[0], geom.groups, geom.elem[1], geom.amod)
+            grid, (BLOCK,),
+            (x, dy, scale, bias, mean, rstd, mh, mhx, dx) + _index_args(mod, x.size, grid, geom)
             + (np.int32(batch), np.int32(act.id), p),
         )
         if not affine_sums:

@@ -1,10 +1,12 @@
 // Shared helpers of the luxlib CUDA kernels: integer types, the element types
 // (float, double, __half computed in float), correctly rounded arithmetic that the
-// compiler may not contract into FMAs, and block/warp reductions.
+// compiler may not contract into FMAs, block/warp reductions, and division by a
+// divisor fixed for a launch (lx_divisor).
 //
 // The same text compiles with NVRTC (real GPU) and with g++ under
 // tests/cuda/emu/cuda_emu.h (CPU emulation); the emulation header defines
-// LUXLIB_CUDA_EMU and everything CUDA-specific used here.
+// LUXLIB_CUDA_EMU and everything CUDA-specific used here (but __umulhi/__umul64hi:
+// lx_mulhi has its own CPU version).
 #ifndef LUXLIB_CUDA_COMMON_CUH
 #define LUXLIB_CUDA_COMMON_CUH
 
@@ -69,5 +71,33 @@ template <typename A> __device__ __forceinline__ A lx_block_sum(A v, A* scratch)
     __syncthreads();  // scratch may be reused by the caller
     return v;
 }
+
+// high half of a full-width unsigned product (mul.hi.u32 / mul.hi.u64)
+#ifdef LUXLIB_CUDA_EMU
+inline lx_u32 lx_mulhi(lx_u32 a, lx_u32 b) { return (lx_u32)(((lx_u64)a * b) >> 32); }
+inline lx_u64 lx_mulhi(lx_u64 a, lx_u64 b) { return (lx_u64)(((unsigned __int128)a * b) >> 64); }
+#else
+__device__ __forceinline__ lx_u32 lx_mulhi(lx_u32 a, lx_u32 b) { return __umulhi(a, b); }
+__device__ __forceinline__ lx_u64 lx_mulhi(lx_u64 a, lx_u64 b) { return __umul64hi(a, b); }
+#endif
+
+// n / d and n % d for a divisor d fixed for a launch, by a multiply and a shift instead
+// of a division (a GPU has no integer division: a 64-bit `/` is a routine of ~70
+// instructions). I is lx_u32 or lx_u64, of B bits; d = 1 ... 2^(B-1), and the host
+// computes (luxlib.cuda._normalization.divisor) shift = ceil(log2 d) and
+// mul = ceil(2^(B-1+shift) / d) (< 2^B). Then n / d = mulhi(2n, mul) >> shift exactly for
+// 0 <= n < 2^(B-1): mul = (2^(B-1+shift) + e) / d with 0 <= e < d <= 2^shift, so the
+// error n e / (d 2^(B-1+shift)) stays below 1/d (Granlund & Montgomery 1994, as
+// CUTLASS's FastDivmod; doubling n instead of shifting by shift - 1 keeps d = 1 exact).
+template <typename I> struct lx_divisor {
+    I d, mul;
+    int shift;
+    __device__ __forceinline__ lx_divisor(lx_i64 d_, lx_u64 mul_, int shift_) : d((I)d_), mul((I)mul_), shift(shift_) {}
+    __device__ __forceinline__ I div(I n) const { return lx_mulhi((I)(n + n), mul) >> shift; }
+    __device__ __forceinline__ I mod(I n) const { return n - div(n) * d; }
+};
+// a divisor's kernel parameters (d, mul, shift) and the lx_divisor<I> made of them
+#define LX_DIVISOR_PARAMS(name) lx_i64 name, lx_u64 name##_mul, int name##_shift
+#define LX_DIVISOR(I, name) lx_divisor<I>(name, name##_mul, name##_shift)
 
 #endif

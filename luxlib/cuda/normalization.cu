@@ -13,6 +13,9 @@
 // launch code, for plain sums) combines them in chunk order, so results do not depend on
 // the schedule. The elementwise kernels find the statistics group of element i as
 // (i / qdiv) % ngroups and its affine (scale/bias) index as (i / adiv) % amod.
+// No kernel divides per element: divisions by these launch constants are multiply-shifts
+// (lx_divisor, common.cuh; in 32 bits when every index is below 2^31), and the reductions
+// step through the runs of a unit.
 //
 // Statistics and every sum accumulate in double for all element types; the elementwise
 // arithmetic runs in the compute type A = lx_acc<T>::type. z and h are computed with
@@ -36,22 +39,27 @@ template <typename T> struct lx_norm_ops {
 };
 
 // Calls f(k, i) for the elements k in [k0, k1) of a unit assigned to this thread (k =
-// k0 + threadIdx.x, then steps of blockDim.x), with i the element's index in x. Divides
-// only where a step crosses a run boundary.
+// k0 + threadIdx.x, then steps of blockDim.x), with i the element's index in x: element
+// k is j = k % runlen into run r = k / runlen. A step is sq runs and sr elements, so i
+// and j advance by constants, plus one run where j wraps (no division in the loop).
 template <typename F>
-__device__ __forceinline__ void lx_for_chunk(lx_i64 base, lx_i64 k0, lx_i64 k1, lx_i64 runlen, lx_i64 rstride, F f)
+__device__ __forceinline__ void lx_for_chunk(lx_i64 base, lx_i64 k0, lx_i64 k1, const lx_divisor<lx_u64>& runlen,
+                                             lx_i64 rstride, F f)
 {
     lx_i64 k = k0 + threadIdx.x;
     if (k >= k1) return;
-    const lx_i64 step = blockDim.x;
-    lx_i64 r = k / runlen, j = k - r * runlen;
+    const lx_i64 step = blockDim.x, len = (lx_i64)runlen.d;
+    const lx_i64 sq = (lx_i64)runlen.div(step), sr = step - sq * len;
+    const lx_i64 r = (lx_i64)runlen.div(k);
+    lx_i64 j = k - r * len, i = base + r * rstride + j;
+    const lx_i64 di = sq * rstride + sr, dwrap = rstride - len;
     for (; k < k1; k += step) {
-        f(k, base + r * rstride + j);
-        j += step;
-        if (j >= runlen) {
-            const lx_i64 q = j / runlen;
-            r += q;
-            j -= q * runlen;
+        f(k, i);
+        i += di;
+        j += sr;
+        if (j >= len) {  /* j < 2 len: sr < len */
+            j -= len;
+            i += dwrap;
         }
     }
 }
@@ -65,20 +73,21 @@ __device__ __forceinline__ lx_i64 lx_chunk_end(lx_i64 k0, lx_i64 chunk, lx_i64 l
    deviations from it (two passes over the chunk), part[2 * (u * gridDim.y + c) + {0, 1}]. */
 template <typename T>
 __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 len, lx_i64 chunk,
-                                   lx_i64 gstride, lx_i64 runlen, lx_i64 rstride)
+                                   lx_i64 gstride, LX_DIVISOR_PARAMS(runlen), lx_i64 rstride)
 {
     __shared__ double scratch[LX_WARP];
     __shared__ double chunk_mean;
     const lx_i64 u = blockIdx.x, c = blockIdx.y;
     const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len), base = u * gstride;
+    const lx_divisor<lx_u64> rl = LX_DIVISOR(lx_u64, runlen);
     double s = 0;
-    lx_for_chunk(base, k0, k1, runlen, rstride, [&](lx_i64, lx_i64 i) { s += (double)lx_load(x + i); });
+    lx_for_chunk(base, k0, k1, rl, rstride, [&](lx_i64, lx_i64 i) { s += (double)lx_load(x + i); });
     s = lx_block_sum(s, scratch);
     if (threadIdx.x == 0) chunk_mean = s / (double)(k1 - k0);
     __syncthreads();
     const double m = chunk_mean;
     double ss = 0;
-    lx_for_chunk(base, k0, k1, runlen, rstride, [&](lx_i64, lx_i64 i) {
+    lx_for_chunk(base, k0, k1, rl, rstride, [&](lx_i64, lx_i64 i) {
         const double d = (double)lx_load(x + i) - m;
         ss += d * d;
     });
@@ -112,20 +121,44 @@ __global__ void norm_stats_finalize(const double* __restrict__ part, double* __r
     }
 }
 
+/* The index parameters of the elementwise kernels: n elements; the divisors of the group
+   (i / qdiv) % ngroups and the affine index (i / adiv) % amod, for indices of 32 bits
+   (every index and i + gridDim.x * blockDim.x below 2^31) or, with `wide`, 64 bits. */
+#define LX_NORM_INDEX_PARAMS                                                                           \
+    lx_i64 n, int wide, LX_DIVISOR_PARAMS(qdiv), LX_DIVISOR_PARAMS(ngroups), LX_DIVISOR_PARAMS(adiv), \
+        LX_DIVISOR_PARAMS(amod)
+#define LX_NORM_INDEX_ARGS                                                                              \
+    n, wide, qdiv, qdiv_mul, qdiv_shift, ngroups, ngroups_mul, ngroups_shift, adiv, adiv_mul, adiv_shift, \
+        amod, amod_mul, amod_shift
+
+/* f(i, q, a) for every element i of [0, n) (grid-stride): q its group, a its affine index,
+   all three of the index type (lx_u32, or lx_u64 with `wide`) */
+template <typename F> __device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, F f)
+{
+    auto run = [&](auto zero) {
+        typedef decltype(zero) I;
+        const lx_divisor<I> qd = LX_DIVISOR(I, qdiv), ng = LX_DIVISOR(I, ngroups), ad = LX_DIVISOR(I, adiv),
+                            am = LX_DIVISOR(I, amod);
+        const I stride = (I)gridDim.x * blockDim.x;
+        for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)n; i += stride)
+            f(i, ng.mod(qd.div(i)), am.mod(ad.div(i)));
+    };
+    if (wide) run((lx_u64)0);
+    else run((lx_u32)0);
+}
+
 /* y = act((x - mean) * rstd * scale + bias), elementwise (grid-stride) */
 template <typename T>
 __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,
                              const double* __restrict__ mean, const double* __restrict__ rstd, T* __restrict__ y,
-                             lx_i64 n, lx_i64 qdiv, lx_i64 ngroups, lx_i64 adiv, lx_i64 amod, int act,
-                             typename lx_acc<T>::type p)
+                             LX_NORM_INDEX_PARAMS, int act, typename lx_acc<T>::type p)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
-    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (lx_i64)gridDim.x * blockDim.x) {
-        const lx_i64 q = (i / qdiv) % ngroups, a = (i / adiv) % amod;
+    lx_norm_elements(LX_NORM_INDEX_ARGS, [&](auto i, auto q, auto a) {
         const A xh = O::xhat(lx_load(x + i), (A)mean[q], (A)rstd[q]);
         lx_store(y + i, lx_act(act, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
-    }
+    });
 }
 
 /* Backward pass 1, per (unit, chunk): sum(h), sum(h * xhat) and, unless `vec`, sum(g) and
@@ -137,18 +170,19 @@ __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restri
                                       const T* __restrict__ scale, const T* __restrict__ bias,
                                       const double* __restrict__ mean, const double* __restrict__ rstd,
                                       double* __restrict__ part, lx_i64 len, lx_i64 chunk, lx_i64 gstride,
-                                      lx_i64 runlen, lx_i64 rstride, lx_i64 sdiv, lx_i64 amod, int vec, int act,
-                                      typename lx_acc<T>::type p)
+                                      LX_DIVISOR_PARAMS(runlen), lx_i64 rstride, LX_DIVISOR_PARAMS(sdiv),
+                                      LX_DIVISOR_PARAMS(amod), int vec, int act, typename lx_acc<T>::type p)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
     __shared__ double scratch[LX_WARP];
     const lx_i64 u = blockIdx.x, c = blockIdx.y;
     const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
-    const A m = (A)mean[u / sdiv], r = (A)rstd[u / sdiv];
-    const lx_i64 au = u % amod;
+    const lx_u64 su = LX_DIVISOR(lx_u64, sdiv).div(u);
+    const A m = (A)mean[su], r = (A)rstd[su];
+    const lx_i64 au = (lx_i64)LX_DIVISOR(lx_u64, amod).mod(u);
     double sh = 0, shx = 0, sg = 0, sgx = 0;
-    lx_for_chunk(u * gstride, k0, k1, runlen, rstride, [&](lx_i64 k, lx_i64 i) {
+    lx_for_chunk(u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride, [&](lx_i64 k, lx_i64 i) {
         const lx_i64 a = vec ? k : au;
         const A s = lx_load(scale + a), xh = O::xhat(lx_load(x + i), m, r);
         const A g = O::g(lx_load(dy + i), O::z(xh, s, lx_load(bias + a)), act, p);
@@ -173,11 +207,11 @@ __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restri
 }
 
 /* dx of one element (mh, mhx: mean(h), mean(h * xhat) of its group; batch: the statistics
-   came from the batch), and its g and xhat */
-template <typename T>
+   came from the batch), and its g and xhat; I: the index type */
+template <typename T, typename I>
 __device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
     const T* x, const T* dy, typename lx_acc<T>::type s, typename lx_acc<T>::type b, typename lx_acc<T>::type m,
-    typename lx_acc<T>::type r, const double* mh, const double* mhx, lx_i64 i, lx_i64 q, int batch, int act,
+    typename lx_acc<T>::type r, const double* mh, const double* mhx, I i, I q, int batch, int act,
     typename lx_acc<T>::type p, typename lx_acc<T>::type* g_out, typename lx_acc<T>::type* xh_out)
 {
     typedef lx_norm_ops<T> O;
@@ -196,17 +230,15 @@ template <typename T>
 __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
                                  const T* __restrict__ bias, const double* __restrict__ mean,
                                  const double* __restrict__ rstd, const double* __restrict__ mh,
-                                 const double* __restrict__ mhx, T* __restrict__ dx, lx_i64 n, lx_i64 qdiv,
-                                 lx_i64 ngroups, lx_i64 adiv, lx_i64 amod, int batch, int act,
-                                 typename lx_acc<T>::type p)
+                                 const double* __restrict__ mhx, T* __restrict__ dx, LX_NORM_INDEX_PARAMS,
+                                 int batch, int act, typename lx_acc<T>::type p)
 {
     typedef typename lx_acc<T>::type A;
-    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (lx_i64)gridDim.x * blockDim.x) {
-        const lx_i64 q = (i / qdiv) % ngroups, a = (i / adiv) % amod;
+    lx_norm_elements(LX_NORM_INDEX_ARGS, [&](auto i, auto q, auto a) {
         A g, xh;
         lx_store(dx + i, lx_norm_dx<T>(x, dy, lx_load(scale + a), lx_load(bias + a), (A)mean[q], (A)rstd[q], mh,
                                        mhx, i, q, batch, act, p, &g, &xh));
-    }
+    });
 }
 
 /* Backward pass 2 of layernorm, x as (rows, L): dx, and per column (affine element) the

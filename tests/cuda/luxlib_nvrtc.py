@@ -4,6 +4,7 @@ The NVRTC library comes from the ``nvidia-cuda-nvrtc`` wheel and the CUDA header
 (cuda_fp16.h) from ``nvidia-cuda-runtime``; cuda-python finds the library itself.
 """
 
+import contextlib
 import glob
 import os
 import re
@@ -41,37 +42,63 @@ def program_log(prog):
     return buf.rstrip(b"\0 ").decode(errors="replace")
 
 
-def compile_family(family, arch, extra_options=()):
-    """Compile ``family`` for ``arch`` (e.g. ``"sm_80"``) to CUBIN with the real options and
-    every name expression. Returns ``(cubin bytes, log text, {name expression: lowered name})``."""
+@contextlib.contextmanager
+def _program(family):
+    """An NVRTC program of ``family``'s source with every name expression added."""
     from cuda.bindings import nvrtc
 
     filename = _modules.FAMILIES[family][0]
     src = _modules.read_source(filename).encode()
     prog = _check(nvrtc.nvrtcCreateProgram(src, filename.encode(), 0, [], []))
     try:
-        exprs = _modules.name_expressions(family)
-        for e in exprs:
+        for e in _modules.name_expressions(family):
             _check(nvrtc.nvrtcAddNameExpression(prog, e.encode()))
-        opts = list(_modules.compile_options()) + [
-            f"--gpu-architecture={arch}",
-            "-I" + cuda_include_dir(),
+        yield prog
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _compile(prog, family, arch, extra_options=()):
+    from cuda.bindings import nvrtc
+
+    opts = list(_modules.compile_options()) + [f"--gpu-architecture={arch}", "-I" + cuda_include_dir(),
+                                               *extra_options]
+    err = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])[0]
+    log = program_log(prog)
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"{_modules.FAMILIES[family][0]} ({arch}) failed to compile:\n{log}")
+    return log
+
+
+def compile_family(family, arch, extra_options=()):
+    """Compile ``family`` for ``arch`` (e.g. ``"sm_80"``) to CUBIN with the real options and
+    every name expression. Returns ``(cubin bytes, log text, {name expression: lowered name})``."""
+    from cuda.bindings import nvrtc
+
+    with _program(family) as prog:
+        log = _compile(prog, family, arch, (
             "--ptxas-options=-v",
             "--ptxas-options=--warn-on-spills",
             "--ptxas-options=--warn-on-local-memory-usage",
             *extra_options,
-        ]
-        err = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])[0]
-        log = program_log(prog)
-        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise RuntimeError(f"{filename} ({arch}) failed to compile:\n{log}")
-        lowered = {e: _check(nvrtc.nvrtcGetLoweredName(prog, e.encode())).decode() for e in exprs}
+        ))
+        lowered = {e: _check(nvrtc.nvrtcGetLoweredName(prog, e.encode())).decode()
+                   for e in _modules.name_expressions(family)}
         size = _check(nvrtc.nvrtcGetCUBINSize(prog))
         cubin = b" " * size
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin))
         return cubin, log, lowered
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def ptx(family, arch):
+    """The PTX of ``family`` compiled for the virtual architecture ``arch`` (e.g. ``"compute_90"``)."""
+    from cuda.bindings import nvrtc
+
+    with _program(family) as prog:
+        _compile(prog, family, arch)
+        buf = b" " * _check(nvrtc.nvrtcGetPTXSize(prog))
+        _check(nvrtc.nvrtcGetPTX(prog, buf))
+    return buf.decode(errors="replace")
 
 
 _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")

@@ -419,22 +419,8 @@ def test_vector_loads_in_ptx():
     """The 16-byte paths compile to vector loads and stores (float4, double2, 8 halves)."""
     pytest.importorskip("cuda.bindings")
     import luxlib_nvrtc as nc
-    from cuda.bindings import nvrtc
 
-    from luxlib.cuda import _modules
-
-    src = _modules.read_source("bias_activation.cu").encode()
-    prog = nc._check(nvrtc.nvrtcCreateProgram(src, b"bias_activation.cu", 0, [], []))
-    try:
-        for e in _modules.name_expressions("bias_activation"):
-            nc._check(nvrtc.nvrtcAddNameExpression(prog, e.encode()))
-        opts = list(_modules.compile_options()) + ["--gpu-architecture=compute_80", "-I" + nc.cuda_include_dir()]
-        nc._check(nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts]), prog)
-        buf = b" " * nc._check(nvrtc.nvrtcGetPTXSize(prog))
-        nc._check(nvrtc.nvrtcGetPTX(prog, buf))
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
-    ptx = buf.decode(errors="replace")
+    ptx = nc.ptx("bias_activation", "compute_80")
     for kernel in ("bias_act_forward", "bias_act_backward"):
         for typ, width in (("f", ".v4.f32"), ("d", ".v2.f64"), ("6__half", ".v4.u32")):
             entry = f"_Z{len(kernel)}{kernel}I{typ}E"

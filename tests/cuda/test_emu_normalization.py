@@ -50,11 +50,14 @@ ACTS = [activations.identity, activations.relu, activations.gelu, activations.le
 # inference with them ("infer"), without them ("none", training False: batch statistics);
 # groupnorm's variant is the group count, layernorm's its dims. Reduction lengths around
 # the reduction block (at most 256 threads, a multiple of 32 covering the chunk): 1, 10,
-# 128 x 2, 255, 256, 257, and (N, C) inputs (runs of one element).
+# 128 x 2, 255, 256, 257, and (N, C) inputs (runs of one element); batchnorm channels of
+# 315 and 300 elements in runs of 45 and 1, so that a thread's steps cross runs.
 CASES = [
     ("batchnorm", "train", (2, 3, 5)),
     ("batchnorm", "train", (1, 2, 257)),
     ("batchnorm", "train", (5, 3)),
+    ("batchnorm", "train", (7, 2, 45)),
+    ("batchnorm", "none", (300, 3)),
     ("batchnorm", "infer", (3, 2, 7)),
     ("batchnorm", "none", (1, 3, 1)),
     ("batchnorm", "none", (2, 2, 128)),
@@ -75,12 +78,14 @@ CASES = [
 _MODULES = {}
 
 
-def emu(schedule="inorder", seed=1234, max_blocks=None, min_chunk=None):
-    key = (schedule, seed, max_blocks, min_chunk)
+def emu(schedule="inorder", seed=1234, max_blocks=None, min_chunk=None, wide=False):
+    key = (schedule, seed, max_blocks, min_chunk, wide)
     if key not in _MODULES:
         mod = emu_module.EmuModule("normalization", schedule=schedule, seed=seed, max_blocks=max_blocks)
         if min_chunk is not None:
             mod.norm_min_chunk = min_chunk  # the launch code's test hook: more, shorter chunks
+        if wide:
+            mod.norm_wide_index = True  # test hook: 64-bit indices in the elementwise kernels
         _MODULES[key] = mod
     return _MODULES[key]
 
@@ -223,6 +228,37 @@ def test_schedule_and_grid_do_not_change_results():
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_index_widths_give_identical_results(dtype):
+    """The elementwise kernels' 32-bit and 64-bit index paths (group and affine index by
+    multiply-shift divisions) agree bit for bit, also in the grid-stride loops; the
+    64-bit path is the one of arrays of 2**31 elements and more."""
+    for op, variant, shape in CASES + CHUNKED:
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed=3)
+        f, args, kwargs = call(op, variant, activations.gelu, x, scale, bias, rm, rv)
+        narrow, wide = (run_emulated(emu("shuffle", max_blocks=2, wide=w), f, args, kwargs, dy) for w in (False, True))
+        for a, b in zip(narrow, wide):
+            np.testing.assert_array_equal(a, b, err_msg=f"{op} {variant} {shape}")
+
+
+def test_index_width_choice():
+    """32-bit indices exactly while n + the grid stride stays within 2**31 (no index or
+    increment overflows), with the divisors' 32-bit constants; 64-bit ones beyond."""
+    geom = _normalization._channel_geometry((2, 3, 5), "group", 3)
+
+    def width(n, grid, wide=False):
+        args = _normalization._index_args(emu(wide=wide), n, grid, geom)
+        assert args[0] == n and len(args) == 14
+        assert args[3] == _normalization.divisor(geom.elem[0], 64 if args[1] else 32)[1]
+        return int(args[1])
+
+    assert width(2**31 - 256, (1,)) == 0
+    assert width(2**31 - 255, (1,)) == 1
+    assert width(2**31 - 65535 * 256, (65535,)) == 0
+    assert width(2**31, (65535,)) == 1
+    assert width(30, (1,), wide=True) == 1
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
