@@ -132,6 +132,32 @@ def test_every_activation(dtype, op, variant, act):
     check(op, variant, act, (2, 3, 7), dtype, seed=2)
 
 
+# layernorm rows with one scale/bias per element: the backward's sums prefetch dy and x
+# ahead in groups of at most 16384 elements (PREFETCH_MAX), not in longer ones; odd lengths
+# around its 32 lanes, 1024-element blocks and 4096-element runs; 40 rows of one element
+LAYERNORM_ROWS = [(40, 1), (3, 17), (9, 1023), (5, 4097), (3, 16384), (2, 16385), (1, 40001)]
+
+
+@pytest.mark.parametrize("rows, length", LAYERNORM_ROWS, ids=str)
+@pytest.mark.parametrize("affine", ["both", "scale", "none"])
+@pytest.mark.parametrize("act", [activations.identity, activations.relu, activations.gelu],
+                         ids=["identity", "relu", "gelu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_layernorm_per_element_affine(dtype, act, affine, rows, length, threads):
+    """Per-element scale/bias (or None), rows short and long: the kernel agrees with the
+    generic path, forward and backward, for identity, an output-only activation and one
+    that needs ``z``."""
+    x, scale, bias, rm, rv, dy = make_inputs("layernorm", (-1,), (rows, length), dtype, seed=11)
+    scale = scale if affine != "none" else None
+    bias = bias if affine == "both" else None
+    f, args, kwargs = call("layernorm", (-1,), act, x, scale, bias, rm, rv)
+    with trace() as record:
+        got = outputs(f, args, kwargs, dy)
+    assert record == [("layernorm", "looped")]
+    assert len(got) == 2 + (scale is not None) + (bias is not None)
+    assert_close(got, reference(f, args, kwargs, dy), dtype)
+
+
 def split_on_two_threads(op, variant, shape):
     """Whether two threads split groups into chunks (fewer than 8 groups of several runs)."""
     n, c = shape[:2]

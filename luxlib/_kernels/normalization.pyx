@@ -34,6 +34,10 @@ anyway, with the forward's expression: one array less to read than a stored ``y`
 Outputs of at least ``STREAM_BYTES`` whose memory is already resident (a reused
 buffer) are written with non-temporal stores (``y`` only without ``vec``) (block by block from an L1 scratch): no
 read for ownership, and the output does not evict the inputs from the caches.
+
+With a per-element affine and short groups (at most ``PREFETCH_MAX`` elements), the
+loops that first read a group (the statistics, the backward's sums) prefetch ``x`` (and
+``dy``) ahead: passes that alternate every few KB left the hardware prefetcher behind.
 """
 
 import numpy as np
@@ -65,6 +69,10 @@ cdef enum:
     STREAM_BYTES = 16 << 20
     # the backward keeps g in a per-thread buffer (not in dx) for groups up to this size
     GBUF_MAX = 1 << 18
+    # with a per-element affine (layernorm), the statistics and the backward's sums
+    # prefetch x (and dy) ahead in groups up to this size (measured: faster up to 16384
+    # elements, slower at 65536)
+    PREFETCH_MAX = 1 << 14
 
 
 cdef struct Geom:
@@ -199,6 +207,20 @@ cdef extern from *:
             g[i] = gv; acc[LXN_LANES - 1] += gv; accx[LXN_LANES - 1] += gv * (x[i] - md); } \\
         break;
 
+    /* Software prefetch of len bytes LXN_AHEAD elements past p (one instruction per */
+    /* 64-byte line; an address, not a pointer, since it may lie past the array: a */
+    /* prefetch does not fault), for the loops that read short groups (lxn_moments, */
+    /* lxn_sum_cols): there the hardware prefetcher alone left them waiting on memory */
+    /* (doc/normalization.md) */
+    #define LXN_AHEAD 512
+    #if defined(__GNUC__)
+        #define LXN_PREFETCH(p, len) \\
+            for (size_t lxn_o_ = 0; lxn_o_ < (len); lxn_o_ += 64) \\
+                __builtin_prefetch((const void*)((uintptr_t)(p) + LXN_AHEAD * sizeof(*(p)) + lxn_o_))
+    #else
+        #define LXN_PREFETCH(p, len)
+    #endif
+
     #define LXN_DEFINE(T, S) \\
     /* g = dy * act'((x - m) * a + b) (one scale/bias), s += sum(g), */ \\
     /* sx += sum(g * (x - md)): pass 1 of a run in one loop */ \\
@@ -213,15 +235,23 @@ cdef extern from *:
         *sx += lxn_combine(accx); \\
     } \\
     /* s1 += sum(x - k), s2 += sum((x - k)^2): both moments in one read of x */ \\
-    static LX_CLONES void lxn_moments_##S(const T* x, ptrdiff_t n, double k, double* s1, \\
-                                          double* s2) { \\
+    /* (prefetched ahead with pf, a constant in each inlined copy: a test of pf inside */ \\
+    /* the loop made batchnorm's statistics 10-20% slower) */ \\
+    LX_INLINE void lxn_moments_body_##S(const T* x, ptrdiff_t n, double k, double* s1, \\
+                                        double* s2, const int pf) { \\
         double a[LXN_LANES] = {0}, b[LXN_LANES] = {0}, d; \\
         ptrdiff_t i, j, nl = n - n % LXN_LANES; \\
-        for (i = 0; i < nl; i += LXN_LANES) \\
-            for (j = 0; j < LXN_LANES; j++) { d = x[i + j] - k; a[j] += d; b[j] += d * d; } \\
+        for (i = 0; i < nl; i += LXN_LANES) { \\
+            if (pf) LXN_PREFETCH(x + i, LXN_LANES * sizeof(T)); \\
+            for (j = 0; j < LXN_LANES; j++) { d = x[i + j] - k; a[j] += d; b[j] += d * d; } } \\
         for (i = nl; i < n; i++) { d = x[i] - k; a[LXN_LANES - 1] += d; b[LXN_LANES - 1] += d * d; } \\
         *s1 += lxn_combine(a); \\
         *s2 += lxn_combine(b); \\
+    } \\
+    static LX_CLONES void lxn_moments_##S(const T* x, ptrdiff_t n, double k, double* s1, \\
+                                          double* s2, int pf) { \\
+        if (pf) lxn_moments_body_##S(x, n, k, s1, s2, 1); \\
+        else lxn_moments_body_##S(x, n, k, s1, s2, 0); \\
     } \\
     /* s += sum(g), sx += sum(g * (x - m)). Each step converts its lanes into v, d */ \\
     /* first: written as one expression, GCC 12 vectorizes the sum of v but keeps */ \\
@@ -240,13 +270,19 @@ cdef extern from *:
         *sx += lxn_combine(accx); \\
     } \\
     /* per-element affine (layernorm), in one read of g, w, x: s += sum(g * w), */ \\
-    /* sx += sum(g * (x - m) * w), cg[i] += g[i], cgx[i] += g[i] * (x[i] - m) * r */ \\
-    static LX_CLONES void lxn_sum_cols_##S(const T* g, const T* w, const T* x, ptrdiff_t n, \\
-                                           double m, double r, double* s, double* sx, \\
-                                           double* restrict cg, double* restrict cgx) { \\
+    /* sx += sum(g * (x - m) * w), cg[i] += g[i], cgx[i] += g[i] * (x[i] - m) * r. */ \\
+    /* pg (NULL: no prefetch): the stream g comes from (dy, also when g was computed */ \\
+    /* into a buffer), prefetched ahead with x (pf constant per copy, as in lxn_moments) */ \\
+    LX_INLINE void lxn_sum_cols_body_##S(const T* g, const T* pg, const T* w, const T* x, \\
+                                         ptrdiff_t n, double m, double r, double* s, \\
+                                         double* sx, double* restrict cg, \\
+                                         double* restrict cgx, const int pf) { \\
         double acc[LXN_LANES] = {0}, accx[LXN_LANES] = {0}, v[LXN_LANES], t[LXN_LANES]; \\
         ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
         for (i = 0; i < nl; i += LXN_LANES) { \\
+            if (pf) { \\
+                LXN_PREFETCH(pg + i, LXN_LANES * sizeof(T)); \\
+                LXN_PREFETCH(x + i, LXN_LANES * sizeof(T)); } \\
             for (k = 0; k < LXN_LANES; k++) { v[k] = g[i + k]; t[k] = v[k] * (x[i + k] - m); } \\
             for (k = 0; k < LXN_LANES; k++) { \\
                 cg[i + k] += v[k]; cgx[i + k] += t[k] * r; \\
@@ -257,6 +293,12 @@ cdef extern from *:
             acc[LXN_LANES - 1] += v[0] * w[i]; accx[LXN_LANES - 1] += t[0] * w[i]; } \\
         *s += lxn_combine(acc); \\
         *sx += lxn_combine(accx); \\
+    } \\
+    static LX_CLONES void lxn_sum_cols_##S(const T* g, const T* pg, const T* w, const T* x, \\
+                                           ptrdiff_t n, double m, double r, double* s, \\
+                                           double* sx, double* cg, double* cgx) { \\
+        if (pg) lxn_sum_cols_body_##S(g, pg, w, x, n, m, r, s, sx, cg, cgx, 1); \\
+        else lxn_sum_cols_body_##S(g, pg, w, x, n, m, r, s, sx, cg, cgx, 0); \\
     } \\
     /* z = act((x - m) * r * sc + bias), per element (vec) or sc[0], bias[0]; one */ \\
     /* loop per activation id (LXN_AFFINE_CASE) */ \\
@@ -287,8 +329,10 @@ cdef extern from *:
     LXN_DEFINE(float, f)
     LXN_DEFINE(double, d)
     """
-    void lxn_moments_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2) nogil
-    void lxn_moments_d(const double* x, Py_ssize_t n, double k, double* s1, double* s2) nogil
+    void lxn_moments_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2,
+                       bint pf) nogil
+    void lxn_moments_d(const double* x, Py_ssize_t n, double k, double* s1, double* s2,
+                       bint pf) nogil
     void lxn_pass1_f(int act, float p, const float* x, const float* dy, float* g, Py_ssize_t n,
                      float m, float a, float b, double md, double* s, double* sx) nogil
     void lxn_pass1_d(int act, double p, const double* x, const double* dy, double* g,
@@ -298,10 +342,12 @@ cdef extern from *:
                      double* sx) nogil
     void lxn_sum_g_d(const double* g, const double* x, Py_ssize_t n, double m, double* s,
                      double* sx) nogil
-    void lxn_sum_cols_f(const float* g, const float* w, const float* x, Py_ssize_t n, double m,
-                        double r, double* s, double* sx, double* cg, double* cgx) nogil
-    void lxn_sum_cols_d(const double* g, const double* w, const double* x, Py_ssize_t n,
-                        double m, double r, double* s, double* sx, double* cg, double* cgx) nogil
+    void lxn_sum_cols_f(const float* g, const float* pg, const float* w, const float* x,
+                        Py_ssize_t n, double m, double r, double* s, double* sx, double* cg,
+                        double* cgx) nogil
+    void lxn_sum_cols_d(const double* g, const double* pg, const double* w, const double* x,
+                        Py_ssize_t n, double m, double r, double* s, double* sx, double* cg,
+                        double* cgx) nogil
     void lxn_affine_f(int act, float p, const float* x, const float* sc, const float* bias,
                       float* z, Py_ssize_t n, float m, float r, bint vec) nogil
     void lxn_affine_d(int act, double p, const double* x, const double* sc, const double* bias,
@@ -317,12 +363,12 @@ cdef extern from *:
 
 
 cdef inline void _moments(const floating* x, Py_ssize_t n, double k, double* s1,
-                          double* s2) noexcept nogil:
-    """``s1 += sum(x - k)``, ``s2 += sum((x - k) ** 2)``."""
+                          double* s2, bint pf) noexcept nogil:
+    """``s1 += sum(x - k)``, ``s2 += sum((x - k) ** 2)``; ``pf``: prefetch ``x`` ahead."""
     if floating is float:
-        lxn_moments_f(x, n, k, s1, s2)
+        lxn_moments_f(x, n, k, s1, s2, pf)
     else:
-        lxn_moments_d(x, n, k, s1, s2)
+        lxn_moments_d(x, n, k, s1, s2, pf)
 
 
 cdef inline void _pass1(int act, floating p, const floating* x, const floating* dy, floating* g,
@@ -345,15 +391,16 @@ cdef inline void _sum_g(const floating* g, const floating* x, Py_ssize_t n, doub
         lxn_sum_g_d(g, x, n, m, s, sx)
 
 
-cdef inline void _sum_cols(const floating* g, const floating* w, const floating* x, Py_ssize_t n,
-                           double m, double r, double* s, double* sx, double* cg,
-                           double* cgx) noexcept nogil:
+cdef inline void _sum_cols(const floating* g, const floating* pg, const floating* w,
+                           const floating* x, Py_ssize_t n, double m, double r, double* s,
+                           double* sx, double* cg, double* cgx) noexcept nogil:
     """``s += sum(g * w)``, ``sx += sum(g * w * (x - m))`` and the per-element affine sums
-    ``cg[i] += g[i]``, ``cgx[i] += g[i] * (x[i] - m) * r``."""
+    ``cg[i] += g[i]``, ``cgx[i] += g[i] * (x[i] - m) * r``; unless ``pg`` is NULL, ``pg``
+    (``dy``, the stream ``g`` comes from) and ``x`` are prefetched ahead."""
     if floating is float:
-        lxn_sum_cols_f(g, w, x, n, m, r, s, sx, cg, cgx)
+        lxn_sum_cols_f(g, pg, w, x, n, m, r, s, sx, cg, cgx)
     else:
-        lxn_sum_cols_d(g, w, x, n, m, r, s, sx, cg, cgx)
+        lxn_sum_cols_d(g, pg, w, x, n, m, r, s, sx, cg, cgx)
 
 
 cdef inline void _affine(int act, floating p, const floating* x, const floating* scale,
@@ -400,6 +447,7 @@ cdef void _unit_stats(const floating* x, const Geom* g, Py_ssize_t u, double* cn
     cdef Py_ssize_t q, k0, k1, k, off, a, n, i
     cdef Py_ssize_t total = _unit(g, u, &q, &k0, &k1)
     cdef double s1 = 0, s2 = 0, c = 0
+    cdef bint pf = g.vec and _runs_count(g, 0, g.nruns) <= PREFETCH_MAX  # short layernorm rows
     n = min(_run(g, q, k0, &off, &a), <Py_ssize_t>SHIFT_LEN)
     for i in range(n):
         c += x[off + i]
@@ -408,7 +456,7 @@ cdef void _unit_stats(const floating* x, const Geom* g, Py_ssize_t u, double* cn
         c = 0           # turn an infinite mean into NaN
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
-        _moments(x + off, n, c, &s1, &s2)
+        _moments(x + off, n, c, &s1, &s2, pf)
     cnt[u] = total
     mean[u] = c + s1 / total
     m2[u] = max(s2 - s1 * (s1 / total), 0.0)
@@ -483,6 +531,7 @@ cdef void _unit_pass1(int act, floating p, const floating* x, const floating* sc
     cdef floating* gw
     cdef const floating* sc
     cdef double sh = 0, shx = 0, sg, sgx
+    cdef bint pf = _runs_count(g, 0, g.nruns) <= PREFETCH_MAX  # short rows (with vec)
     _unit(g, u, &q, &k0, &k1)
     for k in range(k0, k1):
         n = _run(g, q, k, &off, &a)
@@ -503,8 +552,8 @@ cdef void _unit_pass1(int act, floating p, const floating* x, const floating* sc
                 act_backward_n(act, p, z, dy + off + b, gw + b, nb)
                 gp = gw + b
             if g.vec:
-                _sum_cols(gp, sc, x + off + b, nb, mean, rstd, &sh, &shx, col_g + a + b,
-                          col_gx + a + b)
+                _sum_cols(gp, dy + off + b if pf else NULL, sc, x + off + b, nb, mean,
+                          rstd, &sh, &shx, col_g + a + b, col_gx + a + b)
             else:
                 _sum_g(gp, x + off + b, nb, mean, &sg, &sgx)
         if not g.vec:
