@@ -1,11 +1,12 @@
 """A caching allocator for the NumPy arrays luxlib's compiled kernels create.
 
-Blocks of 1 MiB and more come from ``mmap`` and, when the array that used one is
-freed, are kept for the next allocation of about the same size instead of being
-returned to the kernel. A fresh block costs a page fault and the kernel zeroing
+Blocks of 1 MiB and more (up to the limit) come from ``mmap`` and, when the array
+that used one is freed, are kept for the next allocation of about the same size
+instead of being returned to the kernel. A fresh block costs a page fault and the kernel zeroing
 each page on first touch (at 64 MiB that is as long as a relu over the data);
 a kept block is already mapped. Idle blocks are bounded by a byte limit (oldest
-evicted first). Smaller blocks go to ``malloc`` as NumPy's own allocator would.
+evicted first). Smaller blocks, and blocks the limit could never keep (all of them
+with the cache off), go to ``malloc`` as NumPy's own allocator would.
 
 It is a NEP 49 ``PyDataMem_Handler``: :func:`activate` makes it the handler of the
 current context (luxlib does so around its looped implementations), NumPy records
@@ -135,18 +136,30 @@ cdef extern from *:
         if (!keep) lx_unmap(p, cap);
     }
 
+    /* A block from malloc (calloc when ``zero``): NumPy's own choice. */
+    static void *lx_plain(size_t size, int zero) {
+        if (size > (size_t)-1 - LX_HEADER) return NULL;
+        char *base = (char *)(zero ? calloc(1, size + LX_HEADER) : malloc(size + LX_HEADER));
+        if (base == NULL) return NULL;
+        lx_header *h = (lx_header *)base;
+        h->cap = size;
+        h->kind = LX_MALLOCED;
+        return base + LX_HEADER;
+    }
+
+    /* The capacity of a block worth caching for ``size`` bytes, or 0: too small, or too
+       large for the limit (then it could never be kept, and malloc, which reuses freed
+       memory on its own below its mmap threshold, serves it better than a fresh map). */
+    static size_t lx_cacheable(size_t size) {
+        if (size < LX_POOL_MIN || size > (size_t)-1 - 2 * LX_GRAIN) return 0;
+        size_t cap = (size + LX_GRAIN - 1) / LX_GRAIN * LX_GRAIN;
+        return cap <= lx_pool.limit ? cap : 0;
+    }
+
     static void *lx_malloc(void *ctx, size_t size) {
         (void)ctx;
-        if (size < LX_POOL_MIN) {
-            char *base = (char *)malloc(size + LX_HEADER);
-            if (base == NULL) return NULL;
-            lx_header *h = (lx_header *)base;
-            h->cap = size;
-            h->kind = LX_MALLOCED;
-            return base + LX_HEADER;
-        }
-        if (size > (size_t)-1 - 2 * LX_GRAIN) return NULL;
-        size_t cap = (size + LX_GRAIN - 1) / LX_GRAIN * LX_GRAIN;
+        size_t cap = lx_cacheable(size);
+        if (cap == 0) return lx_plain(size, 0);
         void *p = lx_take(cap);
         return p != NULL ? p : lx_map(cap);
     }
@@ -160,17 +173,11 @@ cdef extern from *:
     }
 
     static void *lx_calloc(void *ctx, size_t nelem, size_t elsize) {
+        (void)ctx;
         if (elsize != 0 && nelem > (size_t)-1 / elsize) return NULL;
         size_t size = nelem * elsize;
-        if (size < LX_POOL_MIN) {
-            char *base = (char *)calloc(1, size + LX_HEADER);
-            if (base == NULL) return NULL;
-            lx_header *h = (lx_header *)base;
-            h->cap = size;
-            h->kind = LX_MALLOCED;
-            return base + LX_HEADER;
-        }
-        size_t cap = (size + LX_GRAIN - 1) / LX_GRAIN * LX_GRAIN;
+        size_t cap = lx_cacheable(size);
+        if (cap == 0) return lx_plain(size, 1);
         void *p = lx_take(cap);
         if (p == NULL) return lx_map(cap);  /* fresh pages are zero */
         memset(p, 0, size);
