@@ -158,14 +158,24 @@ cdef void _outputs(int act, floating p, const floating* m, const floating* bias,
             act_forward_n(act, p, zo, y + o * P, P)
 
 
+cdef inline floating* _ws_m(floating* ws, const WGeom* g) noexcept nogil:
+    """``M`` (or ``dM``) of a sample's workspace: after ``V``."""
+    return ws + 16 * g.Ci * g.T
+
+
+cdef inline floating* _ws_buf(floating* ws, const WGeom* g) noexcept nogil:
+    """The row buffers of a sample's workspace: after ``V`` and ``M``."""
+    return ws + 16 * (g.Ci + g.Co) * g.T
+
+
 cdef void _sample(int act, floating p, const floating* x, const floating* u,
                   const floating* bias, floating* z, floating* y, floating* ws,
                   const WGeom* g) noexcept nogil:
     """One sample; ``ws``: ``V``, ``M``, then the row buffers (``_ws_len``)."""
     cdef Py_ssize_t k
     cdef floating* v = ws
-    cdef floating* m = ws + 16 * g.Ci * g.T
-    cdef floating* buf = m + 16 * g.Co * g.T
+    cdef floating* m = _ws_m(ws, g)
+    cdef floating* buf = _ws_buf(ws, g)
     _inputs(x, v, buf, g)
     for k in range(16):
         gemm(False, False, g.Co, g.T, g.Ci, <floating>1, u + k * g.Co * g.Ci, g.Ci,
@@ -224,14 +234,12 @@ cdef void _grad_sample(const floating* x, const floating* dz, floating* du, floa
                        const WGeom* g) noexcept nogil:
     """Adds one sample's ``dU[k] += dM[k] @ V[k]^T`` into ``du``; ``ws`` as :func:`_sample`."""
     cdef Py_ssize_t k
-    cdef floating* v = ws
-    cdef floating* dm = ws + 16 * g.Ci * g.T
-    cdef floating* buf = dm + 16 * g.Co * g.T
-    _inputs(x, v, buf, g)
-    _grad_outputs(dz, dm, buf, g)
+    cdef floating* dm = _ws_m(ws, g)
+    _inputs(x, ws, _ws_buf(ws, g), g)
+    _grad_outputs(dz, dm, _ws_buf(ws, g), g)
     for k in range(16):
         gemm(False, True, g.Co, g.Ci, g.T, <floating>1, dm + k * g.Co * g.T, g.T,
-             v + k * g.Ci * g.T, g.T, <floating>1, du + k * g.Co * g.Ci, g.Ci)
+             ws + k * g.Ci * g.T, g.T, <floating>1, du + k * g.Co * g.Ci, g.Ci)
 
 
 cdef void _filters_adjoint(const floating* du, Py_ssize_t nt, floating* dw, Py_ssize_t Co,
