@@ -7,6 +7,7 @@ faulting in (and having the kernel zero) fresh pages. Nothing else changes: othe
 code, other threads and other array libraries keep NumPy's default allocator.
 """
 
+import operator
 import os
 import warnings
 
@@ -82,10 +83,13 @@ def set_memory_cache_limit(nbytes):
     global _limit
     if nbytes is None:
         limit = _default_limit()
-    elif isinstance(nbytes, int) and not isinstance(nbytes, bool) and 0 <= nbytes < 2**63:
-        limit = nbytes
     else:
-        raise ValueError(f"set_memory_cache_limit: nbytes must be an integer >= 0 or None, got {nbytes!r}")
+        try:
+            limit = -1 if isinstance(nbytes, bool) else operator.index(nbytes)
+        except TypeError:
+            limit = -1
+        if not 0 <= limit < 2**63:
+            raise ValueError(f"set_memory_cache_limit: nbytes must be an integer >= 0 or None, got {nbytes!r}")
     _limit = limit
     if _allocator is not None:
         _allocator.set_limit(limit)

@@ -160,6 +160,11 @@ def test_set_memory_cache_limit_rejects_bad_values(bad):
     assert luxlib.get_memory_cache_limit() == 256 * MIB
 
 
+def test_limit_takes_any_integer():
+    luxlib.set_memory_cache_limit(np.int64(64 * MIB))
+    assert luxlib.get_memory_cache_limit() == _memory.info()["limit"] == 64 * MIB
+
+
 def test_default_limit_follows_the_environment(monkeypatch):
     monkeypatch.setenv("LUXLIB_MEMORY_CACHE", str(12 * MIB))
     luxlib.set_memory_cache_limit(None)
