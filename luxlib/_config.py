@@ -2,12 +2,12 @@
 
 import importlib.metadata
 import importlib.util
-import operator
 import platform
 import sys
 
 from . import __version__, _memory
 from ._kernels import IMPORT_ERROR
+from ._validation import integer_in
 
 if IMPORT_ERROR is None:
     from ._kernels import _openmp_helpers
@@ -46,11 +46,8 @@ def set_num_threads(n):
     """
     count = 0  # the kernels' code for "OpenMP's default"
     if n is not None:
-        try:
-            count = -1 if isinstance(n, bool) else operator.index(n)
-        except TypeError:
-            count = -1
-        if not 1 <= count < 2**31:
+        count = integer_in(n, 1, 2**31)
+        if count is None:
             raise ValueError(f"set_num_threads: n must be a positive integer or None, got {n!r}")
     if _openmp_helpers is not None:
         _openmp_helpers.set_num_threads(count)

@@ -7,11 +7,11 @@ faulting in (and having the kernel zero) fresh pages. Nothing else changes: othe
 code, other threads and other array libraries keep NumPy's default allocator.
 """
 
-import operator
 import os
 import warnings
 
 from ._kernels import IMPORT_ERROR
+from ._validation import integer_in
 
 if IMPORT_ERROR is None:
     from ._kernels import allocator as _allocator
@@ -84,11 +84,8 @@ def set_memory_cache_limit(nbytes):
     if nbytes is None:
         limit = _default_limit()
     else:
-        try:
-            limit = -1 if isinstance(nbytes, bool) else operator.index(nbytes)
-        except TypeError:
-            limit = -1
-        if not 0 <= limit < 2**63:
+        limit = integer_in(nbytes, 0, 2**63)
+        if limit is None:
             raise ValueError(f"set_memory_cache_limit: nbytes must be an integer >= 0 or None, got {nbytes!r}")
     _limit = limit
     if _allocator is not None:

@@ -1,5 +1,6 @@
 """Argument checks shared by the public functions (run once, before any kernel)."""
 
+import operator
 import os
 import sys
 import warnings
@@ -11,6 +12,7 @@ __all__ = [
     "check_act",
     "check_array",
     "check_shape",
+    "integer_in",
     "promote",
     "resolve_epsilon",
     "resolve_training",
@@ -66,6 +68,18 @@ def check_array(fname, argname, x, *, ndim=None, min_ndim=None, allow_none=False
             f"{fname}: {argname} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}"
         )
     return x
+
+
+def integer_in(value, lo, hi):
+    """``value`` as an ``int`` when it is an integer (any integer type, not a bool) with
+    ``lo <= value < hi``; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        value = operator.index(value)
+    except TypeError:
+        return None
+    return value if lo <= value < hi else None
 
 
 def check_act(fname, act):
