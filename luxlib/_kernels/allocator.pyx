@@ -136,7 +136,8 @@ cdef extern from *:
         if (!keep) lx_unmap(p, cap);
     }
 
-    /* A block from malloc (calloc when ``zero``): NumPy's own choice. */
+    /* A block from malloc (calloc when ``zero``), with NumPy's huge page hint for
+       large ones: what NumPy's own allocator does. */
     static void *lx_plain(size_t size, int zero) {
         if (size > (size_t)-1 - LX_HEADER) return NULL;
         char *base = (char *)(zero ? calloc(1, size + LX_HEADER) : malloc(size + LX_HEADER));
@@ -144,6 +145,12 @@ cdef extern from *:
         lx_header *h = (lx_header *)base;
         h->cap = size;
         h->kind = LX_MALLOCED;
+    #ifdef MADV_HUGEPAGE
+        if (size >= LX_HUGE) {
+            size_t page = lx_page(), skip = page - (size_t)(base + LX_HEADER) % page;
+            madvise(base + LX_HEADER + skip, (size - skip) / page * page, MADV_HUGEPAGE);
+        }
+    #endif
         return base + LX_HEADER;
     }
 
