@@ -364,6 +364,15 @@ cdef inline Py_ssize_t buffer_size(const Plan* p) noexcept nogil:
     return 0
 
 
+cdef inline void _transpose(int rows, int cols, const floating* src, Py_ssize_t lds,
+                            floating* dst, Py_ssize_t ldd) noexcept nogil:
+    """``dst = src.T`` for a ``rows x cols`` block (the float or double kernel)."""
+    if floating is float:
+        transpose_f(rows, cols, src, lds, dst, ldd)
+    else:
+        transpose_d(rows, cols, src, lds, dst, ldd)
+
+
 cdef inline void product(const Plan* p, Py_ssize_t i, const floating* a, const floating* b,
                          floating* c, bint accumulate, floating* buf) noexcept nogil:
     """``c (+)= op(a[i]) @ op(b[i])`` (``ldc = n``) by the small kernel or BLAS."""
@@ -377,16 +386,10 @@ cdef inline void product(const Plan* p, Py_ssize_t i, const floating* a, const f
         touch(<const char*>a, k if ta else m, it * (m if ta else k), it * lda)
         touch(<const char*>b, n if tb else k, it * (k if tb else n), it * ldb)
     if buf != NULL and p.pack == 1:  # a stored (k, m): make it (m, k)
-        if floating is float:
-            transpose_f(k, m, a, lda, buf, k)
-        else:
-            transpose_d(k, m, a, lda, buf, k)
+        _transpose(k, m, a, lda, buf, k)
         a, ta, lda = buf, False, k
     elif buf != NULL and p.pack == 2:  # b stored (n, k): make it (k, n)
-        if floating is float:
-            transpose_f(n, k, b, ldb, buf, n)
-        else:
-            transpose_d(n, k, b, ldb, buf, n)
+        _transpose(n, k, b, ldb, buf, n)
         b, tb, ldb = buf, False, n
     cdef Py_ssize_t ars = 1 if ta else lda, acs = lda if ta else 1
     cdef Py_ssize_t brs = 1 if tb else ldb, bcs = ldb if tb else 1
