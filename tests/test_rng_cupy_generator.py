@@ -5,6 +5,7 @@ one ``integers(0, 2**64, dtype=uint64)`` draw from a copy, read back with ``int`
 mask depends only on the drawn value, and the caller's generator is not advanced."""
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -24,12 +25,20 @@ class _ZeroDim:
         return int(self.value)
 
 
-def _stand_in():
+class _BitGenerator:
+    """Laid out as CuPy's: a lock (which ``copy.deepcopy`` cannot copy) beside the state."""
+
     def __init__(self, seed):
+        self.lock = threading.Lock()
         self.inner = np.random.default_rng(seed)
 
+
+def _stand_in():
+    def __init__(self, seed):
+        self.bit_generator = _BitGenerator(seed)
+
     def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
-        return _ZeroDim(self.inner.integers(low, high, size=size, dtype=dtype, endpoint=endpoint))
+        return _ZeroDim(self.bit_generator.inner.integers(low, high, size=size, dtype=dtype, endpoint=endpoint))
 
     return type("Generator", (), {"__module__": "cupy.random._generator_api", "__init__": __init__,
                                   "integers": integers})
@@ -49,7 +58,7 @@ def test_is_generator():
 def test_dropout_with_a_cupy_generator_gives_the_numpy_generators_mask(backend, dtype):
     x = np.random.default_rng(3).standard_normal((4, 33)).astype(dtype)
     rng = CupyGenerator(7)
-    before = copy.deepcopy(rng.inner.bit_generator.state)
+    before = copy.deepcopy(rng.bit_generator.inner.bit_generator.state)
     with backend_ctx(backend):
         y, mask, rng2 = luxlib.dropout(rng, x, 0.3, True)
         y_np, mask_np, _ = luxlib.dropout(np.random.default_rng(7), x, 0.3, True)
@@ -58,9 +67,10 @@ def test_dropout_with_a_cupy_generator_gives_the_numpy_generators_mask(backend, 
     np.testing.assert_array_equal(mask, mask_np)
     np.testing.assert_array_equal(y, y_np)
     np.testing.assert_array_equal(z, z_np)
-    assert rng.inner.bit_generator.state == before  # the caller's generator is not advanced
+    assert rng.bit_generator.inner.bit_generator.state == before  # the caller's generator is not advanced
     assert type(rng2) is CupyGenerator and rng2 is not rng
-    assert rng2.inner.bit_generator.state != before  # the returned copy is
+    assert rng2.bit_generator.inner.bit_generator.state != before  # the returned copy is
+    assert rng2.bit_generator.lock is not rng.bit_generator.lock
 
 
 def test_other_rngs_are_refused():

@@ -11,6 +11,7 @@ numbers: as easy as 1, 2, 3", SC 2011 (Random123).
 """
 
 import copy
+import threading
 
 import numpy as np
 
@@ -89,9 +90,20 @@ def draw_key(rng):
     rng : numpy.random.Generator or cupy.random.Generator
         The advanced copy.
     """
-    rng = copy.deepcopy(rng)
+    rng = _copy(rng)
     seed = int(rng.integers(0, 2**64, dtype=np.uint64))
     return (seed & _LOW32, seed >> 32), rng
+
+
+def _copy(rng):
+    """A deep copy of ``rng``. CuPy's bit generator holds a ``threading.Lock``, which
+    ``copy.deepcopy`` cannot copy: the copy gets a lock of its own."""
+    memo = {}
+    if not isinstance(rng, np.random.Generator):
+        lock = getattr(getattr(rng, "bit_generator", None), "lock", None)
+        if lock is not None:
+            memo[id(lock)] = threading.Lock()
+    return copy.deepcopy(rng, memo)
 
 
 def uniform(key, shape, xp=np):

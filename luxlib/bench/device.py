@@ -92,7 +92,13 @@ class CUDA(CPU):
         return out
 
     def torch_usable(self, torch):
-        return torch is not None and torch.cuda.is_available()
+        """Whether torch runs on CUDA here; if so, its float32 convolutions and matmuls are
+        set to full float32 precision (TF32 off, cuDNN's default on), as luxlib computes."""
+        if torch is None or not torch.cuda.is_available():
+            return False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return True
 
     def info(self):
         cp = self.cupy

@@ -12,13 +12,11 @@ import numpy as np
 
 from .._generic.philox import draw_key, is_generator
 from .._validation import array_namespace
-from ._modules import BLOCK, acc_scalar, grid_1d, kernel_name
-
-DTYPES = ("float16", "float32", "float64")
+from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, kernel_name
 
 
 def supports(rng, x, training, **_):
-    return bool(training) and is_generator(rng) and x.dtype.name in DTYPES
+    return bool(training) and is_generator(rng) and x.dtype in DTYPES
 
 
 def _threshold(p):

@@ -6,6 +6,7 @@ family for float, double and __half (``name_expressions``). Nothing here imports
 CuPy at import time.
 """
 
+import functools
 import hashlib
 import os
 
@@ -13,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "COMPILE_OPTIONS",
+    "DTYPES",
     "FAMILIES",
     "TYPES",
     "acc_scalar",
@@ -40,12 +42,14 @@ FAMILIES = {
     "normalization": (
         "normalization.cu",
         ("norm_stats_partial", "norm_stats_finalize", "norm_forward", "norm_backward_partial",
-         "norm_backward_dx", "norm_backward_dx_cols"),
+         "norm_backward_dx", "norm_backward_dx_cols", "norm_rows_forward", "norm_rows_backward"),
     ),
 }
 
 #: dtype name -> CUDA element type
 TYPES = {"float32": "float", "float64": "double", "float16": "__half"}
+#: the dtypes the kernels take
+DTYPES = frozenset(np.dtype(name) for name in TYPES)
 
 #: options of every compile (plus the include path of this directory, compile_options())
 COMPILE_OPTIONS = ("--std=c++17",)
@@ -78,6 +82,7 @@ def read_source(filename):
     return f"// luxlib headers {headers_digest()}\n#line 1 \"{filename}\"\n" + _text(filename)
 
 
+@functools.lru_cache(maxsize=None)  # launch overhead: NumPy's dtype.name alone takes microseconds
 def kernel_name(kernel, dtype):
     """The name expression of ``kernel`` for arrays of ``dtype``, e.g. ``"multiply<float>"``."""
     return f"{kernel}<{TYPES[np.dtype(dtype).name]}>"
@@ -94,16 +99,31 @@ def compile_options():
 _MODULES = {}
 
 
+class _Kernels:
+    """A ``cupy.RawModule`` whose ``get_function`` keeps the kernels it hands out (CuPy's
+    builds a new ``RawKernel`` on every call, tens of microseconds of launch overhead)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self._kernels = {}
+
+    def get_function(self, name):
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            kernel = self._kernels[name] = self.raw.get_function(name)
+        return kernel
+
+
 def get_module(family):
-    """The compiled ``cupy.RawModule`` of ``family`` (compiled once, on first use)."""
+    """The kernels of ``family``: its ``cupy.RawModule`` (compiled once, on first use)."""
     mod = _MODULES.get(family)
     if mod is None:
         import cupy  # only reached with CuPy arrays, whose owner has CuPy
 
         filename = FAMILIES[family][0]
-        mod = cupy.RawModule(
+        mod = _Kernels(cupy.RawModule(
             code=read_source(filename), options=compile_options(), name_expressions=name_expressions(family)
-        )
+        ))
         _MODULES[family] = mod
     return mod
 
@@ -112,12 +132,19 @@ def acc_scalar(dtype, value):
     """``value`` rounded to ``dtype`` and typed as the kernels' compute type (float32 for
     float16 and float32 arrays, float64 for float64)."""
     dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return np.float64(value)
+    if abs(value) <= _FLOAT_MAX[dtype]:  # the common case, without errstate's overhead
+        return np.float32(dtype.type(value))
     with np.errstate(over="ignore"):  # e.g. dropout's 1/(1-p) above float16's range is inf, as NumPy casts
-        rounded = dtype.type(value)
-    return np.float64(rounded) if dtype == np.float64 else np.float32(rounded)
+        return np.float32(dtype.type(value))
 
 
-def grid_1d(mod, n, block=BLOCK):
-    """Grid of a grid-stride kernel over ``n`` items (a module may lower the cap: ``max_blocks``)."""
+_FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def grid_1d(mod, n, block=BLOCK, per_thread=1):
+    """Grid of a grid-stride kernel over ``n`` items, ``per_thread`` of them per thread and
+    step (e.g. a 16-byte vector); a module may lower the cap: ``max_blocks``."""
     cap = getattr(mod, "max_blocks", MAX_BLOCKS)
-    return (max(1, min(-(-n // block), cap)),)
+    return (max(1, min(-(-n // (block * per_thread)), cap)),)

@@ -7,8 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from bias_activation_checks import check_bias_activation, make_inputs
 
 import luxlib
+from _helpers import ALL_ACTS
 from luxlib import activations
 from luxlib._dispatch import _REGISTRY, trace
 
@@ -28,30 +30,24 @@ def test_import_luxlib_cuda_imports_no_cupy():
     assert out.stdout.strip() == "False"
 
 
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (257,), (3, 33), (2, 3, 257), (64, 128, 7, 7)], ids=str)
 def test_bias_activation_on_gpu(cp, dtype, shape):
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal(shape) * 3).astype(dtype)
-    bias = rng.standard_normal(shape[0] if len(shape) == 1 else shape[1]).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    tol = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-12}[dtype]
-    for act in activations.ACTIVATIONS.values():
-        calc = np.float32 if dtype == np.float16 else dtype
-        with luxlib.backend("generic"), np.errstate(all="ignore"):
-            y_ref, pb = luxlib.vjp(luxlib.bias_activation, act, x.astype(calc), bias.astype(calc))
-            g_ref = pb(dy.astype(calc))
+    x, bias, dy = make_inputs(shape, dtype)
+
+    def run(act, x, bias, dy):
         with trace() as record:
-            y, pb = luxlib.vjp(luxlib.bias_activation, act, cp.asarray(x), cp.asarray(bias))
+            y = luxlib.bias_activation(act, cp.asarray(x), None if bias is None else cp.asarray(bias))
+            y2, pb = luxlib.vjp(luxlib.bias_activation, act, cp.asarray(x), None if bias is None else cp.asarray(bias))
             g = pb(cp.asarray(dy))
-        assert record == [("bias_activation", "gpu")]
-        scale = 1 + np.abs(np.nan_to_num(y_ref, posinf=0, neginf=0))
-        np.testing.assert_allclose(cp.asnumpy(y) / scale, y_ref.astype(dtype) / scale, atol=tol, rtol=0,
-                                   err_msg=repr(act))
-        np.testing.assert_allclose(cp.asnumpy(g[1]).astype(np.float64), g_ref[1], atol=tol * 10, rtol=tol * 10,
-                                   err_msg=repr(act))
+        assert record == [("bias_activation", "gpu")] * 2
+        return cp.asnumpy(y), cp.asnumpy(y2), {"x": cp.asnumpy(g[1]), "bias": None if g[2] is None else cp.asnumpy(g[2])}
+
+    for act in ALL_ACTS:
+        check_bias_activation(run, act, x, bias, dy)
+    for act in (activations.relu, activations.gelu, activations.identity):
+        check_bias_activation(run, act, x, None, dy)
 
 
 @pytest.mark.gpu
