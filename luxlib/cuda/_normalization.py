@@ -36,13 +36,6 @@ TARGET_BLOCKS = 1024
 MAX_CHUNKS = 65535
 #: block of norm_backward_dx_cols: (LX_WARP columns, LX_NORM_ROWS rows) of normalization.cu
 COLS_BLOCK = (32, 8)
-#: layernorm rows of at most this many elements run the rows kernels (one block thread per
-#: element of a row: at most 1024; a module may lower it: ``norm_rows_max``, for tests)
-ROWS_MAX = 1024
-#: rows per tile of the rows kernels (LX_ROWS_TILE of normalization.cu) and, unless capped by
-#: ``max_blocks``, the most blocks they launch (each writes one row of column partial sums)
-ROWS_TILE = 8
-ROWS_BLOCKS = 1024
 #: the elementwise kernels index in 32 bits while every index (and index + grid stride)
 #: stays below this (a module may ask for 64 bits always: ``norm_wide_index``, for tests)
 NARROW_LIMIT = 2**31
@@ -157,20 +150,6 @@ def _statistics(mod, x, units):
     return mean, var
 
 
-def _rows_path(mod, geom):
-    """Whether layernorm (``geom.vec``) runs the rows kernels: rows short enough for a block."""
-    return geom.vec and geom.count <= getattr(mod, "norm_rows_max", ROWS_MAX)
-
-
-def _row_launch(mod, rows, length):
-    """``(grid, block, rchunk)`` of the rows kernels: chunks of whole tiles of rows, at most
-    ``ROWS_BLOCKS`` (or the module's ``max_blocks``) of them."""
-    tiles = -(-rows // ROWS_TILE)
-    per_block = -(-tiles // min(tiles, ROWS_BLOCKS, getattr(mod, "max_blocks", ROWS_BLOCKS)))
-    rchunk = per_block * ROWS_TILE
-    return (-(-rows // rchunk),), (32 * -(-length // 32),), rchunk
-
-
 def _param(act, dtype):
     return acc_scalar(dtype, act.params[0] if act.params else 0.0)
 
@@ -179,16 +158,6 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     """``(y, mean, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
     float64 ``(mean, var)`` per group)."""
     xp = array_namespace(x)
-    if stats is None and _rows_path(mod, geom):
-        rows, length = geom.groups, geom.count
-        grid, block, rchunk = _row_launch(mod, rows, length)
-        y, mean, rstd = xp.empty(x.shape, x.dtype), xp.empty((rows,), xp.float64), xp.empty((rows,), xp.float64)
-        mod.get_function(kernel_name("norm_rows_forward", x.dtype))(
-            grid, block,
-            (x, scale, bias, y, mean, rstd) + _i64(rows, length, rchunk)
-            + (np.float64(epsilon), np.int32(act.id), _param(act, x.dtype)),
-        )
-        return y, mean, None, rstd
     mean, var = _statistics(mod, x, geom.stats) if stats is None else stats
     rstd = 1.0 / xp.sqrt(var + epsilon)
     y = xp.empty(x.shape, x.dtype)
@@ -224,20 +193,6 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         group = sums[:, :2].reshape(geom.groups, geom.sdiv, 2).sum(axis=1) / geom.count
         return xp.ascontiguousarray(group[:, 0]), xp.ascontiguousarray(group[:, 1]), sums[:, 2:]
 
-    def rows_pullback(dy):
-        """layernorm's rows kernel: dx and the per-column sums in one pass over x and dy."""
-        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-        dx = xp.empty(x.shape, x.dtype)
-        rows, length = geom.groups, geom.count
-        grid, block, rchunk = _row_launch(mod, rows, length)
-        part = xp.empty((grid[0] * length * 2,), xp.float64)
-        mod.get_function(kernel_name("norm_rows_backward", x.dtype))(
-            grid, block,
-            (x, dy, scale, bias, mean, rstd, dx, part) + _i64(rows, length, rchunk) + (np.int32(act.id), p),
-        )
-        sums = part.reshape(grid[0], length, 2).sum(axis=0)
-        return dx, sums[:, 0], sums[:, 1]
-
     def pullback(dy):
         dy = xp.ascontiguousarray(dy, dtype=x.dtype)
         dx = xp.empty(x.shape, x.dtype)
@@ -268,7 +223,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         per_channel = unit_sums.reshape(-1, geom.amod, 2).sum(axis=0)
         return dx, per_channel[:, 0], per_channel[:, 1]
 
-    return rows_pullback if _rows_path(mod, geom) else pullback
+    return pullback
 
 
 def _supports(act, x, **_):
