@@ -110,13 +110,21 @@ def _upcoming(gen):
     return copy.deepcopy(gen).integers(0, 2**63, size=4).tolist()
 
 
-@pytest.mark.parametrize("bitgen", [np.random.PCG64, np.random.Philox, np.random.MT19937])
-def test_draw_key(bitgen):
-    rng = np.random.Generator(bitgen(42))
+@pytest.mark.parametrize("buffered", [False, True], ids=["fresh", "buffered"])
+@pytest.mark.parametrize("bitgen", [np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64,
+                                    np.random.MT19937])
+def test_draw_key(bitgen, buffered):
+    def generator():
+        g = np.random.Generator(bitgen(42))
+        if buffered:  # leaves half of a 64-bit draw in the bit generator's state
+            g.integers(0, 2**31, dtype=np.uint32)
+        return g
+
+    rng = generator()
     before = _upcoming(rng)
     key, new = draw_key(rng)
     assert _upcoming(rng) == before, "the caller's generator was advanced"
-    reference = np.random.Generator(bitgen(42))
+    reference = generator()
     seed = int(reference.integers(0, 2**64, dtype=np.uint64))
     assert key == (seed % 2**32, seed // 2**32)
     assert all(0 <= k < 2**32 for k in key)

@@ -95,9 +95,19 @@ def draw_key(rng):
     return (seed & _LOW32, seed >> 32), rng
 
 
+#: NumPy bit generators with a small state, copied through it (a fifth of deepcopy's time)
+_STATE_COPIED = (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)
+
+
 def _copy(rng):
-    """A deep copy of ``rng``. CuPy's bit generator holds a ``threading.Lock``, which
-    ``copy.deepcopy`` cannot copy: the copy gets a lock of its own."""
+    """A copy of ``rng`` that advances independently of it.
+
+    CuPy's bit generator holds a ``threading.Lock``, which ``copy.deepcopy`` cannot
+    copy: the copy gets a lock of its own."""
+    if type(rng) is np.random.Generator and type(rng.bit_generator) in _STATE_COPIED:
+        bit_generator = type(rng.bit_generator)(0)  # its seed is overwritten at once
+        bit_generator.state = rng.bit_generator.state
+        return np.random.Generator(bit_generator)
     memo = {}
     if not isinstance(rng, np.random.Generator):
         lock = getattr(getattr(rng, "bit_generator", None), "lock", None)

@@ -33,7 +33,7 @@ def _multiply(mod, u, v):
     out = xp.empty(u.shape, u.dtype)
     if u.size:
         mod.get_function(kernel_name("multiply", u.dtype))(
-            grid_1d(mod, u.size), (BLOCK,), (u, v, out, np.int64(u.size))
+            grid_1d(mod, u.size, per_thread=16 // u.itemsize), (BLOCK,), (u, v, out, np.int64(u.size))
         )
     return out
 

@@ -4,22 +4,37 @@
 // One thread per Philox block (4 elements), grid-stride. Templates over T = float,
 // double, __half; scalars come in the compute type A, already rounded to T by the host.
 #include "common.cuh"
+#include "elementwise.cuh"
 #include "philox.cuh"
 
-#define LX_GRID_STRIDE(i, n) \
-    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-         i += (lx_i64)gridDim.x * blockDim.x)
-
-/* mask[i] = keep ? invp : 0 for i < n; and y[i] = x[i] * mask[i] when write_y */
+/* mask[i] = keep ? invp : 0 for i < n; and y[i] = x[i] * mask[i] when write_y. A block's
+   4 elements move as one access when every pointer is aligned to it (invp is a value of
+   T, so mask[i] read back equals the product's factor) */
 template <typename T>
 __global__ void dropout_mask(T* __restrict__ mask, const T* __restrict__ x, T* __restrict__ y, lx_i64 n,
                              lx_u32 k0, lx_u32 k1, lx_u32 thr, typename lx_acc<T>::type invp, int write_y)
 {
     typedef typename lx_acc<T>::type A;
+    typedef lx_pack<T, 4> Q;
+    const bool vec = ((lx_u64)mask | (lx_u64)x | (lx_u64)y) % sizeof(Q) == 0;
     const lx_i64 nblocks = (n + 3) / 4;
     LX_GRID_STRIDE(b, nblocks) {
         lx_u32 w[4];
         lx_philox_block((lx_u64)b, k0, k1, w);
+        if (vec && 4 * b + 4 <= n) {
+            Q m;
+#pragma unroll
+            for (int j = 0; j < 4; j++) lx_store(m.v + j, lx_keep(w[j], thr) ? invp : (A)0);
+            *reinterpret_cast<Q*>(mask + 4 * b) = m;
+            if (write_y) {
+                const Q in = *reinterpret_cast<const Q*>(x + 4 * b);
+                Q out;
+#pragma unroll
+                for (int j = 0; j < 4; j++) lx_store(out.v + j, lx_mul(lx_load(in.v + j), lx_load(m.v + j)));
+                *reinterpret_cast<Q*>(y + 4 * b) = out;
+            }
+            continue;
+        }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const lx_i64 i = 4 * b + j;
@@ -74,5 +89,13 @@ __global__ void alpha_dropout_backward(const unsigned char* __restrict__ keep, c
 template <typename T>
 __global__ void multiply(const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ out, lx_i64 n)
 {
-    LX_GRID_STRIDE(i, n) { lx_store(out + i, lx_mul(lx_load(u + i), lx_load(v + i))); }
+    lx_elementwise<T>(n, lx_vector_head<T>(n, u, v, out), [&](lx_i64 i, auto w) {
+        constexpr int W = decltype(w)::value;
+        const lx_pack<T, W> a = *reinterpret_cast<const lx_pack<T, W>*>(u + i);
+        const lx_pack<T, W> b = *reinterpret_cast<const lx_pack<T, W>*>(v + i);
+        lx_pack<T, W> c;
+#pragma unroll
+        for (int j = 0; j < W; j++) lx_store(c.v + j, lx_mul(lx_load(a.v + j), lx_load(b.v + j)));
+        *reinterpret_cast<lx_pack<T, W>*>(out + i) = c;
+    });
 }
