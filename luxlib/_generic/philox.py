@@ -17,7 +17,7 @@ import numpy as np
 
 from .._validation import array_namespace
 
-__all__ = ["philox4x32", "draw_key", "is_generator", "uniform"]
+__all__ = ["draw_key", "is_generator", "philox4x32", "uniform"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments

@@ -1,18 +1,23 @@
 """GPU ``fused_conv_bias_activation``: im2col kernel + gemm (the array namespace's
-``matmul``: cuBLAS on CuPy) + the bias+activation kernel as the fused epilogue.
+``matmul``: cuBLAS on CuPy) + the bias+activation kernel as the fused epilogue; depthwise
+convolutions (``groups == C_in > 1``) by direct kernels instead of im2col and gemm.
 
 Every convolution runs as a 3-D one (leading unit spatial axes, as the looped kernels
-do). The batch is tiled so the workspace of one tile stays within ``WORKSPACE_BYTES``.
-Per tile of ``nb`` samples and group ``g`` (``Cg`` input, ``Cog`` output channels,
-``K`` taps, ``P`` output positions):
+do). The batch is tiled so the workspace of one tile stays within ``WORKSPACE_BYTES``
+and every array of a tile has fewer than ``TILE_LIMIT`` elements (32-bit indices in the
+kernels). Per tile of ``nb`` samples and group ``g`` (``Cg`` input, ``Cog`` output
+channels, ``K`` taps, ``P`` output positions):
 
-    forward   y[n, g]   = W[g] (Cog x Cg K) @ cols[n, g] (Cg K x P)
-    reverse   dW[g]    += sum_n dz[n, g] @ colsT[n, g]      (colsT: im2col's P x Cg K layout)
-              dcols     = W[g]^T @ dz[n, g],  dx = col2im(dcols)  (a gather, no atomics)
-              db        = the epilogue kernel's reduction
+    forward   y[n, g] = W[g] (Cog x Cg K) @ cols[n, g] (Cg K x P)
+    reverse   dW[g]  += dzb[g] (Cog x nb P) @ colsb[g]^T (nb P x Cg K)   (one gemm per group)
+              dcols   = W[g]^T @ dz[n, g],  dx = col2im(dcols)  (a gather, no atomics)
+              db      = the epilogue kernel's reduction
 
-A 1x1 kernel with unit stride and no padding uses ``x`` itself as ``cols`` (and
-writes ``dcols`` straight into ``dx``).
+``colsb`` is im2col's batch-minor layout ``(G, Cg K, nb, P)`` and ``dzb`` the same
+transposition of ``dz`` (a copy of ``dz``, which is ``K Cg / Cog`` times smaller than the
+columns); the transposed operand is a 2-D view, passed to cuBLAS as a transpose flag.
+A 1x1 kernel with unit stride and no padding uses ``x`` itself as ``cols`` (and writes
+``dcols`` straight into ``dx``).
 """
 
 import math
@@ -21,34 +26,59 @@ import numpy as np
 
 from .._validation import array_namespace
 from . import _bias_activation
-from ._modules import BLOCK, grid_1d, kernel_name
+from ._modules import BLOCK, divisor, grid_1d, kernel_name
 
-#: bytes of the per-tile workspace: forward and transposed columns, the columns'
-#: gradient and the per-sample weight gradients of one tile of the batch (a tile has at
-#: least one sample, so a single huge sample may exceed it)
+#: bytes of the per-tile workspace: the columns, their gradient and the transposed output
+#: gradient of one tile of the batch (a tile has at least one sample, so a single huge
+#: sample may exceed it)
 WORKSPACE_BYTES = 256 << 20
+#: elements of any array of a tile (x, the columns, the output) stay below this: the kernels
+#: index in 32-bit arithmetic (headroom for a grid stride past the end)
+TILE_LIMIT = 2**31 - 2**24
+#: the depthwise weight gradient splits each (channel, tap) reduction until the grid has
+#: about this many blocks, each split keeping at least DW_MIN_SPLIT positions
+DW_TARGET_BLOCKS = 1024
+DW_MIN_SPLIT = 16 * BLOCK
+
+
+def _is_depthwise(x, cdims):
+    return cdims.groups == x.shape[1] > 1
+
+
+def _per_sample(weight, x, cdims):
+    """Elements per sample of the largest array a kernel indexes."""
+    c, k, p = x.shape[1], math.prod(weight.shape[2:]), math.prod(cdims.output_shape[2:])
+    if _is_depthwise(x, cdims):
+        return max(c * math.prod(x.shape[2:]), weight.shape[0] * p)
+    return c * max(k * p, math.prod(x.shape[2:]))
 
 
 def supports(act, weight, x, bias, cdims):
     # empty batches and channel-less problems run generic, as on the looped path; the
-    # kernels index within one sample in 32-bit arithmetic
-    per_sample = x.shape[1] * max(math.prod(weight.shape[2:]) * math.prod(cdims.output_shape[2:]),
-                                  math.prod(x.shape[2:]))
+    # kernels index within a tile (at least one sample) in 32-bit arithmetic
     return (
         _bias_activation.supports(act, x, bias)
         and weight.dtype == x.dtype
         and x.size > 0
         and weight.size > 0
-        and per_sample < 2**31
+        and _per_sample(weight, x, cdims) < TILE_LIMIT
     )
 
 
+def _as_3d(v, fill):
+    """A per-axis tuple of 1 or 2 spatial axes with leading ``fill`` up to 3 axes."""
+    return (fill,) * (3 - len(v)) + tuple(v)
+
+
+def _divisors(*ds):
+    return sum((divisor(d, 32) for d in ds), ())
+
+
 class _Plan:
-    """Geometry, batch tiling and the kernels' scalar arguments of one call."""
+    """Geometry, batch tiling and the kernels' scalar arguments of one call (im2col + gemm)."""
 
     def __init__(self, mod, weight, x, cdims):
         self.mod, self.xp = mod, array_namespace(weight, x)
-        unit = 3 - cdims.spatial_dims
         self.x = self.xp.ascontiguousarray(x)
         self.x_shape, self.w_shape = x.shape, weight.shape
         self.n, self.c = x.shape[:2]
@@ -57,41 +87,51 @@ class _Plan:
         out = tuple(cdims.output_shape[2:])
         self.y_shape = (self.n, weight.shape[0]) + out
         self.k, self.p = math.prod(weight.shape[2:]), math.prod(out)
+        self.plane = math.prod(x.shape[2:])
         self.w = self.xp.ascontiguousarray(weight).reshape(self.g, self.cog, self.cg * self.k)
+        in3, out3 = _as_3d(x.shape[2:], 1), _as_3d(out, 1)
+        self.stride = _as_3d(cdims.stride, 1)
         geometry = (
-            (self.c,)
-            + (1,) * unit + tuple(x.shape[2:])
-            + (1,) * unit + out
-            + (1,) * unit + tuple(weight.shape[2:])
-            + (1,) * unit + tuple(cdims.stride)
-            + (1,) * unit + tuple(cdims.dilation)
-            + (0,) * unit + tuple(lo for lo, _ in cdims.padding)
-            + (int(cdims.flipkernel),)
+            (self.c,) + in3 + out3 + _as_3d(weight.shape[2:], 1) + self.stride + _as_3d(cdims.dilation, 1)
+            + _as_3d([lo for lo, _ in cdims.padding], 0) + (int(cdims.flipkernel),)
         )
         self.geometry = tuple(np.int32(v) for v in geometry)
+        self.out_divisors = _divisors(out3[2], out3[1])  # OW, OH
+        self.in_divisors = _divisors(in3[2], in3[1]) + _divisors(*self.stride)  # W, H, strides
         self.one_by_one = (
             self.k == 1 and all(s == 1 for s in cdims.stride) and all(p == (0, 0) for p in cdims.padding)
         )
-        cols = self.c * self.k * self.p  # elements per sample of each workspace array
-        per_sample = (2 * cols + weight.shape[0] * self.cg * self.k) * x.dtype.itemsize
-        self.nb = max(1, min(self.n, WORKSPACE_BYTES // per_sample))
+        limit = (TILE_LIMIT - 1) // _per_sample(weight, x, cdims)
+        self.nb = max(1, min(self.n, self._tile_samples(weight, x, cdims), limit))
+
+    def _tile_samples(self, weight, x, cdims):
+        # the columns and their gradient (both alive in the reverse pass), dz transposed
+        per_sample = (2 * self.c * self.k * self.p + weight.shape[0] * self.p) * x.dtype.itemsize
+        return WORKSPACE_BYTES // per_sample
 
     def tiles(self):
         for n0 in range(0, self.n, self.nb):
             yield n0, min(self.n, n0 + self.nb)
 
-    def cols(self, n0, n1, trans):
-        """im2col of samples [n0, n1): ``(nb, G, Cg K, P)``, or ``(nb, G, P, Cg K)`` (trans)."""
-        nb, xp = n1 - n0, self.xp
+    def _launch(self, name, n_threads, args):
+        self.mod.get_function(kernel_name(name, self.x.dtype))(
+            grid_1d(self.mod, n_threads), (BLOCK,), args + self.geometry
+        )
+
+    def cols(self, n0, n1, batch_minor):
+        """im2col of samples [n0, n1): ``(nb, G, Cg K, P)``, or ``(G, Cg K, nb P)`` (batch_minor)."""
+        nb = n1 - n0
         if self.one_by_one:
             v = self.x[n0:n1].reshape(nb, self.g, self.cg, self.p)
-            return v.swapaxes(-1, -2) if trans else v
-        shape = (nb, self.g, self.p, self.cg * self.k) if trans else (nb, self.g, self.cg * self.k, self.p)
-        cols = xp.empty(shape, self.x.dtype)
-        self.mod.get_function(kernel_name("im2col", cols.dtype))(
-            grid_1d(self.mod, cols.size), (BLOCK,),
-            (self.x[n0:n1], cols, np.int64(cols.size), np.int32(self.g), np.int32(trans)) + self.geometry,
-        )
+            return _batch_minor(self.xp, v) if batch_minor else v
+        if batch_minor:
+            shape, row_stride, sample_stride = (self.g, self.cg * self.k, nb * self.p), nb * self.p, self.p
+        else:
+            shape, row_stride, sample_stride = (nb, self.g, self.cg * self.k, self.p), self.p, self.c * self.k * self.p
+        cols = self.xp.empty(shape, self.x.dtype)
+        total = nb * self.c * self.p
+        self._launch("im2col", total, (self.x[n0:n1], cols, np.int32(total), np.int32(row_stride),
+                                       np.int32(sample_stride)) + _divisors(self.p, self.c) + self.out_divisors)
         return cols
 
     def conv(self):
@@ -99,7 +139,7 @@ class _Plan:
         z = self.xp.empty((self.n, self.g * self.cog, self.p), self.x.dtype)
         for n0, n1 in self.tiles():
             out = z[n0:n1].reshape(n1 - n0, self.g, self.cog, self.p)
-            self.xp.matmul(self.w, self.cols(n0, n1, trans=False), out=out)
+            self.xp.matmul(self.w, self.cols(n0, n1, batch_minor=False), out=out)
         return z
 
     def backward(self, dz):
@@ -112,22 +152,81 @@ class _Plan:
         for n0, n1 in self.tiles():
             nb = n1 - n0
             dzt = dz[n0:n1].reshape(nb, self.g, self.cog, self.p)
-            dw += xp.matmul(dzt, self.cols(n0, n1, trans=True)).sum(axis=0, dtype=acc)
+            dzb = _batch_minor(xp, dzt)
+            colsb = self.cols(n0, n1, batch_minor=True)
+            for g in range(self.g):  # 2-D products: the transposed view costs no copy
+                dw[g] += xp.matmul(dzb[g], colsb[g].T)
+            del colsb
             if self.one_by_one:
                 xp.matmul(wt, dzt, out=dx[n0:n1].reshape(nb, self.g, self.cg, self.p))
                 continue
             dcols = xp.matmul(wt, dzt)  # (nb, G, Cg K, P) = (nb, C, K, P)
-            self.mod.get_function(kernel_name("col2im", dtype))(
-                grid_1d(self.mod, nb * self.x[0].size), (BLOCK,),
-                (dcols, dx[n0:n1], np.int64(nb * self.x[0].size)) + self.geometry,
-            )
+            total = nb * self.c * self.plane
+            self._launch("col2im", total, (dcols, dx[n0:n1], np.int32(total)) + _divisors(self.plane)
+                         + self.in_divisors)
         return dw.astype(dtype, copy=False).reshape(self.w_shape), dx.reshape(self.x_shape)
+
+
+def _batch_minor(xp, a):
+    """``a`` (nb, G, R, P) as a C-contiguous ``(G, R, nb P)`` (a view when nb == 1)."""
+    nb, g, r, p = a.shape
+    return xp.ascontiguousarray(a.transpose(1, 2, 0, 3)).reshape(g, r, nb * p)
+
+
+class _Depthwise(_Plan):
+    """Depthwise convolutions (``groups == C``, ``M = C_out / C`` output channels per input
+    channel) by direct kernels: no columns, no gemm."""
+
+    def _tile_samples(self, weight, x, cdims):
+        return self.n  # no workspace: tiles only keep indices 32-bit
+
+    def conv(self):
+        """``conv(x, weight)`` as a new C-contiguous ``(N, C M, P)`` array (``dw_conv_forward``)."""
+        xp, m = self.xp, self.cog
+        z = xp.empty((self.n, self.c * m, self.p), self.x.dtype)
+        for n0, n1 in self.tiles():
+            total = (n1 - n0) * self.c * m * self.p
+            self._launch("dw_conv_forward", total, (self.x[n0:n1], self.w, z[n0:n1], np.int32(total))
+                         + _divisors(self.p, m, self.c) + self.out_divisors)
+        return z
+
+    def backward(self, dz):
+        """``(dweight, dx)``: ``dw_conv_dx``, and ``dw_conv_dw_partial`` per tile, then one
+        ``dw_conv_dw_finalize`` over the partials of every split and tile."""
+        xp, dtype, m = self.xp, self.x.dtype, self.cog
+        dx = xp.empty(self.x.shape, dtype)
+        units = self.c * m * self.k
+        splits = max(1, min(-(-DW_TARGET_BLOCKS // units), self.nb * self.p // DW_MIN_SPLIT))
+        tiles = list(self.tiles())
+        partial = xp.empty((len(tiles) * splits, units), xp.result_type(dtype, xp.float32))  # compute type
+        for i, (n0, n1) in enumerate(tiles):
+            nb = n1 - n0
+            total = nb * self.c * self.plane
+            self._launch("dw_conv_dx", total, (dz[n0:n1], self.w, dx[n0:n1], np.int32(total), np.int32(m))
+                         + _divisors(self.plane, self.c) + self.in_divisors)
+            length = nb * self.p
+            chunk = -(-length // splits)
+            self.mod.get_function(kernel_name("dw_conv_dw_partial", dtype))(
+                grid_1d(self.mod, units * splits, block=1), (BLOCK,),
+                (dz[n0:n1], self.x[n0:n1], partial[i * splits:(i + 1) * splits], np.int32(length), np.int32(chunk),
+                 np.int32(splits), np.int32(units * splits), np.int32(m)) + _divisors(self.p) + self.out_divisors
+                + self.geometry,
+            )
+        dw = xp.empty(self.w_shape, dtype)
+        self.mod.get_function(kernel_name("dw_conv_dw_finalize", dtype))(
+            grid_1d(self.mod, units), (BLOCK,), (partial, dw, np.int32(partial.shape[0]), np.int32(units))
+        )
+        return dw, dx.reshape(self.x_shape)
+
+
+def _plan(mod, weight, x, cdims):
+    return (_Depthwise if _is_depthwise(x, cdims) else _Plan)(mod, weight, x, cdims)
 
 
 def forward(conv_mod, epilogue_mod, act, weight, x, bias, cdims):
     """``act(conv(x, weight) + bias)``; ``conv_mod`` holds ``conv.cu``'s kernels,
     ``epilogue_mod`` those of ``bias_activation.cu``."""
-    plan = _Plan(conv_mod, weight, x, cdims)
+    plan = _plan(conv_mod, weight, x, cdims)
     z = plan.conv()
     return _bias_activation.forward(epilogue_mod, act, z, bias, out=z).reshape(plan.y_shape)
 
@@ -135,7 +234,7 @@ def forward(conv_mod, epilogue_mod, act, weight, x, bias, cdims):
 def vjp(conv_mod, epilogue_mod, act, weight, x, bias, cdims):
     """``(y, pullback)``; keeps ``x``, ``weight`` and ``y`` (output-only activations) or the
     pre-bias convolution (the backward kernel adds the bias again)."""
-    plan = _Plan(conv_mod, weight, x, cdims)
+    plan = _plan(conv_mod, weight, x, cdims)
     y, epilogue_pullback = _bias_activation.epilogue_vjp(epilogue_mod, act, plan.conv(), bias)
 
     def pullback(dy):

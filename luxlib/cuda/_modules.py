@@ -19,6 +19,7 @@ __all__ = [
     "TYPES",
     "acc_scalar",
     "compile_options",
+    "divisor",
     "get_module",
     "grid_1d",
     "kernel_name",
@@ -38,11 +39,12 @@ FAMILIES = {
         "dropout.cu",
         ("dropout_mask", "alpha_dropout_forward", "alpha_dropout_backward", "multiply"),
     ),
-    "conv": ("conv.cu", ("im2col", "col2im")),
+    "conv": ("conv.cu", ("im2col", "col2im", "dw_conv_forward", "dw_conv_dx", "dw_conv_dw_partial",
+                         "dw_conv_dw_finalize")),
     "normalization": (
         "normalization.cu",
         ("norm_stats_partial", "norm_stats_finalize", "norm_forward", "norm_backward_partial",
-         "norm_backward_dx", "norm_backward_dx_cols"),
+         "norm_backward_dx", "norm_backward_dx_cols", "norm_rows_forward", "norm_rows_backward"),
     ),
 }
 
@@ -82,7 +84,7 @@ def read_source(filename):
     return f"// luxlib headers {headers_digest()}\n#line 1 \"{filename}\"\n" + _text(filename)
 
 
-@functools.lru_cache(maxsize=None)  # launch overhead: NumPy's dtype.name alone takes microseconds
+@functools.cache  # launch overhead: NumPy's dtype.name alone takes microseconds
 def kernel_name(kernel, dtype):
     """The name expression of ``kernel`` for arrays of ``dtype``, e.g. ``"multiply<float>"``."""
     return f"{kernel}<{TYPES[np.dtype(dtype).name]}>"
@@ -141,6 +143,35 @@ def acc_scalar(dtype, value):
 
 
 _FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def divisor(d, bits=64):
+    """Kernel arguments ``(d, mul, shift)`` of ``lx_divisor`` (``common.cuh``): ``n // d``
+    as ``mulhi(2n, mul) >> shift`` in ``bits``-bit unsigned arithmetic, exact for
+    ``0 <= n < 2**(bits - 1)``.
+
+    Parameters
+    ----------
+    d : int
+        The divisor, ``1 <= d <= 2**31`` for 32 bits, ``1 <= d < 2**63`` for 64 bits.
+    bits : {32, 64}
+        Width of the kernel's index type.
+
+    Returns
+    -------
+    tuple of (numpy.int64, numpy.uint64, numpy.int32)
+        ``d``, ``mul = ceil(2**(bits - 1 + shift) / d)`` (below ``2**bits``) and
+        ``shift = ceil(log2(d))``.
+    """
+    d = int(d)
+    if bits not in (32, 64):
+        raise ValueError(f"bits must be 32 or 64, got {bits}")
+    top = 2**31 if bits == 32 else 2**63 - 1  # d is passed as an int64
+    if not 1 <= d <= top:
+        raise ValueError(f"divisor {d} outside [1, {top}]")
+    shift = (d - 1).bit_length()
+    mul = -(-(1 << (bits - 1 + shift)) // d)
+    return np.int64(d), np.uint64(mul), np.int32(shift)
 
 
 def grid_1d(mod, n, block=BLOCK, per_thread=1):

@@ -23,9 +23,17 @@ import numpy as np
 
 from .. import _normalization_glue as glue
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, kernel_name
+from ._modules import (
+    BLOCK,
+    DTYPES,
+    MAX_BLOCKS,
+    acc_scalar,
+    divisor,
+    grid_1d,
+    kernel_name,
+)
 
-__all__ = ["OPS", "SUPPORTS", "divisor"]
+__all__ = ["OPS", "SUPPORTS"]
 
 #: reductions are cut into chunks of at least this many elements (a module may lower it:
 #: ``norm_min_chunk``, used by the tests) ...
@@ -36,6 +44,18 @@ TARGET_BLOCKS = 1024
 MAX_CHUNKS = 65535
 #: block of norm_backward_dx_cols: (LX_WARP columns, LX_NORM_ROWS rows) of normalization.cu
 COLS_BLOCK = (32, 8)
+#: layernorm rows of at most this many elements run the rows kernels (LX_ROWS_COLS columns
+#: for each of at most LX_ROWS_THREADS threads, normalization.cu; a module may lower it:
+#: ``norm_rows_max``, for tests)
+ROWS_MAX = 1024
+ROWS_THREADS = 512
+#: rows per tile of the rows kernels (LX_ROWS_TILE). They launch a block per ROWS_CHUNK rows
+#: (each block writes one row of per-column partial sums: 1/8 of float32 x's bytes), or
+#: ROWS_MIN_BLOCKS blocks of fewer rows (2 per SM of an H100/H200) when that gives fewer
+#: (the module's ``max_blocks`` caps the count, for tests)
+ROWS_TILE = 2
+ROWS_CHUNK = 32
+ROWS_MIN_BLOCKS = 264
 #: the elementwise kernels index in 32 bits while every index (and index + grid stride)
 #: stays below this (a module may ask for 64 bits always: ``norm_wide_index``, for tests)
 NARROW_LIMIT = 2**31
@@ -80,35 +100,6 @@ def _i64(*values):
     return tuple(np.int64(v) for v in values)
 
 
-def divisor(d, bits=64):
-    """Kernel arguments ``(d, mul, shift)`` of ``lx_divisor`` (``common.cuh``): ``n // d``
-    as ``mulhi(2n, mul) >> shift`` in ``bits``-bit unsigned arithmetic, exact for
-    ``0 <= n < 2**(bits - 1)``.
-
-    Parameters
-    ----------
-    d : int
-        The divisor, ``1 <= d <= 2**31`` for 32 bits, ``1 <= d < 2**63`` for 64 bits.
-    bits : {32, 64}
-        Width of the kernel's index type.
-
-    Returns
-    -------
-    tuple of (numpy.int64, numpy.uint64, numpy.int32)
-        ``d``, ``mul = ceil(2**(bits - 1 + shift) / d)`` (below ``2**bits``) and
-        ``shift = ceil(log2(d))``.
-    """
-    d = int(d)
-    if bits not in (32, 64):
-        raise ValueError(f"bits must be 32 or 64, got {bits}")
-    top = 2**31 if bits == 32 else 2**63 - 1  # d is passed as an int64
-    if not 1 <= d <= top:
-        raise ValueError(f"divisor {d} outside [1, {top}]")
-    shift = (d - 1).bit_length()
-    mul = -(-(1 << (bits - 1 + shift)) // d)
-    return np.int64(d), np.uint64(mul), np.int32(shift)
-
-
 def _index_args(mod, n, grid, geom):
     """The index arguments of the elementwise kernels (``LX_NORM_INDEX_PARAMS``) for ``n``
     elements on a 1-D ``grid`` of BLOCK-thread blocks."""
@@ -150,14 +141,42 @@ def _statistics(mod, x, units):
     return mean, var
 
 
+def _rows_path(mod, geom):
+    """Whether layernorm (``geom.vec``) runs the rows kernels: rows short enough for a block."""
+    return geom.vec and geom.count <= getattr(mod, "norm_rows_max", ROWS_MAX)
+
+
+def _row_launch(mod, rows, length):
+    """``(grid, block, rchunk)`` of the rows kernels: chunks of whole tiles of rows (see
+    ROWS_CHUNK); the fewest threads (a multiple of 32, at most ROWS_THREADS) that cover a row
+    with as many columns each."""
+    tiles = -(-rows // ROWS_TILE)
+    want = max(ROWS_MIN_BLOCKS, rows // ROWS_CHUNK)
+    per_block = -(-tiles // min(tiles, want, getattr(mod, "max_blocks", MAX_BLOCKS)))
+    rchunk = per_block * ROWS_TILE
+    cols = -(-length // ROWS_THREADS)  # columns a thread (1 or 2), spread evenly over the warps
+    return (-(-rows // rchunk),), (32 * -(-length // (32 * cols)),), rchunk
+
+
 def _param(act, dtype):
     return acc_scalar(dtype, act.params[0] if act.params else 0.0)
 
 
 def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
-    """``(y, mean, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
-    float64 ``(mean, var)`` per group)."""
+    """``(y, mean, var, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
+    float64 ``(mean, var)`` per group); ``var`` is None from layernorm's rows kernels, which
+    compute ``rstd`` themselves."""
     xp = array_namespace(x)
+    if stats is None and _rows_path(mod, geom):
+        rows, length = geom.groups, geom.count
+        grid, block, rchunk = _row_launch(mod, rows, length)
+        y, mean, rstd = xp.empty(x.shape, x.dtype), xp.empty((rows,), xp.float64), xp.empty((rows,), xp.float64)
+        mod.get_function(kernel_name("norm_rows_forward", x.dtype))(
+            grid, block,
+            (x, scale, bias, y, mean, rstd) + _i64(rows, length, rchunk)
+            + (np.float64(epsilon), np.int32(act.id), _param(act, x.dtype)),
+        )
+        return y, mean, None, rstd
     mean, var = _statistics(mod, x, geom.stats) if stats is None else stats
     rstd = 1.0 / xp.sqrt(var + epsilon)
     y = xp.empty(x.shape, x.dtype)
@@ -193,6 +212,21 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         group = sums[:, :2].reshape(geom.groups, geom.sdiv, 2).sum(axis=1) / geom.count
         return xp.ascontiguousarray(group[:, 0]), xp.ascontiguousarray(group[:, 1]), sums[:, 2:]
 
+    def rows_pullback(dy):
+        """layernorm's rows kernel: dx and the per-column sums in one pass over x and dy."""
+        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
+        dx = xp.empty(x.shape, x.dtype)
+        rows, length = geom.groups, geom.count
+        grid, block, rchunk = _row_launch(mod, rows, length)
+        part = xp.empty((grid[0] * length * 2,), xp.float64)
+        mod.get_function(kernel_name("norm_rows_backward", x.dtype))(
+            grid, block,
+            (x, dy, scale, bias, mean, rstd, dx, part) + _i64(rows, length, rchunk)
+            + (np.float64(1.0 / length), np.int32(act.id), p),
+        )
+        sums = part.reshape(grid[0], length, 2).sum(axis=0)
+        return dx, sums[:, 0], sums[:, 1]
+
     def pullback(dy):
         dy = xp.ascontiguousarray(dy, dtype=x.dtype)
         dx = xp.empty(x.shape, x.dtype)
@@ -223,7 +257,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         per_channel = unit_sums.reshape(-1, geom.amod, 2).sum(axis=0)
         return dx, per_channel[:, 0], per_channel[:, 1]
 
-    return pullback
+    return rows_pullback if _rows_path(mod, geom) else pullback
 
 
 def _supports(act, x, **_):

@@ -1,21 +1,43 @@
-// im2col / col2im of fused_conv_bias_activation (launched from luxlib/cuda/_conv.py).
+// Kernels of fused_conv_bias_activation (launched from luxlib/cuda/_conv.py): im2col and
+// col2im around the cuBLAS products, and direct depthwise kernels (groups == C).
 // Every convolution runs as a 3-D one: 1-D and 2-D get leading unit spatial axes, so
 // one N-d indexing scheme (D, H, W) covers all three. x is (n, C, D, H, W) in C order,
 // the kernel (KD, KH, KW) with K = KD*KH*KW taps, the output (OD, OH, OW) with
 // P = OD*OH*OW positions; C = G groups of Cg channels. Input coordinate of output o and
 // tap t along an axis: o * stride + t' * dilation - pad_lo, t' = t (cross-correlation)
 // or k - 1 - t (flipped kernel); outside the input it reads 0 (the padding).
+//
+// The launch code hands every kernel a tile of the batch whose arrays have fewer than
+// 2^31 elements, so all index math is 32-bit, and splits indices by divisors fixed for
+// the launch (lx_divisor: a multiply and a shift; a GPU has no integer division).
 // Kernels are templates over T = float, double, __half.
 #include "common.cuh"
 
-#define LX_GRID_STRIDE(i, n) \
-    for (lx_i64 i = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-         i += (lx_i64)gridDim.x * blockDim.x)
+// 32-bit grid-stride loop over [0, n), n < 2^31 (unsigned: i + stride cannot overflow)
+#define LX_GRID_STRIDE32(i, n) \
+    for (lx_u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < (lx_u32)(n); i += gridDim.x * blockDim.x)
 
 // the geometry, as scalar kernel arguments
 #define LX_CONV_PARAMS                                                                  \
     int C, int D, int H, int W, int OD, int OH, int OW, int KD, int KH, int KW, int sd, \
         int sh, int sw, int dd, int dh, int dw, int pd, int ph, int pw, int flip
+// divisors of an output position p = (od OH + oh) OW + ow
+#define LX_OUT_DIVISORS LX_DIVISOR_PARAMS(divOW), LX_DIVISOR_PARAMS(divOH)
+// divisors of an input position i = (id H + ih) W + iw and of the strides
+#define LX_IN_DIVISORS                                                                     \
+    LX_DIVISOR_PARAMS(divW), LX_DIVISOR_PARAMS(divH), LX_DIVISOR_PARAMS(divSD), LX_DIVISOR_PARAMS(divSH), \
+        LX_DIVISOR_PARAMS(divSW)
+
+typedef lx_divisor<lx_u32> lx_div32;
+
+/* (d, h, w) of a position r = (d H + h) W + w, given the divisors of W and H */
+__device__ __forceinline__ void lx_split3(lx_u32 r, const lx_div32& dW, const lx_div32& dH, int& d, int& h, int& w)
+{
+    const lx_u32 dh = dW.div(r);
+    w = (int)(r - dh * dW.d);
+    d = (int)dH.div(dh);
+    h = (int)(dh - (lx_u32)d * dH.d);
+}
 
 /* the input coordinate that output o reads at tap t along an axis of size k */
 __device__ __forceinline__ int lx_in_coord(int o, int t, int k, int s, int d, int pad, int flip)
@@ -23,77 +45,207 @@ __device__ __forceinline__ int lx_in_coord(int o, int t, int k, int s, int d, in
     return o * s + (flip ? k - 1 - t : t) * d - pad;
 }
 
-/* cols of samples [0, total / (C K P)) of x: (n, C, K, P) when trans == 0 (the gemm
-   operand of the forward pass, rows = (channel, tap) per group), or (n, G, P, Cg K) when
-   trans == 1 (the operand of the weight gradient). One thread per cols element, in the
-   order of cols (coalesced stores). The launch code guarantees per-sample sizes below
-   2^31, so only the sample index needs 64-bit arithmetic. */
-template <typename T>
-__global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, lx_i64 total, int groups, int trans,
-                       LX_CONV_PARAMS)
-{
-    const int K = KD * KH * KW, P = OD * OH * OW, per_sample = C * K * P, Cg = C / groups;
-    LX_GRID_STRIDE(idx, total) {
-        const lx_i64 n = idx / per_sample;
-        const int e = (int)(idx - n * per_sample);
-        int c, kk, p;
-        if (trans) {  // e = (g P + p) Cg K + r, r = cg K + kk
-            const int r = e % (Cg * K), gp = e / (Cg * K);
-            p = gp % P;
-            c = gp / P * Cg + r / K;
-            kk = r % K;
-        } else {  // e = (c K + kk) P + p
-            p = e % P;
-            kk = e / P % K;
-            c = e / P / K;
-        }
-        const int ow = p % OW, oh = p / OW % OH, od = p / (OW * OH);
-        const int kw = kk % KW, kh = kk / KW % KH, kd = kk / (KW * KH);
-        const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
-        const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
-        const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
-        T v = lx_to_elem<T>(0);
-        if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W)
-            v = x[(n * C + c) * ((lx_i64)D * H * W) + (id * H + ih) * W + iw];
-        cols[idx] = v;
-    }
-}
-
 /* the output coordinate that reads input i at tap t along an axis, or -1 for none */
-__device__ __forceinline__ int lx_out_coord(int i, int t, int k, int s, int d, int pad, int flip, int out)
+__device__ __forceinline__ int lx_out_coord(int i, int t, int k, const lx_div32& s, int d, int pad, int flip, int out)
 {
     const int num = i + pad - (flip ? k - 1 - t : t) * d;
-    if (num < 0 || num % s) return -1;
-    return num / s < out ? num / s : -1;
+    if (num < 0) return -1;
+    const int q = (int)s.div((lx_u32)num);
+    return q * (int)s.d == num && q < out ? q : -1;
+}
+
+/* cols of a tile of samples: element (n, c, tap, p) goes to
+   cols[n * sample_stride + (c K + tap) * row_stride + p], i.e. (n, C K, P) for the forward
+   product (row_stride = P, sample_stride = C K P) or (C K, n, P) for the weight gradient
+   (row_stride = n P, sample_stride = P: one gemm over the whole tile). One thread per
+   (n, c, p), total = n C P, looping over the taps: the index math is done once per thread,
+   and consecutive threads write consecutive p of each row (coalesced). */
+template <typename T>
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, int total, int row_stride, int sample_stride,
+                       LX_DIVISOR_PARAMS(divP), LX_DIVISOR_PARAMS(divC), LX_OUT_DIVISORS, LX_CONV_PARAMS)
+{
+    const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dC = LX_DIVISOR(lx_u32, divC), dOW = LX_DIVISOR(lx_u32, divOW),
+                   dOH = LX_DIVISOR(lx_u32, divOH);
+    const int K = KD * KH * KW;
+    LX_GRID_STRIDE32(e, total) {  // e = (n C + c) P + p
+        const lx_u32 nc = dP.div(e), n = dC.div(nc);
+        const int p = (int)(e - nc * dP.d), c = (int)(nc - n * dC.d);
+        int od, oh, ow;
+        lx_split3((lx_u32)p, dOW, dOH, od, oh, ow);
+        const T* xs = x + nc * (lx_u32)(D * H * W);
+        T* out = cols + (int)n * sample_stride + c * K * row_stride + p;
+        for (int kd = 0; kd < KD; kd++) {
+            const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
+            const bool okd = id >= 0 && id < D;
+            for (int kh = 0; kh < KH; kh++) {
+                const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
+                const bool okh = okd && ih >= 0 && ih < H;
+                for (int kw = 0; kw < KW; kw++) {
+                    const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
+                    *out = okh && iw >= 0 && iw < W ? xs[(id * H + ih) * W + iw] : lx_to_elem<T>(0);
+                    out += row_stride;
+                }
+            }
+        }
+    }
 }
 
 /* dx[n, c, i] = sum of dcols[n, c, tap, p] over the (tap, p) that read input element i,
    dcols (n, C, K, P): a gather, one thread per input element (total = n C D H W), in a
    fixed order, summed in the compute type and rounded once (deterministic, no atomics) */
 template <typename T>
-__global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, lx_i64 total, LX_CONV_PARAMS)
+__global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int total, LX_DIVISOR_PARAMS(divPlane),
+                       LX_IN_DIVISORS, LX_CONV_PARAMS)
 {
     typedef typename lx_acc<T>::type A;
-    const int K = KD * KH * KW, P = OD * OH * OW, plane = D * H * W;
-    LX_GRID_STRIDE(idx, total) {
-        const lx_i64 nc = idx / plane;  // n * C + c
-        const int e = (int)(idx - nc * plane);
-        const int iw = e % W, ih = e / W % H, id = e / (W * H);
-        const T* base = dcols + nc * K * P;
+    const lx_div32 dPlane = LX_DIVISOR(lx_u32, divPlane), dW = LX_DIVISOR(lx_u32, divW), dH = LX_DIVISOR(lx_u32, divH),
+                   sD = LX_DIVISOR(lx_u32, divSD), sH = LX_DIVISOR(lx_u32, divSH), sW = LX_DIVISOR(lx_u32, divSW);
+    const int K = KD * KH * KW, P = OD * OH * OW;
+    LX_GRID_STRIDE32(e, total) {
+        const lx_u32 nc = dPlane.div(e);  // n * C + c
+        int id, ih, iw;
+        lx_split3(e - nc * dPlane.d, dW, dH, id, ih, iw);
+        const T* base = dcols + nc * (lx_u32)(K * P);
         A acc = 0;
         for (int kd = 0; kd < KD; kd++) {
-            const int od = lx_out_coord(id, kd, KD, sd, dd, pd, flip, OD);
+            const int od = lx_out_coord(id, kd, KD, sD, dd, pd, flip, OD);
             if (od < 0) continue;
             for (int kh = 0; kh < KH; kh++) {
-                const int oh = lx_out_coord(ih, kh, KH, sh, dh, ph, flip, OH);
+                const int oh = lx_out_coord(ih, kh, KH, sH, dh, ph, flip, OH);
                 if (oh < 0) continue;
                 for (int kw = 0; kw < KW; kw++) {
-                    const int ow = lx_out_coord(iw, kw, KW, sw, dw, pw, flip, OW);
+                    const int ow = lx_out_coord(iw, kw, KW, sW, dw, pw, flip, OW);
                     if (ow < 0) continue;
-                    acc += lx_load(base + (lx_i64)((kd * KH + kh) * KW + kw) * P + (od * OH + oh) * OW + ow);
+                    acc += lx_load(base + ((kd * KH + kh) * KW + kw) * P + (od * OH + oh) * OW + ow);
                 }
             }
         }
-        lx_store(dx + idx, acc);
+        lx_store(dx + e, acc);
+    }
+}
+
+// ---- depthwise (groups == C, M = C_out / C output channels per input channel) ----------
+// Output channel o = c M + m reads input channel c with the weights w[o] (K taps). Sums
+// run in the compute type in a fixed order and are rounded once.
+
+/* z[n, o, p] = sum over taps of x[n, c, in(p, tap)] w[o, tap]; one thread per output
+   element (total = n C M P) */
+template <typename T>
+__global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ z, int total,
+                                LX_DIVISOR_PARAMS(divP), LX_DIVISOR_PARAMS(divM), LX_DIVISOR_PARAMS(divC),
+                                LX_OUT_DIVISORS, LX_CONV_PARAMS)
+{
+    typedef typename lx_acc<T>::type A;
+    const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dM = LX_DIVISOR(lx_u32, divM), dC = LX_DIVISOR(lx_u32, divC),
+                   dOW = LX_DIVISOR(lx_u32, divOW), dOH = LX_DIVISOR(lx_u32, divOH);
+    const int K = KD * KH * KW;
+    LX_GRID_STRIDE32(e, total) {  // e = ((n C + c) M + m) P + p
+        const lx_u32 ncm = dP.div(e), nc = dM.div(ncm);
+        const int c = (int)(nc - dC.div(nc) * dC.d), o = c * (int)dM.d + (int)(ncm - nc * dM.d);
+        int od, oh, ow;
+        lx_split3(e - ncm * dP.d, dOW, dOH, od, oh, ow);
+        const T* xs = x + nc * (lx_u32)(D * H * W);
+        const T* ws = w + o * K;
+        A acc = 0;
+        for (int kd = 0; kd < KD; kd++) {
+            const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
+            if (id < 0 || id >= D) continue;
+            for (int kh = 0; kh < KH; kh++) {
+                const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
+                if (ih < 0 || ih >= H) continue;
+                for (int kw = 0; kw < KW; kw++) {
+                    const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
+                    if (iw >= 0 && iw < W)
+                        acc += lx_load(xs + (id * H + ih) * W + iw) * lx_load(ws + (kd * KH + kh) * KW + kw);
+                }
+            }
+        }
+        lx_store(z + e, acc);
+    }
+}
+
+/* dx[n, c, i] = sum over m and the (tap, p) that read input i of dz[n, c M + m, p] w[c M + m,
+   tap]: a gather, one thread per input element (total = n C D H W) */
+template <typename T>
+__global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T* __restrict__ dx, int total, int M,
+                           LX_DIVISOR_PARAMS(divPlane), LX_DIVISOR_PARAMS(divC), LX_IN_DIVISORS, LX_CONV_PARAMS)
+{
+    typedef typename lx_acc<T>::type A;
+    const lx_div32 dPlane = LX_DIVISOR(lx_u32, divPlane), dC = LX_DIVISOR(lx_u32, divC), dW = LX_DIVISOR(lx_u32, divW),
+                   dH = LX_DIVISOR(lx_u32, divH), sD = LX_DIVISOR(lx_u32, divSD), sH = LX_DIVISOR(lx_u32, divSH),
+                   sW = LX_DIVISOR(lx_u32, divSW);
+    const int K = KD * KH * KW, P = OD * OH * OW;
+    LX_GRID_STRIDE32(e, total) {
+        const lx_u32 nc = dPlane.div(e);  // n * C + c
+        const int c = (int)(nc - dC.div(nc) * dC.d);
+        int id, ih, iw;
+        lx_split3(e - nc * dPlane.d, dW, dH, id, ih, iw);
+        A acc = 0;
+        for (int m = 0; m < M; m++) {
+            const T* dzs = dz + (nc * (lx_u32)M + (lx_u32)m) * (lx_u32)P;  // dz[n, c M + m]
+            const T* ws = w + (c * M + m) * K;
+            for (int kd = 0; kd < KD; kd++) {
+                const int od = lx_out_coord(id, kd, KD, sD, dd, pd, flip, OD);
+                if (od < 0) continue;
+                for (int kh = 0; kh < KH; kh++) {
+                    const int oh = lx_out_coord(ih, kh, KH, sH, dh, ph, flip, OH);
+                    if (oh < 0) continue;
+                    for (int kw = 0; kw < KW; kw++) {
+                        const int ow = lx_out_coord(iw, kw, KW, sW, dw, pw, flip, OW);
+                        if (ow >= 0)
+                            acc += lx_load(dzs + (od * OH + oh) * OW + ow) * lx_load(ws + (kd * KH + kh) * KW + kw);
+                    }
+                }
+            }
+        }
+        lx_store(dx + e, acc);
+    }
+}
+
+/* First stage of dW[o, tap] = sum over n and p of dz[n, o, p] x[n, c, in(p, tap)]: work
+   unit u = ((o K + tap) splits + s) sums positions j = n P + p in [s chunk, (s + 1) chunk)
+   of the tile (length = n P) over one block, into partial[s, o K + tap] (compute type).
+   Blocks stride over the units; the finalize kernel sums the partials of every split and
+   tile in a fixed order, so dW does not depend on the schedule. */
+template <typename T>
+__global__ void dw_conv_dw_partial(const T* __restrict__ dz, const T* __restrict__ x,
+                                   typename lx_acc<T>::type* __restrict__ partial, int length, int chunk, int splits,
+                                   int units, int M, LX_DIVISOR_PARAMS(divP), LX_OUT_DIVISORS, LX_CONV_PARAMS)
+{
+    typedef typename lx_acc<T>::type A;
+    __shared__ A scratch[LX_WARP];
+    const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dOW = LX_DIVISOR(lx_u32, divOW), dOH = LX_DIVISOR(lx_u32, divOH);
+    const int K = KD * KH * KW, CO = C * M, plane = D * H * W, P = (int)dP.d;
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {  // block-uniform: the barriers below are safe
+        const int s = u % splits, ot = u / splits, o = ot / K, tap = ot % K, c = o / M;  // once per unit
+        const int kw = tap % KW, kh = tap / KW % KH, kd = tap / (KW * KH);
+        const int j1 = (s + 1) * chunk < length ? (s + 1) * chunk : length;
+        A acc = 0;
+        for (int j = s * chunk + (int)threadIdx.x; j < j1; j += blockDim.x) {
+            const lx_u32 n = dP.div((lx_u32)j);
+            const int p = j - (int)n * P;
+            int od, oh, ow;
+            lx_split3((lx_u32)p, dOW, dOH, od, oh, ow);
+            const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
+            const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
+            const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
+            if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W)
+                acc += lx_load(dz + ((int)n * CO + o) * P + p) * lx_load(x + ((int)n * C + c) * plane + (id * H + ih) * W + iw);
+        }
+        acc = lx_block_sum(acc, scratch);
+        if (threadIdx.x == 0) partial[s * CO * K + ot] = acc;
+    }
+}
+
+/* dW[i] = sum over rows r of partial[r, i], in order (rows = tiles x splits, cols = C M K) */
+template <typename T>
+__global__ void dw_conv_dw_finalize(const typename lx_acc<T>::type* __restrict__ partial, T* __restrict__ dw, int rows,
+                                    int cols)
+{
+    typedef typename lx_acc<T>::type A;
+    LX_GRID_STRIDE32(i, cols) {
+        A acc = 0;
+        for (int r = 0; r < rows; r++) acc += partial[r * cols + (int)i];
+        lx_store(dw + i, acc);
     }
 }

@@ -11,7 +11,8 @@
 // A unit is cut into chunks of `chunk` elements, one block per (unit, chunk) (grid
 // (units, chunks)): every block writes double partial results, and a second kernel (or the
 // launch code, for plain sums) combines them in chunk order, so results do not depend on
-// the schedule. The elementwise kernels find the statistics group of element i as
+// the schedule (layernorm rows of at most 1024 elements take the fused rows kernels at the
+// end of this file instead). The elementwise kernels find the statistics group of element i as
 // (i / qdiv) % ngroups and its affine (scale/bias) index as (i / adiv) % amod.
 // No kernel divides per element: divisions by these launch constants are multiply-shifts
 // (lx_divisor, common.cuh; in 32 bits when every index is below 2^31), and the reductions
@@ -69,32 +70,54 @@ __device__ __forceinline__ lx_i64 lx_chunk_end(lx_i64 k0, lx_i64 chunk, lx_i64 l
     return len - k0 < chunk ? len : k0 + chunk;
 }
 
+/* out[k] = the sum over the block of every thread's v[k] (k < N), visible to every thread
+   on return, for two barriers (the same sums as lx_block_sum, common.cuh, k by k, which takes
+   two barriers for each); every thread calls it. out is overwritten by the next call with the same out:
+   read it first. */
+template <int N>
+__device__ __forceinline__ void lx_block_sums(const double (&v)[N], double (*scratch)[LX_WARP], double* out)
+{
+    const int lane = threadIdx.x % LX_WARP, warp = threadIdx.x / LX_WARP, nwarps = blockDim.x / LX_WARP;
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        const double s = lx_warp_sum(v[k]);
+        if (lane == 0) scratch[k][warp] = s;
+    }
+    __syncthreads();
+    for (int k = warp; k < N; k += nwarps) {  /* the warps share the N second-level sums */
+        const double s = lx_warp_sum(lane < nwarps ? scratch[k][lane] : 0.0);
+        if (lane == 0) out[k] = s;
+    }
+    __syncthreads();
+}
+
 /* Per (unit, chunk) = (blockIdx.x, blockIdx.y): the chunk's mean and sum of squared
-   deviations from it (two passes over the chunk), part[2 * (u * gridDim.y + c) + {0, 1}]. */
+   deviations from it, part[2 * (u * gridDim.y + c) + {0, 1}], in one pass over the chunk:
+   double sums of d = x - K and d * d with K the chunk's first element (shifted sums, as the
+   CPU kernels: the cancellation in sum(d^2) - sum(d)^2 / n costs a relative
+   (1 + (mean - K)^2 / var) * 2^-53 of the result, K being one of the values). */
 template <typename T>
 __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 len, lx_i64 chunk,
                                    lx_i64 gstride, LX_DIVISOR_PARAMS(runlen), lx_i64 rstride)
 {
-    __shared__ double scratch[LX_WARP];
-    __shared__ double chunk_mean;
+    __shared__ double scratch[2][LX_WARP];
+    __shared__ double sums[2];
     const lx_i64 u = blockIdx.x, c = blockIdx.y;
     const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len), base = u * gstride;
     const lx_divisor<lx_u64> rl = LX_DIVISOR(lx_u64, runlen);
-    double s = 0;
-    lx_for_chunk(base, k0, k1, rl, rstride, [&](lx_i64, lx_i64 i) { s += (double)lx_load(x + i); });
-    s = lx_block_sum(s, scratch);
-    if (threadIdx.x == 0) chunk_mean = s / (double)(k1 - k0);
-    __syncthreads();
-    const double m = chunk_mean;
-    double ss = 0;
+    const lx_i64 r0 = (lx_i64)rl.div((lx_u64)k0);
+    const double shift = (double)lx_load(x + base + r0 * rstride + (k0 - r0 * (lx_i64)rl.d));
+    double v[2] = {0, 0};  /* sum(d), sum(d^2) */
     lx_for_chunk(base, k0, k1, rl, rstride, [&](lx_i64, lx_i64 i) {
-        const double d = (double)lx_load(x + i) - m;
-        ss += d * d;
+        const double d = (double)lx_load(x + i) - shift;
+        v[0] += d;
+        v[1] += d * d;
     });
-    ss = lx_block_sum(ss, scratch);
+    lx_block_sums(v, scratch, sums);
     if (threadIdx.x == 0) {
-        part[2 * (u * gridDim.y + c)] = m;
-        part[2 * (u * gridDim.y + c) + 1] = ss;
+        const double n = (double)(k1 - k0), dm = sums[0] / n;
+        part[2 * (u * gridDim.y + c)] = shift + dm;
+        part[2 * (u * gridDim.y + c) + 1] = fmax(sums[1] - sums[0] * dm, 0.0);  /* rounding may leave it below 0 */
     }
 }
 
@@ -175,35 +198,34 @@ __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restri
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
-    __shared__ double scratch[LX_WARP];
+    __shared__ double scratch[4][LX_WARP];
+    __shared__ double sums[4];
     const lx_i64 u = blockIdx.x, c = blockIdx.y;
     const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
     const lx_u64 su = LX_DIVISOR(lx_u64, sdiv).div(u);
     const A m = (A)mean[su], r = (A)rstd[su];
     const lx_i64 au = (lx_i64)LX_DIVISOR(lx_u64, amod).mod(u);
-    double sh = 0, shx = 0, sg = 0, sgx = 0;
+    double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h * xhat), sum(g), sum(g * xhat) */
     lx_for_chunk(u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride, [&](lx_i64 k, lx_i64 i) {
         const lx_i64 a = vec ? k : au;
         const A s = lx_load(scale + a), xh = O::xhat(lx_load(x + i), m, r);
         const A g = O::g(lx_load(dy + i), O::z(xh, s, lx_load(bias + a)), act, p);
         const double h = (double)lx_mul(g, s);
-        sh += h;
-        shx += h * (double)xh;
-        sg += (double)g;
-        sgx += (double)g * (double)xh;
+        v[0] += h;
+        v[1] += h * (double)xh;
+        v[2] += (double)g;
+        v[3] += (double)g * (double)xh;
     });
+    lx_block_sums(v, scratch, sums);  /* all four at once (with vec the last two are not written) */
     const int nsum = vec ? 2 : 4;
-    double* out = part + nsum * (u * gridDim.y + c);
-    sh = lx_block_sum(sh, scratch);
-    if (threadIdx.x == 0) out[0] = sh;
-    shx = lx_block_sum(shx, scratch);
-    if (threadIdx.x == 0) out[1] = shx;
-    if (!vec) {  /* uniform over the block: every thread takes the same branch */
-        sg = lx_block_sum(sg, scratch);
-        if (threadIdx.x == 0) out[2] = sg;
-        sgx = lx_block_sum(sgx, scratch);
-        if (threadIdx.x == 0) out[3] = sgx;
-    }
+    if (threadIdx.x < nsum) part[nsum * (u * gridDim.y + c) + threadIdx.x] = sums[threadIdx.x];
+}
+
+/* dx of one element from its h and xhat, with batch statistics (mh, mhx: mean(h), mean(h * xhat)
+   of its group); h - mean(h) first: exact cancellation for one-element groups */
+template <typename A> __device__ __forceinline__ A lx_norm_dx_batch(A h, A xh, A r, A mh, A mhx)
+{
+    return r * ((h - mh) - xh * mhx);
 }
 
 /* dx of one element (mh, mhx: mean(h), mean(h * xhat) of its group; batch: the statistics
@@ -218,11 +240,9 @@ __device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
     typedef typename O::A A;
     const A xh = O::xhat(lx_load(x + i), m, r);
     const A g = O::g(lx_load(dy + i), O::z(xh, s, b), act, p);
-    const A h = lx_mul(g, s);
     *g_out = g;
     *xh_out = xh;
-    /* h - mean(h) first: exact cancellation for one-element groups */
-    return batch ? r * ((h - (A)mh[q]) - xh * (A)mhx[q]) : r * h;
+    return batch ? lx_norm_dx_batch(lx_mul(g, s), xh, r, (A)mh[q], (A)mhx[q]) : r * lx_mul(g, s);
 }
 
 /* Backward pass 2, elementwise (grid-stride): dx */
@@ -279,5 +299,157 @@ __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restri
         }
         part[2 * ((lx_i64)blockIdx.y * L + col)] = sg;
         part[2 * ((lx_i64)blockIdx.y * L + col) + 1] = sgx;
+    }
+}
+
+// ---- layernorm rows of at most 1024 elements (`_normalization.ROWS_MAX`) ----------------
+// x as (rows, L): one block per chunk of rows (grid (nchunks,)) of min(L, 512) threads
+// rounded up to a warp, thread t owning columns t and t + blockDim.x (reads and writes
+// coalesced along the row), the rows of a chunk taken LX_ROWS_TILE at a time. A tile's
+// elements stay in registers between its row reductions, so x (and dy) are read once; each
+// row sum adds a thread's columns in order, then a warp-shuffle tree and a tree over the
+// warps' results (lx_block_sums): a fixed order for a given L, whatever the grid. Blocks of
+// at most 512 threads leave 128 registers a thread (a 1024-thread block would get 64 and
+// spill).
+#define LX_ROWS_TILE 2
+#define LX_ROWS_COLS 2
+#define LX_ROWS_THREADS 512
+
+/* The columns of this thread in a rows kernel: col[c] = threadIdx.x + c * blockDim.x, and
+   whether it is inside the row (in[c]); its scale and bias (0 outside). */
+template <typename T> struct lx_row_cols {
+    typedef typename lx_acc<T>::type A;
+    lx_i64 col[LX_ROWS_COLS];
+    bool in[LX_ROWS_COLS];
+    A s[LX_ROWS_COLS], b[LX_ROWS_COLS];
+    __device__ __forceinline__ lx_row_cols(const T* scale, const T* bias, lx_i64 L)
+    {
+#pragma unroll
+        for (int c = 0; c < LX_ROWS_COLS; c++) {
+            col[c] = threadIdx.x + (lx_i64)c * blockDim.x;
+            in[c] = col[c] < L;
+            s[c] = in[c] ? lx_load(scale + col[c]) : (A)0;
+            b[c] = in[c] ? lx_load(bias + col[c]) : (A)0;
+        }
+    }
+};
+
+/* Fused layernorm forward: per row, mean and biased var in double (the row's sum, then the
+   sum of squared deviations from its mean, both over the registers), rstd = 1 / sqrt(var +
+   eps) in double (as the launch code of the general path computes it), and y. */
+template <typename T>
+__global__ void __launch_bounds__(LX_ROWS_THREADS)
+    norm_rows_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,
+                      T* __restrict__ y, double* __restrict__ mean, double* __restrict__ rstd, lx_i64 rows,
+                      lx_i64 L, lx_i64 rchunk, double eps, int act, typename lx_acc<T>::type p)
+{
+    typedef lx_norm_ops<T> O;
+    typedef typename O::A A;
+    __shared__ double scratch[LX_ROWS_TILE][LX_WARP];
+    __shared__ double sums[LX_ROWS_TILE], sqsums[LX_ROWS_TILE];
+    const lx_row_cols<T> rc(scale, bias, L);
+    const lx_i64 r0 = (lx_i64)blockIdx.x * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
+    const double n = (double)L;
+    for (lx_i64 t0 = r0; t0 < r1; t0 += LX_ROWS_TILE) {
+        A v[LX_ROWS_TILE][LX_ROWS_COLS];
+        double part[LX_ROWS_TILE];
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++) {
+            part[k] = 0.0;
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                v[k][c] = rc.in[c] && t0 + k < r1 ? lx_load(x + (t0 + k) * L + rc.col[c]) : (A)0;
+                part[k] += (double)v[k][c];
+            }
+        }
+        lx_block_sums(part, scratch, sums);
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++) {
+            const double m = sums[k] / n;
+            part[k] = 0.0;
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                const double d = (double)v[k][c] - m;
+                if (rc.in[c]) part[k] += d * d;
+            }
+        }
+        lx_block_sums(part, scratch, sqsums);
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++) {
+            const double m = sums[k] / n, r = 1.0 / sqrt(sqsums[k] / n + eps);
+            if (threadIdx.x == 0 && t0 + k < r1) {
+                mean[t0 + k] = m;
+                rstd[t0 + k] = r;
+            }
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                if (t0 + k < r1 && rc.in[c]) {
+                    const A xh = O::xhat(v[k][c], (A)m, (A)r);
+                    lx_store(y + (t0 + k) * L + rc.col[c], lx_act(act, O::z(xh, rc.s[c], rc.b[c]), p));
+                }
+            }
+        }
+    }
+}
+
+/* Fused layernorm backward: per row, mean(h) and mean(h * xhat) (double sums over the
+   registers), dx; and per column the sums of g and g * xhat over the block's rows, at
+   part[2 * (blockIdx.x * L + col) + {0, 1}] (the launch code adds the chunks in order). */
+template <typename T>
+__global__ void __launch_bounds__(LX_ROWS_THREADS)
+    norm_rows_backward(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
+                       const T* __restrict__ bias, const double* __restrict__ mean,
+                       const double* __restrict__ rstd, T* __restrict__ dx, double* __restrict__ part,
+                       lx_i64 rows, lx_i64 L, lx_i64 rchunk, double inv_n, int act, typename lx_acc<T>::type p)
+{
+    typedef lx_norm_ops<T> O;
+    typedef typename O::A A;
+    __shared__ double scratch[2 * LX_ROWS_TILE][LX_WARP];
+    __shared__ double sums[2 * LX_ROWS_TILE];
+    const lx_row_cols<T> rc(scale, bias, L);
+    const lx_i64 r0 = (lx_i64)blockIdx.x * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
+    double sg[LX_ROWS_COLS] = {}, sgx[LX_ROWS_COLS] = {};
+    for (lx_i64 t0 = r0; t0 < r1; t0 += LX_ROWS_TILE) {
+        A g[LX_ROWS_TILE][LX_ROWS_COLS], xh[LX_ROWS_TILE][LX_ROWS_COLS];
+        double hs[2 * LX_ROWS_TILE];
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++) {
+            hs[2 * k] = hs[2 * k + 1] = 0.0;
+            const bool row = t0 + k < r1;
+            const A m = row ? (A)mean[t0 + k] : (A)0, r = row ? (A)rstd[t0 + k] : (A)0;
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                g[k][c] = xh[k][c] = (A)0;
+                if (row && rc.in[c]) {
+                    const lx_i64 i = (t0 + k) * L + rc.col[c];
+                    xh[k][c] = O::xhat(lx_load(x + i), m, r);
+                    g[k][c] = O::g(lx_load(dy + i), O::z(xh[k][c], rc.s[c], rc.b[c]), act, p);
+                    const double h = (double)lx_mul(g[k][c], rc.s[c]);
+                    hs[2 * k] += h;
+                    hs[2 * k + 1] += h * (double)xh[k][c];
+                }
+            }
+        }
+        lx_block_sums(hs, scratch, sums);
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++) {
+            const A mh = (A)(sums[2 * k] * inv_n), mhx = (A)(sums[2 * k + 1] * inv_n);
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                if (t0 + k < r1 && rc.in[c]) {
+                    lx_store(dx + (t0 + k) * L + rc.col[c],
+                             lx_norm_dx_batch(lx_mul(g[k][c], rc.s[c]), xh[k][c], (A)rstd[t0 + k], mh, mhx));
+                    sg[c] += (double)g[k][c];
+                    sgx[c] += (double)g[k][c] * (double)xh[k][c];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < LX_ROWS_COLS; c++) {
+        if (rc.in[c]) {
+            part[2 * ((lx_i64)blockIdx.x * L + rc.col[c])] = sg[c];
+            part[2 * ((lx_i64)blockIdx.x * L + rc.col[c]) + 1] = sgx[c];
+        }
     }
 }

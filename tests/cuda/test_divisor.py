@@ -10,7 +10,7 @@ import emu_module
 import numpy as np
 import pytest
 
-from luxlib.cuda._normalization import divisor
+from luxlib.cuda._modules import divisor
 
 KERNEL = r"""
 #include "common.cuh"

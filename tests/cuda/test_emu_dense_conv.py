@@ -226,7 +226,7 @@ def test_conv_workspace_tiles_the_batch(monkeypatch):
     monkeypatch.setattr(_conv, "WORKSPACE_BYTES", 1)
     assert _conv._Plan(emu("conv"), w, x, cdims).nb == 1
     check_conv((emu("conv"), emu("bias_activation")), activations.gelu, x, w, b, dy, cdims)
-    monkeypatch.setattr(_conv, "WORKSPACE_BYTES", 2 * 4 * (2 * 2 * 9 * 15 + 4 * 2 * 9))  # two samples
+    monkeypatch.setattr(_conv, "WORKSPACE_BYTES", 2 * 4 * (2 * 2 * 9 * 15 + 4 * 15))  # two samples
     assert _conv._Plan(emu("conv"), w, x, cdims).nb == 2
     check_conv((emu("conv"), emu("bias_activation")), activations.relu, x, w, None, dy, cdims)
 
@@ -265,11 +265,87 @@ def test_conv_supports_declines_empty():
     assert _conv.supports(activations.relu, w, x, b, cdims)
     assert not _conv.supports(activations.relu, w, x[:0], b, cdims)
     assert not _conv.supports(activations.relu, w, x, b.astype(np.float64), cdims)
-    # per-sample sizes from 2^31 on (32-bit indexing within a sample) run generic
-    w1 = np.ones((3, 2, 1), np.float32)
-    for length, ok in ((2**30 - 1, True), (2**30, False)):  # 2 channels x length
-        big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 2, length), (0, 0, 0))
-        assert _conv.supports(activations.relu, w1, big, b, luxlib.ConvDims(big.shape, w1.shape)) == ok
+    # per-sample sizes from TILE_LIMIT on (32-bit indexing within a tile) run generic
+    half = _conv.TILE_LIMIT // 2
+    for w_shape, groups, length in (((3, 2, 1), 1, half), ((4, 1, 1), 2, half // 2)):  # 2 channels; depthwise: 4 out
+        w1 = np.ones(w_shape, np.float32)
+        for extra, ok in ((-1, True), (0, False)):
+            big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 2, length + extra), (0, 0, 0))
+            cdims = luxlib.ConvDims(big.shape, w1.shape, groups=groups)
+            assert _conv.supports(activations.relu, w1, big, b[:1].repeat(w_shape[0]), cdims) == ok
+
+
+# ---- depthwise: direct kernels -------------------------------------------------------
+
+# (x shape, weight shape, ConvDims options), groups == C: multiplier 1 and 2, 1-D/2-D/3-D,
+# 1x1 and 1-wide images, odd sizes, stride, dilation, every padding form, flipped kernels
+DEPTHWISE_CASES = [
+    ((2, 3, 7), (6, 1, 3), dict(stride=2, padding=1, groups=3)),
+    ((1, 2, 1), (2, 1, 3), dict(padding=1, groups=2)),
+    ((2, 3, 5, 6), (3, 1, 3, 3), dict(padding="same", dilation=2, groups=3, cross_correlation=False)),
+    ((1, 4, 1, 1), (8, 1, 1, 1), dict(groups=4)),
+    ((2, 2, 7, 5), (4, 1, 2, 3), dict(stride=2, padding=((1, 0), (2, 1)), groups=2)),
+    ((3, 3, 9, 4), (3, 1, 5, 1), dict(padding="valid", groups=3)),
+    ((1, 2, 3, 4, 5), (4, 1, 2, 2, 3), dict(padding=1, stride=(1, 2, 1), dilation=(2, 1, 1), groups=2,
+                                            cross_correlation=False)),
+]
+
+
+def check_depthwise(mods, act, x, w, bias, dy, cdims):
+    assert isinstance(_conv._plan(mods[0], w, x, cdims), _conv._Depthwise)
+    check_conv(mods, act, x, w, bias, dy, cdims)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=str)
+def test_depthwise_conv_matches_generic(case, schedule):
+    mods = emu("conv", schedule), emu("bias_activation", schedule)
+    x, w, b, dy, cdims = _conv_case(case, np.float64, seed=sum(case[0]))
+    for act in (activations.identity, activations.relu, activations.gelu):
+        for bias in (b, None):
+            check_depthwise(mods, act, x, w, bias, dy, cdims)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=str)
+def test_depthwise_conv_dtypes(dtype, case):
+    mods = emu("conv"), emu("bias_activation")
+    x, w, b, dy, cdims = _conv_case(case, dtype, seed=5)
+    check_depthwise(mods, activations.tanh, x, w, b, dy, cdims)
+
+
+def test_depthwise_only_for_groups_equal_to_channels():
+    mod = emu("conv")
+    for x_shape, w_shape, groups, want in (((1, 4, 5), (4, 1, 3), 4, True), ((1, 4, 5), (8, 2, 3), 2, False),
+                                           ((1, 1, 5), (3, 1, 3), 1, False)):
+        x, w = np.ones(x_shape, np.float32), np.ones(w_shape, np.float32)
+        plan = _conv._plan(mod, w, x, luxlib.ConvDims(x_shape, w_shape, groups=groups))
+        assert isinstance(plan, _conv._Depthwise) == want, (x_shape, w_shape)
+
+
+def test_depthwise_weight_gradient_two_stage(monkeypatch):
+    """dW split over several blocks per (channel, tap) and over batch tiles (partials of
+    every split and tile summed by dw_conv_dw_finalize), uneven and empty last splits, grids
+    capped at 2 blocks: matches the generic path, and the schedules agree bit for bit
+    (no atomics: the order of the sums is fixed)."""
+    case = ((3, 2, 5, 4), (4, 1, 3, 2), dict(padding=1, stride=(2, 1), groups=2))
+    x, w, b, dy, cdims = _conv_case(case, np.float32, seed=12)
+    per_sample = _conv._per_sample(w, x, cdims)  # 4 channels x 15 positions
+    monkeypatch.setattr(_conv, "DW_MIN_SPLIT", 1)
+    # (DW_TARGET_BLOCKS, samples per tile): 2 splits of 45 positions; 5 of 15 (3 tiles);
+    # 9 splits of 30 positions (2 tiles), chunk 4: the last split is empty
+    for target, nb in ((40, 3), (100, 1), (200, 2)):
+        monkeypatch.setattr(_conv, "DW_TARGET_BLOCKS", target)
+        monkeypatch.setattr(_conv, "TILE_LIMIT", nb * per_sample + 1)
+        assert _conv._plan(emu("conv"), w, x, cdims).nb == nb
+        results = []
+        for schedule in SCHEDULES:
+            mods = emu("conv", schedule, max_blocks=2), emu("bias_activation", schedule)
+            check_depthwise(mods, activations.gelu, x, w, b, dy, cdims)
+            _, pullback = _conv.vjp(*mods, activations.gelu, w, x, b, cdims)
+            results.append(pullback(dy))
+        for name in ("weight", "x", "bias"):
+            np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
 
 
 # ---- through the public functions and the registry ------------------------------------
@@ -461,7 +537,8 @@ def test_dense_conv_under_asan():
     from test_emu_harness import _asan_env
 
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-           "(matches_generic and inorder and not 33 and not 40) or tiles or transposed or two_stage and inorder"]
+           ("(matches_generic and inorder and not 33 and not 40) or tiles or transposed or two_stage and inorder"
+            " or depthwise_weight")]
     res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "AddressSanitizer" not in res.stderr

@@ -78,12 +78,14 @@ CASES = [
 _MODULES = {}
 
 
-def emu(schedule="inorder", seed=1234, max_blocks=None, min_chunk=None, wide=False):
-    key = (schedule, seed, max_blocks, min_chunk, wide)
+def emu(schedule="inorder", seed=1234, max_blocks=None, min_chunk=None, wide=False, rows_max=None):
+    key = (schedule, seed, max_blocks, min_chunk, wide, rows_max)
     if key not in _MODULES:
         mod = emu_module.EmuModule("normalization", schedule=schedule, seed=seed, max_blocks=max_blocks)
         if min_chunk is not None:
             mod.norm_min_chunk = min_chunk  # the launch code's test hook: more, shorter chunks
+        if rows_max is not None:
+            mod.norm_rows_max = rows_max  # test hook: layernorm rows longer than this take the general kernels
         if wide:
             mod.norm_wide_index = True  # test hook: 64-bit indices in the elementwise kernels
         _MODULES[key] = mod
@@ -182,17 +184,116 @@ def test_two_stage(dtype, op, variant, shape):
 
 
 def test_two_stage_cases_are_chunked():
-    """The CHUNKED cases do split their reductions (statistics, or layernorm's rows)."""
+    """The CHUNKED cases do split their reductions (statistics, or layernorm's rows: over
+    2 blocks, the first of several tiles where there are enough rows)."""
     mod = emu("shuffle", max_blocks=2, min_chunk=64)
     for op, variant, shape in CHUNKED:
         if op == "layernorm":
             rows = shape[0]
             length = int(np.prod(shape)) // rows
-            assert _normalization._chunks(mod, -(-length // 32), rows, 32)[0] > 1, shape
+            grid, _, rchunk = _normalization._row_launch(mod, rows, length)
+            assert grid == (2,) and (rows < 8 or rchunk > _normalization.ROWS_TILE), shape
             continue
         kind = {"batchnorm": "batch", "instancenorm": "instance", "groupnorm": "group"}[op]
         geom = _normalization._channel_geometry(shape, kind, variant if op == "groupnorm" else 1)
         assert _normalization._chunks(mod, geom.stats.units, geom.stats.length)[0] > 1, shape
+
+
+class recorded:
+    """A kernel module that records the names of the kernels launched through it."""
+
+    def __init__(self, mod):
+        self.mod, self.names = mod, []
+
+    def __getattr__(self, name):  # the launch code's hooks (max_blocks, norm_rows_max...)
+        return getattr(self.mod, name)
+
+    def get_function(self, name):
+        self.names.append(name.split("<")[0])
+        return self.mod.get_function(name)
+
+
+# layernorm rows: lengths around a warp and the rows kernels' block (512 threads of up to 2
+# columns), up to their limit (1024) and beyond it (the general kernels); 5 rows (an odd
+# last tile), 9 rows over blocks of several tiles (grid capped at 2)
+ROW_LENGTHS = [1, 31, 32, 33, 100, 257, 512, 513, 1024, 1025]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("length", ROW_LENGTHS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_layernorm_rows_kernels(dtype, length, schedule):
+    """The rows kernels (rows up to ROWS_MAX) and the general kernels (forced with
+    ``norm_rows_max = 0``; rows beyond ROWS_MAX take them anyway), each against the generic
+    path; the kernels launched are the expected ones."""
+    rows_kernels = length <= _normalization.ROWS_MAX
+    for rows, max_blocks in ((5, None), (9, 2)):
+        for general in (False, True):
+            mod = recorded(emu(schedule, max_blocks=max_blocks, rows_max=0 if general else None))
+            for act in (activations.identity, activations.gelu):
+                check(mod, "layernorm", (-1,), act, (rows, length), dtype, seed=length)
+            launched = set(mod.names)
+            if rows_kernels and not general:
+                assert launched == {"norm_rows_forward", "norm_rows_backward"}, launched
+            else:
+                assert "norm_rows_forward" not in launched and "norm_backward_dx_cols" in launched, launched
+            if not rows_kernels:
+                break  # norm_rows_max = 0 changes nothing
+
+
+def test_layernorm_rows_launch():
+    """Blocks of whole tiles over every row: one per 32 rows, or 264 of fewer rows when that
+    gives fewer, at most max_blocks (65535 by default); L threads rounded up to a warp, or
+    (L > 512) L / 2 of them, 2 columns each."""
+    def launch(rows, length, max_blocks=None):
+        grid, block, rchunk = _normalization._row_launch(emu(max_blocks=max_blocks), rows, length)
+        assert rchunk % _normalization.ROWS_TILE == 0
+        assert (grid[0] - 1) * rchunk < rows <= grid[0] * rchunk
+        return grid[0], block[0], rchunk
+
+    assert launch(1, 1) == (1, 32, 2)
+    assert launch(5, 33) == (3, 64, 2)
+    assert launch(32768, 768) == (1024, 384, 32)
+    assert launch(32769, 1024) == (964, 512, 34)
+    assert launch(2048, 768) == (256, 384, 8)
+    assert launch(3, 513) == (2, 288, 2)
+    assert launch(2**20, 64) == (32768, 64, 32)
+    assert 65000 < launch(2**30, 8)[0] <= 65535
+    assert launch(9, 100, max_blocks=2) == (2, 128, 6)
+
+
+def test_statistics_of_offset_data():
+    """float64 statistics of data far from 0 (mean 1e4, std 2) keep the tolerance: the
+    one-pass statistics sum deviations from a value of the chunk (unshifted sums of x and
+    x^2 lose about 1e-9 of the variance here), the rows kernels deviations from the row's
+    mean. Chunks of 64 elements, so several per unit are merged. Checked: y, which the
+    statistics determine (gradients sum products of x - mean, whose rounding at 1e4 is
+    ~1e-12 on any path; float32 kernels round the mean to float32 for xhat: ~1e-4 here)."""
+    dtype = np.float64
+    mod = emu("shuffle", min_chunk=64)
+    for op, variant, shape in [("batchnorm", "train", (5, 2, 40)), ("instancenorm", "none", (2, 3, 70)),
+                               ("groupnorm", 2, (2, 4, 50)), ("layernorm", "default", (4, 3, 11)),
+                               ("layernorm", (-1,), (3, 1025))]:
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed=8)
+        x = x + 1e4
+        f, args, kwargs = call(op, variant, activations.relu, x, scale, bias, rm, rv)
+        got, want = run_emulated(mod, f, args, kwargs, dy), reference(f, args, kwargs, dy)
+        assert_close(got[:1], want[:1], dtype, f"{op} {shape}")
+
+
+def test_rows_constants_match_the_kernels():
+    """The launch code's ROWS_TILE, ROWS_THREADS and ROWS_MAX are normalization.cu's tile,
+    __launch_bounds__ and columns a thread (a larger block would fail to launch on a GPU)."""
+    import re
+
+    from luxlib.cuda import _modules
+
+    src = _modules.read_source("normalization.cu")
+    const = {k: int(v) for k, v in re.findall(r"#define (LX_ROWS_\w+) (\d+)", src)}
+    assert const["LX_ROWS_TILE"] == _normalization.ROWS_TILE
+    assert const["LX_ROWS_THREADS"] == _normalization.ROWS_THREADS
+    assert const["LX_ROWS_COLS"] * const["LX_ROWS_THREADS"] == _normalization.ROWS_MAX
+    assert src.count("__launch_bounds__(LX_ROWS_THREADS)") == 2
 
 
 @pytest.mark.parametrize("act", ALL_ACTS, ids=ALL_ACT_IDS)
@@ -305,11 +406,13 @@ def test_declines_what_it_cannot_run():
 
 def test_under_asan():
     """The kernel comparisons once more, built with AddressSanitizer (every case in one
-    schedule and dtype, the two-stage cases, one-element groups)."""
+    schedule and dtype, the two-stage cases, one-element groups, layernorm's rows kernels)."""
     from test_emu_harness import _asan_env
 
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           os.path.join(HERE, "test_emu_normalization.py"), "-k", "(matches_generic and inorder and float32) or (two_stage and float64) or one_element"]
+           os.path.join(HERE, "test_emu_normalization.py"), "-k",
+           ("(matches_generic and inorder and float32) or (two_stage and float64) or one_element"
+            " or (rows_kernels and inorder and float32)")]
     res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "AddressSanitizer" not in res.stderr

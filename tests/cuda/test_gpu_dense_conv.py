@@ -5,7 +5,16 @@ misaligned views; the mixed-dtype warning."""
 
 import numpy as np
 import pytest
-from test_emu_dense_conv import BMM_CASES, CONV_CASES, DENSE_CASES, DTYPES, acts_for, assert_close, reference
+from test_emu_dense_conv import (
+    BMM_CASES,
+    CONV_CASES,
+    DENSE_CASES,
+    DEPTHWISE_CASES,
+    DTYPES,
+    acts_for,
+    assert_close,
+    reference,
+)
 
 import luxlib
 from luxlib import activations
@@ -62,8 +71,16 @@ def test_batched_matmul_on_gpu(cp, dtype, case):
     _on_gpu(cp, "batched_matmul", luxlib.batched_matmul, (x, y), dz, ("x", "y"), first=0)
 
 
+# the depthwise cases run the direct kernels (dw_conv_*); the last one is big enough that
+# the depthwise weight gradient splits its reductions over several blocks
+GPU_CONV_CASES = CONV_CASES + DEPTHWISE_CASES + [
+    ((8, 16, 12, 12), (32, 16, 3, 3), dict(padding=1)),
+    ((4, 32, 28, 28), (64, 1, 3, 3), dict(padding=1, stride=2, groups=32)),
+]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", CONV_CASES + [((8, 16, 12, 12), (32, 16, 3, 3), dict(padding=1))], ids=str)
+@pytest.mark.parametrize("case", GPU_CONV_CASES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 def test_conv_on_gpu(cp, dtype, case):
     x_shape, w_shape, options = case

@@ -6,7 +6,16 @@ two-stage reductions."""
 
 import numpy as np
 import pytest
-from test_emu_normalization import ACTS, CASES, DTYPES, assert_close, call, make_inputs, outputs, reference
+from test_emu_normalization import (
+    ACTS,
+    CASES,
+    DTYPES,
+    assert_close,
+    call,
+    make_inputs,
+    outputs,
+    reference,
+)
 
 from luxlib import activations
 from luxlib._dispatch import _REGISTRY, trace
@@ -14,14 +23,17 @@ from luxlib._dispatch import _REGISTRY, trace
 OPS = ("batchnorm", "groupnorm", "instancenorm", "layernorm")
 
 # (op, variant, shape): few units with long reductions (many chunks per unit), many
-# short units, layernorm rows of 1024 (32 column tiles)
+# short units; layernorm rows of 1024 and 768 (rows kernels; 8248 rows: blocks of 16 tiles,
+# the last one shorter) and of 16448 and 1025 (general kernels)
 LARGE = [
     ("batchnorm", "train", (32, 8, 64, 64)),
     ("batchnorm", "none", (4096, 64)),
     ("instancenorm", "train", (2, 4, 100003)),
     ("groupnorm", 4, (16, 64, 33, 33)),
     ("layernorm", "default", (512, 1024)),
+    ("layernorm", (-1,), (8, 1031, 768)),
     ("layernorm", (0, 2), (64, 3, 257)),
+    ("layernorm", (-1,), (300, 1025)),
 ]
 
 
