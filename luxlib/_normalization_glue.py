@@ -61,18 +61,20 @@ def updated_stats(mean, var, shape, per_sample, running_mean, running_var, momen
 def channel_grads(pullback, x, scale, bias):
     """The channel ops' pullback ``dy -> {"x", "scale", "bias"}``.
 
-    ``pullback(dy) -> (dx, sum(g), sum(g * xhat))`` with the sums per channel (float64);
-    ``dx`` is reshaped to ``x``'s shape, the sums cast to its dtype (None where scale or
-    bias is None). Keeps no reference to ``x``, ``scale`` or ``bias``.
+    ``pullback(dy) -> (dx, sum(g), sum(g * xhat))`` with the sums per channel (float64, or
+    already in ``x``'s dtype); ``dx`` is reshaped to ``x``'s shape, the sums cast to its
+    dtype as contiguous arrays (None where scale or bias is None). Keeps no reference to
+    ``x``, ``scale`` or ``bias``.
     """
-    shape, dtype, has_scale, has_bias = x.shape, x.dtype, scale is not None, bias is not None
+    xp, shape, dtype = array_namespace(x), x.shape, x.dtype
+    has_scale, has_bias = scale is not None, bias is not None
 
     def grads(dy):
         dx, sg, sgx = pullback(dy)
         return {
             "x": dx.reshape(shape),
-            "scale": sgx.astype(dtype) if has_scale else None,
-            "bias": sg.astype(dtype) if has_bias else None,
+            "scale": xp.ascontiguousarray(sgx, dtype=dtype) if has_scale else None,
+            "bias": xp.ascontiguousarray(sg, dtype=dtype) if has_bias else None,
         }
 
     return grads

@@ -125,8 +125,9 @@ def _block(chunk):
     return (min(BLOCK, 32 * -(-chunk // 32)),)
 
 
-def _statistics(mod, x, units):
-    """Float64 mean and biased variance of every unit (two-stage: chunks, then Chan merges)."""
+def _statistics(mod, x, units, epsilon):
+    """Float64 mean, biased variance and ``1 / sqrt(var + epsilon)`` of every unit
+    (two-stage: chunks, then Chan merges)."""
     xp = array_namespace(x)
     nchunks, chunk = _chunks(mod, units.units, units.length)
     part = xp.empty((units.units * nchunks * 2,), xp.float64)
@@ -134,11 +135,37 @@ def _statistics(mod, x, units):
         (units.units, nchunks), _block(chunk),
         (x, part) + _i64(units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride),
     )
-    mean, var = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64)
+    mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
     mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
-        grid_1d(mod, units.units), (BLOCK,), (part, mean, var) + _i64(units.units, nchunks, units.length, chunk)
+        grid_1d(mod, units.units), (BLOCK,),
+        (part, mean, var, rstd) + _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),),
     )
-    return mean, var
+    return mean, var, rstd
+
+
+def _rstd(mod, var, epsilon, dtype):
+    """``1 / sqrt(var + epsilon)`` of given float64 statistics, by one kernel (each CuPy
+    array operation costs more host time than a launch)."""
+    rstd = array_namespace(var).empty(var.shape, var.dtype)
+    mod.get_function(kernel_name("norm_rstd", dtype))(
+        grid_1d(mod, var.size), (BLOCK,), (var, rstd, np.int64(var.size), np.float64(epsilon))
+    )
+    return rstd
+
+
+def _running_update(mod, mean, var, shape, per_sample, running_mean, running_var, momentum):
+    """The new running statistics, as ``glue.updated_stats`` defines them, by one kernel."""
+    xp = array_namespace(mean)
+    n, c = shape[:2]
+    count = math.prod(shape[2:]) * (1 if per_sample else n)
+    rm, rv = xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
+    new_mean, new_var = xp.empty((c,), rm.dtype), xp.empty((c,), rm.dtype)
+    mod.get_function(kernel_name("norm_running_update", rm.dtype))(
+        grid_1d(mod, c), (BLOCK,),
+        (mean, var, rm, rv, new_mean, new_var, np.int64(c), np.int64(n if per_sample else 1),
+         acc_scalar(rm.dtype, 1 - momentum), np.float64(momentum), np.float64(momentum * count / (count - 1))),
+    )
+    return new_mean, new_var
 
 
 def _rows_path(mod, geom):
@@ -177,8 +204,11 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
             + (np.float64(epsilon), np.int32(act.id), _param(act, x.dtype)),
         )
         return y, mean, None, rstd
-    mean, var = _statistics(mod, x, geom.stats) if stats is None else stats
-    rstd = 1.0 / xp.sqrt(var + epsilon)
+    if stats is None:
+        mean, var, rstd = _statistics(mod, x, geom.stats, epsilon)
+    else:
+        mean, var = stats
+        rstd = _rstd(mod, var, epsilon, x.dtype)
     y = xp.empty(x.shape, x.dtype)
     grid = grid_1d(mod, x.size)
     mod.get_function(kernel_name("norm_forward", x.dtype))(
@@ -196,7 +226,8 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
     p = _param(act, x.dtype)
 
     def pass1(dy):
-        """Sums of h, h xhat (per group) and g, g xhat (per bwd unit; not with vec)."""
+        """Means of h, h xhat (per group) and, unless vec, sums of g, g xhat per affine
+        element (x's dtype; None with vec)."""
         u = geom.bwd
         nchunks, chunk = _chunks(mod, u.units, u.length)
         nsum = 2 if geom.vec else 4
@@ -208,9 +239,14 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
             + divisor(geom.amod)
             + (np.int32(geom.vec), np.int32(act.id), p),
         )
-        sums = part.reshape(u.units, nchunks, nsum).sum(axis=1)
-        group = sums[:, :2].reshape(geom.groups, geom.sdiv, 2).sum(axis=1) / geom.count
-        return xp.ascontiguousarray(group[:, 0]), xp.ascontiguousarray(group[:, 1]), sums[:, 2:]
+        mh, mhx = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
+        sg, sgx = xp.empty((geom.amod,), x.dtype), xp.empty((geom.amod,), x.dtype)  # not written with vec
+        mod.get_function(kernel_name("norm_backward_finalize", x.dtype))(
+            grid_1d(mod, max(geom.groups, geom.amod)), (BLOCK,),
+            (part, mh, mhx, sg, sgx) + _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),)
+            + _i64(geom.amod, u.units) + (np.float64(geom.count),),
+        )
+        return (mh, mhx) + ((None, None) if geom.vec else (sg, sgx))
 
     def rows_pullback(dy):
         """layernorm's rows kernel: dx and the per-column sums in one pass over x and dy."""
@@ -231,7 +267,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         dy = xp.ascontiguousarray(dy, dtype=x.dtype)
         dx = xp.empty(x.shape, x.dtype)
         if batch or (affine_sums and not geom.vec):
-            mh, mhx, unit_sums = pass1(dy)
+            mh, mhx, sg, sgx = pass1(dy)
         else:
             mh = mhx = mean  # not read
         if geom.vec:  # layernorm: dx with the per-column sums (always batch statistics)
@@ -252,10 +288,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
             (x, dy, scale, bias, mean, rstd, mh, mhx, dx) + _index_args(mod, x.size, grid, geom)
             + (np.int32(batch), np.int32(act.id), p),
         )
-        if not affine_sums:
-            return dx, None, None
-        per_channel = unit_sums.reshape(-1, geom.amod, 2).sum(axis=0)
-        return dx, per_channel[:, 0], per_channel[:, 1]
+        return (dx, sg, sgx) if affine_sums else (dx, None, None)
 
     return rows_pullback if _rows_path(mod, geom) else pullback
 
@@ -282,7 +315,7 @@ def _running_norm(per_sample, mod, with_vjp, act, x, scale, bias, running_mean, 
         group_stats = glue.given_stats(*stats, x.shape, per_sample)
     y, mean, var, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon, group_stats)
     if running_mean is not None and not given:
-        stats = glue.updated_stats(mean, var, x.shape, per_sample, running_mean, running_var, momentum)
+        stats = _running_update(mod, mean, var, x.shape, per_sample, running_mean, running_var, momentum)
     out = (y, stats)
     if not with_vjp:
         return out

@@ -122,12 +122,13 @@ __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__
 }
 
 /* mean[u] and the biased var[u] from the chunks' partial results, merged with Chan's
-   formula in chunk order (one thread per unit). T is unused (one name per element type,
-   like every kernel of the family). */
+   formula in chunk order, and rstd[u] = 1 / sqrt(var[u] + eps) (one thread per unit; the
+   double operations round as NumPy's on the host did). T is unused (one name per element
+   type, like every kernel of the family). */
 template <typename T>
 __global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
-                                    double* __restrict__ var, lx_i64 units, lx_i64 nchunks, lx_i64 len,
-                                    lx_i64 chunk)
+                                    double* __restrict__ var, double* __restrict__ rstd, lx_i64 units,
+                                    lx_i64 nchunks, lx_i64 len, lx_i64 chunk, double eps)
 {
     for (lx_i64 u = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (lx_i64)gridDim.x * blockDim.x) {
         double n = 0, m = 0, m2 = 0;
@@ -141,6 +142,41 @@ __global__ void norm_stats_finalize(const double* __restrict__ part, double* __r
         }
         mean[u] = m;
         var[u] = m2 / n;
+        rstd[u] = 1.0 / sqrt(m2 / n + eps);
+    }
+}
+
+/* rstd[u] = 1 / sqrt(var[u] + eps) for given (running) statistics */
+template <typename T>
+__global__ void norm_rstd(const double* __restrict__ var, double* __restrict__ rstd, lx_i64 units, double eps)
+{
+    for (lx_i64 u = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (lx_i64)gridDim.x * blockDim.x)
+        rstd[u] = 1.0 / sqrt(var[u] + eps);
+}
+
+/* The new running statistics of channel c (running_mean's type T): the group statistics
+   of the reps groups c, C + c, ... averaged (instancenorm: one group per (n, c)), then
+   new_mean = keep * running_mean + momentum * mean and new_var = keep * running_var +
+   unbiased * var, keep = 1 - momentum rounded to T and its product with the running value
+   rounded to T (NumPy's arithmetic with a Python scalar), the sums in double, rounded once. */
+template <typename T>
+__global__ void norm_running_update(const double* __restrict__ mean, const double* __restrict__ var,
+                                    const T* __restrict__ running_mean, const T* __restrict__ running_var,
+                                    T* __restrict__ new_mean, T* __restrict__ new_var, lx_i64 C, lx_i64 reps,
+                                    typename lx_acc<T>::type keep, double momentum, double unbiased)
+{
+    for (lx_i64 c = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (lx_i64)gridDim.x * blockDim.x) {
+        double m = 0, v = 0;
+        for (lx_i64 r = 0; r < reps; r++) {
+            m += mean[r * C + c];
+            v += var[r * C + c];
+        }
+        m /= (double)reps;
+        v /= (double)reps;
+        const double rm = (double)lx_round<T>(lx_mul(keep, lx_load(running_mean + c)));
+        const double rv = (double)lx_round<T>(lx_mul(keep, lx_load(running_var + c)));
+        lx_store(new_mean + c, (typename lx_acc<T>::type)lx_add(rm, lx_mul(momentum, m)));
+        lx_store(new_var + c, (typename lx_acc<T>::type)lx_add(rv, lx_mul(unbiased, v)));
     }
 }
 
@@ -243,6 +279,51 @@ __device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
     *g_out = g;
     *xh_out = xh;
     return batch ? lx_norm_dx_batch(lx_mul(g, s), xh, r, (A)mh[q], (A)mhx[q]) : r * lx_mul(g, s);
+}
+
+/* Backward pass 1's results from its partials part[(u * nchunks + c) * nsum + k]: per
+   group g (units g sdiv ... g sdiv + sdiv - 1), mh[g] = sum(h) / count and mhx[g] = sum(h
+   xhat) / count; and with nsum == 4, per affine element a (units r amod + a), sg[a] =
+   sum(g) and sgx[a] = sum(g xhat) in T. Double sums, chunks innermost (one thread per
+   group, then per affine element). */
+template <typename T>
+__global__ void norm_backward_finalize(const double* __restrict__ part, double* __restrict__ mh,
+                                       double* __restrict__ mhx, T* __restrict__ sg, T* __restrict__ sgx,
+                                       lx_i64 groups, lx_i64 sdiv, lx_i64 nchunks, int nsum, lx_i64 amod,
+                                       lx_i64 units, double count)
+{
+    const lx_i64 first = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x, stride = (lx_i64)gridDim.x * blockDim.x;
+    for (lx_i64 g = first; g < groups; g += stride) {
+        double h = 0, hx = 0;
+        for (lx_i64 s = 0; s < sdiv; s++) {
+            const double* p = part + (g * sdiv + s) * nchunks * nsum;
+            double uh = 0, uhx = 0;
+            for (lx_i64 c = 0; c < nchunks; c++) {
+                uh += p[c * nsum];
+                uhx += p[c * nsum + 1];
+            }
+            h += uh;
+            hx += uhx;
+        }
+        mh[g] = h / count;
+        mhx[g] = hx / count;
+    }
+    if (nsum < 4) return;
+    for (lx_i64 a = first; a < amod; a += stride) {
+        double s0 = 0, s1 = 0;
+        for (lx_i64 u = a; u < units; u += amod) {
+            const double* p = part + u * nchunks * nsum;
+            double us0 = 0, us1 = 0;
+            for (lx_i64 c = 0; c < nchunks; c++) {
+                us0 += p[c * nsum + 2];
+                us1 += p[c * nsum + 3];
+            }
+            s0 += us0;
+            s1 += us1;
+        }
+        lx_store(sg + a, (typename lx_acc<T>::type)s0);
+        lx_store(sgx + a, (typename lx_acc<T>::type)s1);
+    }
 }
 
 /* Backward pass 2, elementwise (grid-stride): dx */
