@@ -139,8 +139,8 @@ class LayernormRows:
 
         ``pullback(dy_rows) -> (dx, sum(g), sum(g * xhat))`` takes ``dy`` transposed to
         the rows layout (not necessarily contiguous) and gives ``dx`` in that layout and
-        the float64 sums per element of a row; the sums are summed to scale's/bias's
-        shapes and cast to ``x``'s dtype (None without scale/bias).
+        the sums per element of a row (float64, or already in ``x``'s dtype); the sums are
+        summed to scale's/bias's shapes and cast to ``x``'s dtype (None without scale/bias).
         """
         scale_shape = None if scale is None else scale.shape
         bias_shape = None if bias is None else bias.shape
@@ -156,4 +156,6 @@ class LayernormRows:
         return grads
 
     def _summed(self, sums, shape):
+        if sums.size == math.prod(shape):  # scale/bias spans every reduced axis: no sum left
+            return self.xp.ascontiguousarray(sums.reshape(shape), dtype=self.dtype)
         return _sum_to(sums.reshape(self._col_shape), shape).astype(self.dtype)

@@ -219,6 +219,17 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     return y, mean, var, rstd
 
 
+def _column_sums(mod, part, nparts, length, dtype):
+    """layernorm's ``(sum(g), sum(g xhat))`` per column, in ``dtype``, from ``nparts`` rows of
+    float64 partials ``(length, 2)``."""
+    xp = array_namespace(part)
+    sg, sgx = xp.empty((length,), dtype), xp.empty((length,), dtype)
+    mod.get_function(kernel_name("norm_cols_finalize", dtype))(
+        grid_1d(mod, length), (BLOCK,), (part, sg, sgx) + _i64(nparts, length)
+    )
+    return sg, sgx
+
+
 def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
     """``pullback(dy) -> (dx, sum(g), sum(g * xhat))``: the sums per channel (channel ops)
     or per affine element (layernorm), None when ``affine_sums`` is false."""
@@ -260,8 +271,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
             (x, dy, scale, bias, mean, rstd, dx, part) + _i64(rows, length, rchunk)
             + (np.float64(1.0 / length), np.int32(act.id), p),
         )
-        sums = part.reshape(grid[0], length, 2).sum(axis=0)
-        return dx, sums[:, 0], sums[:, 1]
+        return (dx,) + _column_sums(mod, part, grid[0], length, x.dtype)
 
     def pullback(dy):
         dy = xp.ascontiguousarray(dy, dtype=x.dtype)
@@ -280,8 +290,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
                 (x, dy, scale, bias, mean, rstd, mh, mhx, dx, part) + _i64(rows, length, rchunk)
                 + (np.int32(act.id), p),
             )
-            sums = part.reshape(nchunks, length, 2).sum(axis=0)
-            return dx, sums[:, 0], sums[:, 1]
+            return (dx,) + _column_sums(mod, part, nchunks, length, x.dtype)
         grid = grid_1d(mod, x.size)
         mod.get_function(kernel_name("norm_backward_dx", x.dtype))(
             grid, (BLOCK,),

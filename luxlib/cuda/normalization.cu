@@ -326,6 +326,23 @@ __global__ void norm_backward_finalize(const double* __restrict__ part, double* 
     }
 }
 
+/* layernorm's per-column sums from the blocks' partials part[(r * length + j) * 2 + k]:
+   sg[j] = sum over r of part[.. + 0], sgx[j] of part[.. + 1], in order of r, in T */
+template <typename T>
+__global__ void norm_cols_finalize(const double* __restrict__ part, T* __restrict__ sg, T* __restrict__ sgx,
+                                   lx_i64 nparts, lx_i64 length)
+{
+    for (lx_i64 j = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; j < length; j += (lx_i64)gridDim.x * blockDim.x) {
+        double s0 = 0, s1 = 0;
+        for (lx_i64 r = 0; r < nparts; r++) {
+            s0 += part[(r * length + j) * 2];
+            s1 += part[(r * length + j) * 2 + 1];
+        }
+        lx_store(sg + j, (typename lx_acc<T>::type)s0);
+        lx_store(sgx + j, (typename lx_acc<T>::type)s1);
+    }
+}
+
 /* Backward pass 2, elementwise (grid-stride): dx */
 template <typename T>
 __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
