@@ -143,14 +143,19 @@ def _statistics(mod, x, units, epsilon):
     return mean, var, rstd
 
 
-def _rstd(mod, var, epsilon, dtype):
-    """``1 / sqrt(var + epsilon)`` of given float64 statistics, by one kernel (each CuPy
-    array operation costs more host time than a launch)."""
-    rstd = array_namespace(var).empty(var.shape, var.dtype)
-    mod.get_function(kernel_name("norm_rstd", dtype))(
-        grid_1d(mod, var.size), (BLOCK,), (var, rstd, np.int64(var.size), np.float64(epsilon))
+def _given_stats(mod, running_mean, running_var, shape, per_sample, epsilon):
+    """The running statistics as the kernels' float64 ``(mean, rstd)`` per group (one per
+    channel, or per ``(n, c)`` when ``per_sample``), by one kernel (each CuPy array operation
+    costs more host time than a launch)."""
+    xp = array_namespace(running_mean)
+    n, c = shape[:2]
+    units = n * c if per_sample else c
+    rm, rv = xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
+    mean, rstd = xp.empty((units,), xp.float64), xp.empty((units,), xp.float64)
+    mod.get_function(kernel_name("norm_given_stats", rm.dtype))(
+        grid_1d(mod, units), (BLOCK,), (rm, rv, mean, rstd, np.int64(units), np.int64(c), np.float64(epsilon))
     )
-    return rstd
+    return mean, rstd
 
 
 def _running_update(mod, mean, var, shape, per_sample, running_mean, running_var, momentum):
@@ -191,8 +196,8 @@ def _param(act, dtype):
 
 def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     """``(y, mean, var, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
-    float64 ``(mean, var)`` per group); ``var`` is None from layernorm's rows kernels, which
-    compute ``rstd`` themselves."""
+    float64 ``(mean, rstd)`` per group); ``var`` is None with given statistics and from
+    layernorm's rows kernels, which compute ``rstd`` themselves."""
     xp = array_namespace(x)
     if stats is None and _rows_path(mod, geom):
         rows, length = geom.groups, geom.count
@@ -207,8 +212,7 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     if stats is None:
         mean, var, rstd = _statistics(mod, x, geom.stats, epsilon)
     else:
-        mean, var = stats
-        rstd = _rstd(mod, var, epsilon, x.dtype)
+        (mean, rstd), var = stats, None
     y = xp.empty(x.shape, x.dtype)
     grid = grid_1d(mod, x.size)
     mod.get_function(kernel_name("norm_forward", x.dtype))(
@@ -321,7 +325,7 @@ def _running_norm(per_sample, mod, with_vjp, act, x, scale, bias, running_mean, 
     stats = group_stats = None
     if given:
         stats = (running_mean, running_var)
-        group_stats = glue.given_stats(*stats, x.shape, per_sample)
+        group_stats = _given_stats(mod, *stats, x.shape, per_sample, epsilon)
     y, mean, var, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon, group_stats)
     if running_mean is not None and not given:
         stats = _running_update(mod, mean, var, x.shape, per_sample, running_mean, running_var, momentum)

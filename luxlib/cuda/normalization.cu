@@ -146,12 +146,19 @@ __global__ void norm_stats_finalize(const double* __restrict__ part, double* __r
     }
 }
 
-/* rstd[u] = 1 / sqrt(var[u] + eps) for given (running) statistics */
+/* Given (running) statistics of C channels as the group statistics of `units` groups
+   (group u is channel u % C): mean[u] = running_mean, rstd[u] = 1 / sqrt(running_var + eps),
+   in double */
 template <typename T>
-__global__ void norm_rstd(const double* __restrict__ var, double* __restrict__ rstd, lx_i64 units, double eps)
+__global__ void norm_given_stats(const T* __restrict__ running_mean, const T* __restrict__ running_var,
+                                 double* __restrict__ mean, double* __restrict__ rstd, lx_i64 units, lx_i64 C,
+                                 double eps)
 {
-    for (lx_i64 u = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (lx_i64)gridDim.x * blockDim.x)
-        rstd[u] = 1.0 / sqrt(var[u] + eps);
+    for (lx_i64 u = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (lx_i64)gridDim.x * blockDim.x) {
+        const lx_i64 c = u % C;  // once per group
+        mean[u] = (double)lx_load(running_mean + c);
+        rstd[u] = 1.0 / sqrt((double)lx_load(running_var + c) + eps);
+    }
 }
 
 /* The new running statistics of channel c (running_mean's type T): the group statistics
