@@ -54,6 +54,28 @@ __device__ __forceinline__ int lx_out_coord(int i, int t, int k, const lx_div32&
     return q * (int)s.d == num && q < out ? q : -1;
 }
 
+/* f(tap, o) for every tap and output position o whose receptive field holds input position
+   (id, ih, iw), in order of (kd, kh, kw): the terms of a gather (col2im, depthwise dx) */
+#define LX_READERS_GEOMETRY sD, sH, sW, KD, KH, KW, dd, dh, dw, pd, ph, pw, flip, OD, OH, OW
+template <typename F>
+__device__ __forceinline__ void lx_readers(int id, int ih, int iw, const lx_div32& sD, const lx_div32& sH,
+                                           const lx_div32& sW, int KD, int KH, int KW, int dd, int dh, int dw,
+                                           int pd, int ph, int pw, int flip, int OD, int OH, int OW, F f)
+{
+    for (int kd = 0; kd < KD; kd++) {
+        const int od = lx_out_coord(id, kd, KD, sD, dd, pd, flip, OD);
+        if (od < 0) continue;
+        for (int kh = 0; kh < KH; kh++) {
+            const int oh = lx_out_coord(ih, kh, KH, sH, dh, ph, flip, OH);
+            if (oh < 0) continue;
+            for (int kw = 0; kw < KW; kw++) {
+                const int ow = lx_out_coord(iw, kw, KW, sW, dw, pw, flip, OW);
+                if (ow >= 0) f((kd * KH + kh) * KW + kw, (od * OH + oh) * OW + ow);
+            }
+        }
+    }
+}
+
 /* cols of a tile of samples: element (n, c, tap, p) goes to
    cols[n * sample_stride + (c K + tap) * row_stride + p], i.e. (n, C K, P) for the forward
    product (row_stride = P, sample_stride = C K P) or (C K, n, P) for the weight gradient
@@ -107,19 +129,7 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
         lx_split3(e - nc * dPlane.d, dW, dH, id, ih, iw);
         const T* base = dcols + nc * (lx_u32)(K * P);
         A acc = 0;
-        for (int kd = 0; kd < KD; kd++) {
-            const int od = lx_out_coord(id, kd, KD, sD, dd, pd, flip, OD);
-            if (od < 0) continue;
-            for (int kh = 0; kh < KH; kh++) {
-                const int oh = lx_out_coord(ih, kh, KH, sH, dh, ph, flip, OH);
-                if (oh < 0) continue;
-                for (int kw = 0; kw < KW; kw++) {
-                    const int ow = lx_out_coord(iw, kw, KW, sW, dw, pw, flip, OW);
-                    if (ow < 0) continue;
-                    acc += lx_load(base + ((kd * KH + kh) * KW + kw) * P + (od * OH + oh) * OW + ow);
-                }
-            }
-        }
+        lx_readers(id, ih, iw, LX_READERS_GEOMETRY, [&](int tap, int o) { acc += lx_load(base + tap * P + o); });
         lx_store(dx + e, acc);
     }
 }
@@ -184,19 +194,8 @@ __global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T*
         for (int m = 0; m < M; m++) {
             const T* dzs = dz + (nc * (lx_u32)M + (lx_u32)m) * (lx_u32)P;  // dz[n, c M + m]
             const T* ws = w + (c * M + m) * K;
-            for (int kd = 0; kd < KD; kd++) {
-                const int od = lx_out_coord(id, kd, KD, sD, dd, pd, flip, OD);
-                if (od < 0) continue;
-                for (int kh = 0; kh < KH; kh++) {
-                    const int oh = lx_out_coord(ih, kh, KH, sH, dh, ph, flip, OH);
-                    if (oh < 0) continue;
-                    for (int kw = 0; kw < KW; kw++) {
-                        const int ow = lx_out_coord(iw, kw, KW, sW, dw, pw, flip, OW);
-                        if (ow >= 0)
-                            acc += lx_load(dzs + (od * OH + oh) * OW + ow) * lx_load(ws + (kd * KH + kh) * KW + kw);
-                    }
-                }
-            }
+            lx_readers(id, ih, iw, LX_READERS_GEOMETRY,
+                       [&](int tap, int o) { acc += lx_load(dzs + o) * lx_load(ws + tap); });
         }
         lx_store(dx + e, acc);
     }
