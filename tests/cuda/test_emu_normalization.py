@@ -183,6 +183,25 @@ def test_two_stage(dtype, op, variant, shape):
         check(mod, op, variant, act, shape, dtype, seed=1)
 
 
+# more groups and channels than a grid of 2 blocks has threads (512): the per-group and
+# per-channel kernels (statistics finalize, given statistics, running update, backward
+# finalize) stride over them
+MANY_CHANNELS = [
+    ("batchnorm", "train", (3, 600, 2)),
+    ("batchnorm", "infer", (2, 600, 3)),
+    ("instancenorm", "train", (2, 300, 3)),
+    ("instancenorm", "infer", (2, 300, 2)),
+    ("groupnorm", 600, (1, 1200, 2)),
+]
+
+
+@pytest.mark.parametrize("op, variant, shape", MANY_CHANNELS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_per_group_kernels_stride(dtype, op, variant, shape):
+    mod = emu("shuffle", max_blocks=2)
+    check(mod, op, variant, activations.relu, shape, dtype, seed=2)
+
+
 def test_two_stage_cases_are_chunked():
     """The CHUNKED cases do split their reductions (statistics, or layernorm's rows: over
     2 blocks, the first of several tiles where there are enough rows)."""
