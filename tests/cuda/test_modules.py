@@ -1,0 +1,55 @@
+"""The launch helpers of ``luxlib.cuda._modules`` (no GPU needed): kernels kept per
+module, grids sized by the work a thread does, kernel scalars rounded as NumPy casts."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from luxlib.cuda import _modules
+
+
+class _RawModule:
+    """Stands in for ``cupy.RawModule``: a new kernel object on every ``get_function``."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.calls = kwargs, []
+
+    def get_function(self, name):
+        self.calls.append(name)
+        return object()
+
+
+def test_get_module_keeps_the_kernels(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=_RawModule))
+    monkeypatch.setattr(_modules, "_MODULES", {})
+    mod = _modules.get_module("dropout")
+    assert _modules.get_module("dropout") is mod
+    assert mod.raw.kwargs["name_expressions"] == _modules.name_expressions("dropout")
+    first = mod.get_function("multiply<float>")
+    assert mod.get_function("multiply<float>") is first
+    assert mod.get_function("multiply<double>") is not first
+    assert mod.raw.calls == ["multiply<float>", "multiply<double>"]
+
+
+@pytest.mark.parametrize("n, per_thread, blocks", [(0, 1, 1), (1, 1, 1), (256, 1, 1), (257, 1, 2),
+                                                   (1024, 4, 1), (1025, 4, 2), (2**24, 4, 16384),
+                                                   (2**30, 1, _modules.MAX_BLOCKS)])
+def test_grid_1d(n, per_thread, blocks):
+    assert _modules.grid_1d(None, n, per_thread=per_thread) == (blocks,)
+
+
+def test_grid_1d_module_cap():
+    assert _modules.grid_1d(types.SimpleNamespace(max_blocks=2), 10**6) == (2,)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("value", [0.1, -0.0, 1 / 3, 65504.0, 65520.0, 1e5, 3.5e38, 1e39, np.inf, -np.inf, np.nan])
+def test_acc_scalar_rounds_as_numpy_casts(dtype, value):
+    got = _modules.acc_scalar(dtype, value)
+    with np.errstate(over="ignore"):
+        want = dtype(value)
+    assert got.dtype == (np.float64 if dtype is np.float64 else np.float32)
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
+    assert np.signbit(got) == np.signbit(want)
