@@ -18,7 +18,7 @@ if IMPORT_ERROR is not None:  # tests/test_config.py fails loudly in that case
     pytest.skip(f"kernels not built: {IMPORT_ERROR}", allow_module_level=True)
 
 from luxlib._kernels import matmul as kernels  # noqa: E402
-from luxlib._looped.matmul import blas_operand  # noqa: E402
+from luxlib._blas_layout import blas_operand  # noqa: E402
 from _helpers import LAYOUTS, assert_unchanged, check_gradients, snapshot, with_layout  # noqa: E402
 
 bmm = luxlib.batched_matmul

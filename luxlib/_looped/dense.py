@@ -2,7 +2,7 @@
 
 Glue around :mod:`luxlib._kernels.dense`: ``weight`` and ``x`` go to BLAS as they
 are stored (transposed views through BLAS's transpose flag, see
-:func:`luxlib._looped.matmul.blas_operand`), the outputs are allocated here, and
+:func:`luxlib._blas_layout.blas_operand`), the outputs are allocated here, and
 the pullback keeps ``y`` for output-only activations, else the pre-activation ``z``
 (plus ``weight`` and ``x``, which the gradients read).
 """
@@ -11,11 +11,11 @@ import contextlib
 
 import numpy as np
 
+from .._blas_layout import blas_operand
 from .._dispatch import register
 from .._kernels import dense as kernels
 from .._threads import single_threaded_blas
 from .activation import _param, _supports
-from .matmul import blas_operand
 
 
 def _blas_threads(batch, n_out):

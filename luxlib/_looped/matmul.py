@@ -10,41 +10,10 @@ import contextlib
 
 import numpy as np
 
+from .._blas_layout import blas_operand
 from .._dispatch import register
 from .._kernels import matmul as kernels
 from .._threads import single_threaded_blas
-
-
-def _leading(n_lead, stride_lead, n_unit, stride_unit, item):
-    """Row stride (elements) of matrices whose ``unit`` axis is contiguous, else None."""
-    if n_unit > 1 and stride_unit != item:
-        return None
-    if n_lead <= 1:  # a single row: any valid leading dimension will do
-        return max(1, n_unit)
-    if stride_lead % item or stride_lead // item < max(1, n_unit):
-        return None
-    return stride_lead // item
-
-
-def blas_operand(a):
-    """``(a, trans, ld)``: how BLAS reads the matrices in ``a``'s last two axes.
-
-    ``trans`` False: rows of ``ld`` elements with unit column stride; True: the
-    transpose of such a matrix (a Fortran-ordered or ``.T`` view), ``ld`` its
-    column stride. Arrays in
-    neither form (or with a batch stride that is not a whole number of elements)
-    are copied once to C order.
-    """
-    item = a.itemsize
-    (rows, cols), (srow, scol) = a.shape[-2:], a.strides[-2:]
-    if all(s % item == 0 for s in a.strides[:-2]):
-        ld = _leading(rows, srow, cols, scol, item)
-        if ld is not None:
-            return a, False, ld
-        ld = _leading(cols, scol, rows, srow, item)
-        if ld is not None:
-            return a, True, ld
-    return np.ascontiguousarray(a), False, max(1, cols)
 
 
 def _threads(batch, m, n, k, double):

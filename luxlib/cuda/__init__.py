@@ -9,13 +9,15 @@ fused_dense_bias_activation, batched_matmul, fused_conv_bias_activation. See doc
 
 from .._dispatch import register
 from . import _bias_activation, _conv, _dense, _dropout, _matmul, _normalization
+from ._blas import get_blas
 from ._modules import FAMILIES, get_module
 
 __all__ = ["FAMILIES", "get_module"]
 
 
 def _mod(family):
-    return get_module(family)
+    """The kernels of ``family``, or cuBLAS for ``"blas"``."""
+    return get_blas() if family == "blas" else get_module(family)
 
 
 def _fast_forward(act, x):
@@ -71,8 +73,10 @@ def _with_modules(f, *families):
     return lambda **kw: f(*(_mod(family) for family in families), **kw)
 
 
-register("fused_dense_bias_activation", "gpu", forward=_with_modules(_dense.forward, "bias_activation"),
-         vjp=_with_modules(_dense.vjp, "bias_activation"), supports=_dense.supports)
-register("batched_matmul", "gpu", forward=_matmul.forward, vjp=_matmul.vjp, supports=_matmul.supports)
-register("fused_conv_bias_activation", "gpu", forward=_with_modules(_conv.forward, "conv", "bias_activation"),
-         vjp=_with_modules(_conv.vjp, "conv", "bias_activation"), supports=_conv.supports)
+register("fused_dense_bias_activation", "gpu", forward=_with_modules(_dense.forward, "bias_activation", "blas"),
+         vjp=_with_modules(_dense.vjp, "bias_activation", "blas"), supports=_dense.supports)
+register("batched_matmul", "gpu", forward=_with_modules(_matmul.forward, "blas"),
+         vjp=_with_modules(_matmul.vjp, "blas"), supports=_matmul.supports)
+register("fused_conv_bias_activation", "gpu",
+         forward=_with_modules(_conv.forward, "conv", "bias_activation", "blas"),
+         vjp=_with_modules(_conv.vjp, "conv", "bias_activation", "blas"), supports=_conv.supports)

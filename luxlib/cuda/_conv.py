@@ -1,6 +1,6 @@
-"""GPU ``fused_conv_bias_activation``: im2col kernel + gemm (the array namespace's
-``matmul``: cuBLAS on CuPy) + the bias+activation kernel as the fused epilogue; depthwise
-convolutions (``groups == C_in > 1``) by direct kernels instead of im2col and gemm.
+"""GPU ``fused_conv_bias_activation``: im2col kernel + cuBLAS gemm (:mod:`luxlib.cuda._blas`)
++ the bias+activation kernel as the fused epilogue; depthwise convolutions
+(``groups == C_in > 1``) by direct kernels instead of im2col and gemm.
 
 Every convolution runs as a 3-D one (leading unit spatial axes, as the looped kernels
 do). The batch is tiled so the workspace of one tile stays within ``WORKSPACE_BYTES``
@@ -9,13 +9,16 @@ kernels). Per tile of ``nb`` samples and group ``g`` (``Cg`` input, ``Cog`` outp
 channels, ``K`` taps, ``P`` output positions):
 
     forward   y[n, g] = W[g] (Cog x Cg K) @ cols[n, g] (Cg K x P)
-    reverse   dW[g]  += dzb[g] (Cog x nb P) @ colsb[g]^T (nb P x Cg K)   (one gemm per group)
+    reverse   dW[g]  += dzb[g] (Cog x nb P) @ colsb[g]^T (nb P x Cg K)   (one call for all g)
               dcols   = W[g]^T @ dz[n, g],  dx = col2im(dcols)  (a gather, no atomics)
               db      = the epilogue kernel's reduction
 
 ``colsb`` is im2col's batch-minor layout ``(G, Cg K, nb, P)`` and ``dzb`` the same
 transposition of ``dz`` (a copy of ``dz``, which is ``K Cg / Cog`` times smaller than the
-columns); the transposed operand is a 2-D view, passed to cuBLAS as a transpose flag.
+columns). Transposed operands (``colsb[g]^T``, ``W[g]^T``) are views, passed to cuBLAS as
+the transpose flag. The per-sample products are strided-batched gemms over the samples of
+a tile (``W[g]`` at batch stride 0), one per group, or over the groups, one per sample,
+whichever makes fewer calls.
 A 1x1 kernel with unit stride and no padding uses ``x`` itself as ``cols`` (and writes
 ``dcols`` straight into ``dx``).
 """
@@ -26,6 +29,7 @@ import numpy as np
 
 from .._validation import array_namespace
 from . import _bias_activation
+from ._blas import matmul
 from ._modules import BLOCK, divisor, grid_1d, kernel_name
 
 #: bytes of the per-tile workspace: the columns, their gradient and the transposed output
@@ -77,8 +81,8 @@ def _divisors(*ds):
 class _Plan:
     """Geometry, batch tiling and the kernels' scalar arguments of one call (im2col + gemm)."""
 
-    def __init__(self, mod, weight, x, cdims):
-        self.mod, self.xp = mod, array_namespace(weight, x)
+    def __init__(self, mod, blas, weight, x, cdims):
+        self.mod, self.blas, self.xp = mod, blas, array_namespace(weight, x)
         self.x = self.xp.ascontiguousarray(x)
         self.x_shape, self.w_shape = x.shape, weight.shape
         self.n, self.c = x.shape[:2]
@@ -139,32 +143,45 @@ class _Plan:
         z = self.xp.empty((self.n, self.g * self.cog, self.p), self.x.dtype)
         for n0, n1 in self.tiles():
             out = z[n0:n1].reshape(n1 - n0, self.g, self.cog, self.p)
-            self.xp.matmul(self.w, self.cols(n0, n1, batch_minor=False), out=out)
+            _per_group(self.blas, self.w, self.cols(n0, n1, batch_minor=False), out)
         return z
 
     def backward(self, dz):
         """``(dweight, dx)`` in the caller's shapes for ``dz`` (``(N, C_out, P)``)."""
         xp, dtype = self.xp, self.x.dtype
         acc = xp.result_type(dtype, xp.float32)  # the weight gradient sums in float32 at least
-        dw = xp.zeros(self.w.shape, acc)
+        dw = xp.empty(self.w.shape, acc)
         dx = xp.empty(self.x.shape, dtype)
-        wt = xp.ascontiguousarray(self.w.swapaxes(-1, -2))  # (G, Cg K, Cog)
+        wt = self.w.swapaxes(-1, -2)  # (G, Cg K, Cog), a view
         for n0, n1 in self.tiles():
             nb = n1 - n0
             dzt = dz[n0:n1].reshape(nb, self.g, self.cog, self.p)
             dzb = _batch_minor(xp, dzt)
             colsb = self.cols(n0, n1, batch_minor=True)
-            for g in range(self.g):  # 2-D products: the transposed view costs no copy
-                dw[g] += xp.matmul(dzb[g], colsb[g].T)
+            matmul(self.blas, dzb, colsb.swapaxes(-1, -2), out=dw, accumulate=n0 > 0)
             del colsb
             if self.one_by_one:
-                xp.matmul(wt, dzt, out=dx[n0:n1].reshape(nb, self.g, self.cg, self.p))
+                _per_group(self.blas, wt, dzt, dx[n0:n1].reshape(nb, self.g, self.cg, self.p))
                 continue
-            dcols = xp.matmul(wt, dzt)  # (nb, G, Cg K, P) = (nb, C, K, P)
+            # (nb, G, Cg K, P) = (nb, C, K, P)
+            dcols = _per_group(self.blas, wt, dzt, xp.empty((nb, self.g, self.cg * self.k, self.p), dtype))
             total = nb * self.c * self.plane
             self._launch("col2im", total, (dcols, dx[n0:n1], np.int32(total)) + _divisors(self.plane)
                          + self.in_divisors)
         return dw.astype(dtype, copy=False).reshape(self.w_shape), dx.reshape(self.x_shape)
+
+
+def _per_group(blas, w, v, out):
+    """``out[n, g] = w[g] @ v[n, g]`` for ``w`` ``(G, R, S)`` and ``v`` ``(nb, G, S, P)``:
+    one strided-batched gemm per group or per sample, whichever is fewer; returns ``out``."""
+    nb, groups = v.shape[:2]
+    if groups <= nb:
+        for g in range(groups):
+            matmul(blas, w[g], v[:, g], out=out[:, g])
+    else:
+        for n in range(nb):
+            matmul(blas, w, v[n], out=out[n])
+    return out
 
 
 def _batch_minor(xp, a):
@@ -219,22 +236,22 @@ class _Depthwise(_Plan):
         return dw, dx.reshape(self.x_shape)
 
 
-def _plan(mod, weight, x, cdims):
-    return (_Depthwise if _is_depthwise(x, cdims) else _Plan)(mod, weight, x, cdims)
+def _plan(mod, blas, weight, x, cdims):
+    return (_Depthwise if _is_depthwise(x, cdims) else _Plan)(mod, blas, weight, x, cdims)
 
 
-def forward(conv_mod, epilogue_mod, act, weight, x, bias, cdims):
+def forward(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims):
     """``act(conv(x, weight) + bias)``; ``conv_mod`` holds ``conv.cu``'s kernels,
-    ``epilogue_mod`` those of ``bias_activation.cu``."""
-    plan = _plan(conv_mod, weight, x, cdims)
+    ``epilogue_mod`` those of ``bias_activation.cu``, ``blas`` the gemm (``_blas.get_blas``)."""
+    plan = _plan(conv_mod, blas, weight, x, cdims)
     z = plan.conv()
     return _bias_activation.forward(epilogue_mod, act, z, bias, out=z).reshape(plan.y_shape)
 
 
-def vjp(conv_mod, epilogue_mod, act, weight, x, bias, cdims):
+def vjp(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims):
     """``(y, pullback)``; keeps ``x``, ``weight`` and ``y`` (output-only activations) or the
     pre-bias convolution (the backward kernel adds the bias again)."""
-    plan = _plan(conv_mod, weight, x, cdims)
+    plan = _plan(conv_mod, blas, weight, x, cdims)
     y, epilogue_pullback = _bias_activation.epilogue_vjp(epilogue_mod, act, plan.conv(), bias)
 
     def pullback(dy):

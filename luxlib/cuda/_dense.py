@@ -1,47 +1,45 @@
-"""GPU ``fused_dense_bias_activation``: gemm through the array namespace's ``matmul``
-(cuBLAS on CuPy), written into the output, then the bias+activation kernel of
-``bias_activation.cu`` as the fused epilogue, in place.
+"""GPU ``fused_dense_bias_activation``: cuBLAS gemm (:mod:`luxlib.cuda._blas`; ``weight.T``
+and transposed views through the transpose flag) written into the output, then the
+bias+activation kernel of ``bias_activation.cu`` as the fused epilogue, in place.
 
-Launch code against a kernel module (``mod``, see :mod:`luxlib.cuda._bias_activation`);
-the arrays' own namespace does the products, so the CPU emulation runs it on NumPy.
+Launch code against a kernel module (``mod``, see :mod:`luxlib.cuda._bias_activation`)
+and a ``blas`` object (:func:`luxlib.cuda._blas.get_blas`); the CPU emulation passes
+emulated ones over NumPy arrays.
 The pullback keeps ``y`` for output-only activations, else the pre-activation ``x @ W.T``
 (the bias is added again in the backward kernel), plus ``weight`` and ``x``.
 """
 
 from .._validation import array_namespace
 from . import _bias_activation
+from ._blas import matmul
 
 
 def supports(act, weight, x, bias):
     return _bias_activation.supports(act, x, bias) and weight.dtype == x.dtype
 
 
-def _linear(weight, x):
+def _linear(blas, weight, x):
     """``x @ weight.T`` as a new C-contiguous ``(batch, out)`` array (x as a batch)."""
-    xp = array_namespace(weight, x)
-    xb = x if x.ndim == 2 else x[None, :]
-    z = xp.empty((xb.shape[0], weight.shape[0]), x.dtype)
-    xp.matmul(xb, weight.T, out=z)
-    return z
+    return matmul(blas, x if x.ndim == 2 else x[None, :], weight.T)
 
 
-def forward(mod, act, weight, x, bias):
-    z = _linear(weight, x)
+def forward(mod, blas, act, weight, x, bias):
+    z = _linear(blas, weight, x)
     y = _bias_activation.forward(mod, act, z, bias, out=z)
     return y if x.ndim == 2 else y[0]
 
 
-def vjp(mod, act, weight, x, bias):
+def vjp(mod, blas, act, weight, x, bias):
     """``(y, pullback)``: ``dz = dy * act'`` and ``db`` in one kernel, then
     ``dweight = dz.T @ x`` and ``dx = dz @ weight``."""
     xp = array_namespace(weight, x)
-    y, epilogue_pullback = _bias_activation.epilogue_vjp(mod, act, _linear(weight, x), bias)
+    y, epilogue_pullback = _bias_activation.epilogue_vjp(mod, act, _linear(blas, weight, x), bias)
 
     def pullback(dy):
         dy = xp.ascontiguousarray(dy).reshape(y.shape)
         dz, db = epilogue_pullback(dy)
         xb = x if x.ndim == 2 else x[None, :]
-        dx = xp.matmul(dz, weight)
-        return {"weight": xp.matmul(dz.T, xb), "x": dx if x.ndim == 2 else dx[0], "bias": db}
+        dx = matmul(blas, dz, weight)
+        return {"weight": matmul(blas, dz.T, xb), "x": dx if x.ndim == 2 else dx[0], "bias": db}
 
     return (y if x.ndim == 2 else y[0]), pullback

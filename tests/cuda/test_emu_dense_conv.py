@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 
+import emu_blas
 import emu_module
 import numpy as np
 import pytest
@@ -33,6 +34,8 @@ SMOOTH_ACTS = [activations.identity, activations.gelu, activations.sigmoid, acti
 ACTS = SMOOTH_ACTS + [activations.relu, LEAKY]
 
 _MODULES = {}
+#: the emulated cuBLAS of every product here
+BLAS = emu_blas.EmuBLAS()
 
 
 def emu(family, schedule="inorder", max_blocks=None):
@@ -101,8 +104,8 @@ def test_dense_matches_generic(dtype, case, schedule):
             what = f"dense {act!r} {dtype.__name__} {x_shape}->{out} bias={bias is not None}"
             ref = reference(luxlib.fused_dense_bias_activation, (act, w, x, bias), dy)
             with np.errstate(all="ignore"):
-                y_fwd = _dense.forward(mod, act, w, x, bias)
-                y, pullback = _dense.vjp(mod, act, w, x, bias)
+                y_fwd = _dense.forward(mod, BLAS, act, w, x, bias)
+                y, pullback = _dense.vjp(mod, BLAS, act, w, x, bias)
                 grads = pullback(dy)
             np.testing.assert_array_equal(y_fwd, y)
             check(what, dtype, y, grads, ("weight", "x", "bias"), ref)
@@ -116,7 +119,7 @@ def test_dense_non_contiguous_inputs_are_not_modified():
     b = randn(rng, (10,), np.float32)[::2]
     dy = randn(rng, (4, 5), np.float32)
     keep = [a.copy() for a in (w, x, b, dy)]
-    y, pullback = _dense.vjp(mod, activations.gelu, w, x, b)
+    y, pullback = _dense.vjp(mod, BLAS, activations.gelu, w, x, b)
     grads = pullback(dy)
     check("dense strided", np.float32, y, grads, ("weight", "x", "bias"),
           reference(luxlib.fused_dense_bias_activation, (activations.gelu, w, x, b), dy))
@@ -146,8 +149,8 @@ def test_batched_matmul_matches_generic(dtype, case):
     batch = 0 if 0 in (x.shape[0], y.shape[0]) else max(x.shape[0], y.shape[0])
     dz = randn(rng, (batch, x.shape[1], y.shape[2]), dtype)
     ref = reference(luxlib.batched_matmul, (x, y), dz)
-    z, pullback = _matmul.vjp(x, y)
-    np.testing.assert_array_equal(_matmul.forward(x, y), z)
+    z, pullback = _matmul.vjp(BLAS, x, y)
+    np.testing.assert_array_equal(_matmul.forward(BLAS, x, y), z)
     check(f"bmm {dtype.__name__} {case}", dtype, z, pullback(dz), ("x", "y"), ref, first=0)
 
 
@@ -156,7 +159,7 @@ def test_batched_matmul_transposed_views():
     x = randn(rng, (3, 4, 2), np.float64).transpose(0, 2, 1)  # (3, 2, 4), not C-contiguous
     y = randn(rng, (1, 5, 4), np.float64).transpose(0, 2, 1)  # (1, 4, 5), broadcast
     dz = randn(rng, (3, 2, 5), np.float64)
-    z, pullback = _matmul.vjp(x, y)
+    z, pullback = _matmul.vjp(BLAS, x, y)
     check("bmm views", np.float64, z, pullback(dz), ("x", "y"), reference(luxlib.batched_matmul, (x, y), dz),
           first=0)
 
@@ -193,8 +196,8 @@ def check_conv(mods, act, x, w, bias, dy, cdims):
     what = f"conv {act!r} {x.dtype} {x.shape} {w.shape} {cdims} bias={bias is not None}"
     ref = reference(luxlib.fused_conv_bias_activation, (act, w, x, bias, cdims), dy)
     with np.errstate(all="ignore"):
-        y_fwd = _conv.forward(*mods, act, w, x, bias, cdims)
-        y, pullback = _conv.vjp(*mods, act, w, x, bias, cdims)
+        y_fwd = _conv.forward(*mods, BLAS, act, w, x, bias, cdims)
+        y, pullback = _conv.vjp(*mods, BLAS, act, w, x, bias, cdims)
         grads = pullback(dy)
     np.testing.assert_array_equal(y_fwd, y)
     check(what, x.dtype.type, y, grads, ("weight", "x", "bias"), ref)
@@ -224,10 +227,10 @@ def test_conv_workspace_tiles_the_batch(monkeypatch):
     case = ((3, 2, 5, 5), (4, 2, 3, 3), dict(padding=1, stride=(1, 2)))
     x, w, b, dy, cdims = _conv_case(case, np.float32, seed=4)
     monkeypatch.setattr(_conv, "WORKSPACE_BYTES", 1)
-    assert _conv._Plan(emu("conv"), w, x, cdims).nb == 1
+    assert _conv._Plan(emu("conv"), BLAS, w, x, cdims).nb == 1
     check_conv((emu("conv"), emu("bias_activation")), activations.gelu, x, w, b, dy, cdims)
     monkeypatch.setattr(_conv, "WORKSPACE_BYTES", 2 * 4 * (2 * 2 * 9 * 15 + 4 * 15))  # two samples
-    assert _conv._Plan(emu("conv"), w, x, cdims).nb == 2
+    assert _conv._Plan(emu("conv"), BLAS, w, x, cdims).nb == 2
     check_conv((emu("conv"), emu("bias_activation")), activations.relu, x, w, None, dy, cdims)
 
 
@@ -292,7 +295,7 @@ DEPTHWISE_CASES = [
 
 
 def check_depthwise(mods, act, x, w, bias, dy, cdims):
-    assert isinstance(_conv._plan(mods[0], w, x, cdims), _conv._Depthwise)
+    assert isinstance(_conv._plan(mods[0], BLAS, w, x, cdims), _conv._Depthwise)
     check_conv(mods, act, x, w, bias, dy, cdims)
 
 
@@ -319,7 +322,7 @@ def test_depthwise_only_for_groups_equal_to_channels():
     for x_shape, w_shape, groups, want in (((1, 4, 5), (4, 1, 3), 4, True), ((1, 4, 5), (8, 2, 3), 2, False),
                                            ((1, 1, 5), (3, 1, 3), 1, False)):
         x, w = np.ones(x_shape, np.float32), np.ones(w_shape, np.float32)
-        plan = _conv._plan(mod, w, x, luxlib.ConvDims(x_shape, w_shape, groups=groups))
+        plan = _conv._plan(mod, BLAS, w, x, luxlib.ConvDims(x_shape, w_shape, groups=groups))
         assert isinstance(plan, _conv._Depthwise) == want, (x_shape, w_shape)
 
 
@@ -337,12 +340,12 @@ def test_depthwise_weight_gradient_two_stage(monkeypatch):
     for target, nb in ((40, 3), (100, 1), (200, 2)):
         monkeypatch.setattr(_conv, "DW_TARGET_BLOCKS", target)
         monkeypatch.setattr(_conv, "TILE_LIMIT", nb * per_sample + 1)
-        assert _conv._plan(emu("conv"), w, x, cdims).nb == nb
+        assert _conv._plan(emu("conv"), BLAS, w, x, cdims).nb == nb
         results = []
         for schedule in SCHEDULES:
             mods = emu("conv", schedule, max_blocks=2), emu("bias_activation", schedule)
             check_depthwise(mods, activations.gelu, x, w, b, dy, cdims)
-            _, pullback = _conv.vjp(*mods, activations.gelu, w, x, b, cdims)
+            _, pullback = _conv.vjp(*mods, BLAS, activations.gelu, w, x, b, cdims)
             results.append(pullback(dy))
         for name in ("weight", "x", "bias"):
             np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
@@ -356,7 +359,7 @@ def gpu_dispatch(monkeypatch):
     """NumPy arrays dispatched to the registered GPU implementations, whose kernel modules
     are the emulated ones."""
     monkeypatch.setattr(_dispatch, "internal_operation_mode", lambda arrays: _dispatch.GPUBroadcastOp(0))
-    monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: emu(family, "shuffle"))
+    monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: BLAS if family == "blas" else emu(family, "shuffle"))
 
 
 _CONV_DIMS = luxlib.ConvDims((2, 2, 5, 4), (4, 2, 3, 2), padding="same")

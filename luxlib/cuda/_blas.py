@@ -1,0 +1,161 @@
+"""Row-major products of the GPU path on cuBLAS's strided-batched gemm, called directly.
+
+``cupy.matmul`` spent 25-70 us of host time per call on the H200 run of 2026-11-25 (72 us
+on a batch of small matrices) before cuBLAS started. :func:`matmul` makes one cuBLAS call
+per product itself, with every operand as it is stored: a transposed view (``w.T``,
+``y.transpose(0, 2, 1)``) through the transpose flag, a batch of 1 through batch stride 0,
+never a copy for either.
+
+cuBLAS is column-major. The memory of a row-major ``(r, c)`` matrix with row stride ``ld``
+is the column-major ``(c, r)`` matrix with leading dimension ``ld``: its transpose. So
+``C = A @ B`` (row-major) is ``C^T = B^T A^T`` (column-major): cuBLAS gets ``B`` as its
+first operand and ``A`` as its second, ``m = N`` and ``n = M``, and an operand stored
+transposed (``trans`` of :func:`luxlib._blas_layout.blas_operand`) gets the transpose flag.
+Against a ``B`` with a batch of 1, row-major ``A`` matrices that follow one another at
+``M * lda`` fold into one gemm over ``batch * M`` rows.
+
+The ``blas`` argument is :func:`get_blas`'s :class:`CuBLAS` for CuPy arrays; the CPU
+emulation of the tests passes an object with the same ``gemm_strided_batched`` over NumPy
+arrays (``tests/cuda/emu/emu_blas.py``), so this module's layout logic runs in CI.
+"""
+
+import numpy as np
+
+from .._blas_layout import blas_operand
+from .._validation import array_namespace
+
+__all__ = ["CuBLAS", "get_blas", "matmul"]
+
+#: cuBLAS takes dimensions, leading dimensions and the batch count as 32-bit ints
+INT_MAX = 2**31 - 1
+
+
+class CuBLAS:
+    """cuBLAS's column-major ``C[i] = op(A[i]) op(B[i]) (+ C[i])`` on CuPy arrays."""
+
+    def __init__(self):
+        import cupy  # only reached with CuPy arrays, whose owner has CuPy
+        from cupy_backends.cuda.libs import cublas
+
+        self._cublas = cublas
+        self._handle = cupy.cuda.device.get_cublas_handle
+        self._half = cupy.cuda.runtime.CUDA_R_16F
+        self._gemm = {np.dtype(np.float32): cublas.sgemmStridedBatched,
+                      np.dtype(np.float64): cublas.dgemmStridedBatched}
+        # alpha = 1 and beta = 0 or 1 in host memory (the handle's default pointer mode), in
+        # the compute type: float64 for float64, float32 for float32 and float16
+        self._scalars = {t: (np.ones(1, t), np.zeros(1, t)) for t in (np.float32, np.float64)}
+        self._pointers = {np.dtype(t): (one.ctypes.data, zero.ctypes.data) for t, (one, zero) in self._scalars.items()}
+
+    def gemm_strided_batched(self, trans_a, trans_b, m, n, k, a, lda, stride_a, b, ldb, stride_b,
+                             accumulate, c, ldc, stride_c, batch):
+        """``C[i] = op(A[i]) @ op(B[i])``, plus ``C[i]`` with ``accumulate``, for ``i < batch``.
+
+        Column-major, as cuBLAS takes them: ``op(A)`` is ``m x k``, ``op(B)`` ``k x n``, ``C``
+        ``m x n``; ``a``, ``b``, ``c`` are arrays whose first elements start the first matrices,
+        strides and leading dimensions count elements. float16 computes in float32.
+        """
+        cublas = self._cublas
+        op_a = cublas.CUBLAS_OP_T if trans_a else cublas.CUBLAS_OP_N
+        op_b = cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N
+        one, zero = self._pointers[np.dtype(np.float64 if c.dtype == np.float64 else np.float32)]
+        beta = one if accumulate else zero
+        if c.dtype == np.float16:
+            half = self._half
+            cublas.gemmStridedBatchedEx(
+                self._handle(), op_a, op_b, m, n, k, one, a.data.ptr, half, lda, stride_a,
+                b.data.ptr, half, ldb, stride_b, beta, c.data.ptr, half, ldc, stride_c, batch,
+                cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT,
+            )
+        else:
+            self._gemm[c.dtype](self._handle(), op_a, op_b, m, n, k, one, a.data.ptr, lda, stride_a,
+                                b.data.ptr, ldb, stride_b, beta, c.data.ptr, ldc, stride_c, batch)
+
+
+_BLAS = []
+
+
+def get_blas():
+    """The process's :class:`CuBLAS` (made on first use)."""
+    if not _BLAS:
+        _BLAS.append(CuBLAS())
+    return _BLAS[0]
+
+
+def _operand(a):
+    """``(a, trans, ld, stride)``: :func:`blas_operand` of a 3-D array plus its batch stride
+    in elements (0 for a batch of 1); copied to C order when that stride is negative."""
+    a, trans, ld = blas_operand(a)
+    stride = 0 if a.shape[0] == 1 else a.strides[0] // a.itemsize
+    if stride < 0:
+        a, trans, ld = blas_operand(array_namespace(a).ascontiguousarray(a))
+        stride = a.strides[0] // a.itemsize
+    return a, trans, ld, stride
+
+
+def _output(c):
+    """``(ldc, stride)`` of a 3-D output whose rows have unit column stride, else None."""
+    item = c.itemsize
+    (batch, m, n), (sb, sm, sn) = c.shape, c.strides
+    if (n > 1 and sn != item) or sm % item or sb % item or sb < 0 or sm < 0:
+        return None
+    ldc = sm // item if m > 1 else max(1, n)
+    if ldc < max(1, n):
+        return None
+    return ldc, (0 if batch == 1 else sb // item)
+
+
+def _store(out, product, accumulate):
+    if accumulate:
+        out += product
+    else:
+        out[...] = product
+    return out
+
+
+def matmul(blas, a, b, out=None, accumulate=False):
+    """``out = a @ b``, or ``out += a @ b`` with ``accumulate``, by one cuBLAS call.
+
+    Parameters
+    ----------
+    blas : CuBLAS
+        :func:`get_blas`'s object (or the tests' emulation of it).
+    a, b : arrays
+        2-D or 3-D, the same dtype; 3-D batches equal or 1 (a 2-D operand is a batch of 1).
+    out : array, optional
+        ``(batch, M, N)`` (``(M, N)`` when both are 2-D), any strides; new when None.
+    accumulate : bool
+        Add the product to ``out`` instead of overwriting it.
+
+    Returns
+    -------
+    array
+        ``out``.
+    """
+    xp = array_namespace(a, b)
+    if a.dtype != b.dtype:
+        raise ValueError(f"cuda matmul: operand dtypes differ ({a.dtype}, {b.dtype})")
+    a3, b3 = (t if t.ndim == 3 else t[None] for t in (a, b))
+    batch = 0 if 0 in (a3.shape[0], b3.shape[0]) else max(a3.shape[0], b3.shape[0])
+    m, k, n = a3.shape[1], a3.shape[2], b3.shape[2]
+    if out is None:
+        out = xp.empty((batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n), a.dtype)
+    c3 = out if out.ndim == 3 else out[None]
+    if c3.size == 0:
+        return out
+    if k == 0:  # empty sums, decided here rather than by cuBLAS's quick returns
+        if not accumulate:
+            c3[...] = 0
+        return out
+    layout = _output(c3) if out.dtype == a.dtype else None
+    if layout is None:  # e.g. float16 products into a float32 sum: a product, then its sum
+        return _store(out, matmul(blas, a, b), accumulate)
+    ldc, sc = layout
+    (a3, ta, lda, sa), (b3, tb, ldb, sb) = _operand(a3), _operand(b3)
+    rows, items = m, batch
+    if batch > 1 and sb == 0 and not ta and sa == m * lda and sc == m * ldc:
+        rows, items = batch * m, 1  # one gemm over the rows of every matrix of a
+    if max(rows, n, k, lda, ldb, ldc, items) > INT_MAX:  # beyond cuBLAS's ints
+        return _store(out, xp.matmul(a, b), accumulate)
+    blas.gemm_strided_batched(tb, ta, n, rows, k, b3, ldb, sb, a3, lda, sa, accumulate, c3, ldc, sc, items)
+    return out
