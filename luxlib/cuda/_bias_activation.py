@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, kernel_name
+from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, grid_vectors, kernel_name
 
 #: the bias-gradient reduction splits each channel's reduction (two stages) until the grid
 #: has about this many blocks (a few per SM), each split keeping at least DB_MIN_SPLIT_ROWS
@@ -56,7 +56,7 @@ def forward(mod, act, x, bias=None, out=None):
         has_bias = bias is not None
         b = xp.ascontiguousarray(bias) if has_bias else x  # not read without a bias
         mod.get_function(kernel_name("bias_act_forward", x.dtype))(
-            grid_1d(mod, n, per_thread=16 // x.itemsize), (BLOCK,),
+            grid_vectors(mod, n, x.itemsize), (BLOCK,),
             (x, b, y, np.int64(n), np.int64(C), np.int64(inner), np.int32(has_bias),
              np.int32(act.id), _param(act, x.dtype)),
         )
@@ -96,7 +96,7 @@ def vjp(mod, act, x, bias=None, inplace=False):
                 _bias_gradient(mod, xp, (dy, src, bias_arg, dz, db), outer, C, inner, tail)
         elif n:
             mod.get_function(kernel_name("bias_act_backward", dy.dtype))(
-                grid_1d(mod, n, per_thread=16 // dy.itemsize), (BLOCK,),
+                grid_vectors(mod, n, dy.itemsize), (BLOCK,),
                 (dy, src, bias_arg, dz, np.int64(n), np.int64(C), np.int64(inner)) + tail,
             )
         return {"x": dz, "bias": db}

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._generic.philox import draw_key, is_generator
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, kernel_name
+from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, grid_vectors, kernel_name
 
 
 def supports(rng, x, training, **_):
@@ -33,7 +33,7 @@ def _multiply(mod, u, v):
     out = xp.empty(u.shape, u.dtype)
     if u.size:
         mod.get_function(kernel_name("multiply", u.dtype))(
-            grid_1d(mod, u.size, per_thread=16 // u.itemsize), (BLOCK,), (u, v, out, np.int64(u.size))
+            grid_vectors(mod, u.size, u.itemsize), (BLOCK,), (u, v, out, np.int64(u.size))
         )
     return out
 

@@ -17,11 +17,13 @@ __all__ = [
     "DTYPES",
     "FAMILIES",
     "TYPES",
+    "VECTORS_PER_THREAD",
     "acc_scalar",
     "compile_options",
     "divisor",
     "get_module",
     "grid_1d",
+    "grid_vectors",
     "kernel_name",
     "name_expressions",
     "read_source",
@@ -60,6 +62,8 @@ COMPILE_OPTIONS = ("--std=c++17",)
 #: threads per block of the 1-D kernels; cap on the grid of grid-stride kernels
 BLOCK = 256
 MAX_BLOCKS = 65535
+#: 16-byte vectors per thread of the elementwise kernels (``LX_UNROLL`` in elementwise.cuh)
+VECTORS_PER_THREAD = 4
 
 
 def source_dir():
@@ -174,6 +178,12 @@ def divisor(d, bits=64):
     shift = (d - 1).bit_length()
     mul = -(-(1 << (bits - 1 + shift)) // d)
     return np.int64(d), np.uint64(mul), np.int32(shift)
+
+
+def grid_vectors(mod, n, itemsize):
+    """Grid of an elementwise kernel (``lx_elementwise``) over ``n`` elements of ``itemsize``
+    bytes: ``VECTORS_PER_THREAD`` 16-byte vectors per thread."""
+    return grid_1d(mod, n, per_thread=VECTORS_PER_THREAD * 16 // itemsize)
 
 
 def grid_1d(mod, n, block=BLOCK, per_thread=1):

@@ -48,16 +48,18 @@ template <typename T>
 __global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, lx_i64 n, lx_i64 C,
                                  lx_i64 inner, int has_bias, int act, typename lx_acc<T>::type p)
 {
-    lx_elementwise<T>(n, lx_vector_head<T>(n, x, y), [&](lx_i64 i, auto w) {
-        constexpr int W = decltype(w)::value;
-        const lx_pack<T, W> a = *reinterpret_cast<const lx_pack<T, W>*>(x + i);
-        lx_pack<T, W> b;
-        lx_channel ch(i, C, inner, has_bias);
+    lx_elementwise<T>(
+        n, lx_vector_head<T>(n, x, y),
+        [&](lx_i64 i, auto w) { return lx_load_pack<T, decltype(w)::value>(x + i); },
+        [&](lx_i64 i, auto w, const auto& a) {
+            constexpr int W = decltype(w)::value;
+            lx_pack<T, W> b;
+            lx_channel ch(i, C, inner, has_bias);
 #pragma unroll
-        for (int j = 0; j < W; j++, ch.next())
-            lx_store(b.v + j, lx_act(act, lx_biased(a.v + j, bias, ch.c, has_bias), p));
-        *reinterpret_cast<lx_pack<T, W>*>(y + i) = b;
-    });
+            for (int j = 0; j < W; j++, ch.next())
+                lx_store(b.v + j, lx_act(act, lx_biased(a.v + j, bias, ch.c, has_bias), p));
+            lx_store_pack<T, W>(y + i, b);
+        });
 }
 
 /* dz[i] = dy[i] * act'(s), s = src[i] (+ bias[channel(i)] when add_bias): src is y for
@@ -68,17 +70,21 @@ __global__ void bias_act_backward(const T* __restrict__ dy, const T* __restrict_
                                   lx_i64 n, lx_i64 C, lx_i64 inner, int add_bias, int act,
                                   typename lx_acc<T>::type p)
 {
-    lx_elementwise<T>(n, lx_vector_head<T>(n, dy, src, dz), [&](lx_i64 i, auto w) {
-        constexpr int W = decltype(w)::value;
-        const lx_pack<T, W> g = *reinterpret_cast<const lx_pack<T, W>*>(dy + i);
-        const lx_pack<T, W> s = *reinterpret_cast<const lx_pack<T, W>*>(src + i);
-        lx_pack<T, W> d;
-        lx_channel ch(i, C, inner, add_bias);
+    lx_elementwise<T>(
+        n, lx_vector_head<T>(n, dy, src, dz),
+        [&](lx_i64 i, auto w) {
+            constexpr int W = decltype(w)::value;
+            return lx_two<lx_pack<T, W>>{lx_load_pack<T, W>(dy + i), lx_load_pack<T, W>(src + i)};
+        },
+        [&](lx_i64 i, auto w, const auto& in) {
+            constexpr int W = decltype(w)::value;
+            lx_pack<T, W> d;
+            lx_channel ch(i, C, inner, add_bias);
 #pragma unroll
-        for (int j = 0; j < W; j++, ch.next())
-            lx_store(d.v + j, lx_load(g.v + j) * lx_dact(act, lx_biased(s.v + j, bias, ch.c, add_bias), p));
-        *reinterpret_cast<lx_pack<T, W>*>(dz + i) = d;
-    });
+            for (int j = 0; j < W; j++, ch.next())
+                lx_store(d.v + j, lx_load(in.a.v + j) * lx_dact(act, lx_biased(in.b.v + j, bias, ch.c, add_bias), p));
+            lx_store_pack<T, W>(dz + i, d);
+        });
 }
 
 /* Two-stage bias gradient: with gridDim.y = S > 1 splits, block (., s) reduces the s-th

@@ -89,13 +89,17 @@ __global__ void alpha_dropout_backward(const unsigned char* __restrict__ keep, c
 template <typename T>
 __global__ void multiply(const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ out, lx_i64 n)
 {
-    lx_elementwise<T>(n, lx_vector_head<T>(n, u, v, out), [&](lx_i64 i, auto w) {
-        constexpr int W = decltype(w)::value;
-        const lx_pack<T, W> a = *reinterpret_cast<const lx_pack<T, W>*>(u + i);
-        const lx_pack<T, W> b = *reinterpret_cast<const lx_pack<T, W>*>(v + i);
-        lx_pack<T, W> c;
+    lx_elementwise<T>(
+        n, lx_vector_head<T>(n, u, v, out),
+        [&](lx_i64 i, auto w) {
+            constexpr int W = decltype(w)::value;
+            return lx_two<lx_pack<T, W>>{lx_load_pack<T, W>(u + i), lx_load_pack<T, W>(v + i)};
+        },
+        [&](lx_i64 i, auto w, const auto& in) {
+            constexpr int W = decltype(w)::value;
+            lx_pack<T, W> c;
 #pragma unroll
-        for (int j = 0; j < W; j++) lx_store(c.v + j, lx_mul(lx_load(a.v + j), lx_load(b.v + j)));
-        *reinterpret_cast<lx_pack<T, W>*>(out + i) = c;
-    });
+            for (int j = 0; j < W; j++) lx_store(c.v + j, lx_mul(lx_load(in.a.v + j), lx_load(in.b.v + j)));
+            lx_store_pack<T, W>(out + i, c);
+        });
 }

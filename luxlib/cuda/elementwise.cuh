@@ -26,19 +26,55 @@ __device__ __forceinline__ lx_i64 lx_vector_head(lx_i64 n, const T* a, const P*.
     return head < n ? head : n;
 }
 
-/* body(i, lx_width<W>()) for the elements [i, i + W) of [0, n): 16-byte vectors over the
-   aligned middle part, single elements for the head and the tail (or everywhere when
-   head < 0); grid-stride loops over both parts */
-template <typename T, typename Body>
-__device__ __forceinline__ void lx_elementwise(lx_i64 n, lx_i64 head, Body body)
+/* 16-byte vectors each thread moves per step of the vector loop: all their loads are issued
+   before the first store, so a thread has LX_UNROLL loads in flight instead of one (the host
+   sizes the grid for that many per thread: _modules.VECTORS_PER_THREAD) */
+#define LX_UNROLL 4
+
+template <typename T, int W>
+__device__ __forceinline__ lx_pack<T, W> lx_load_pack(const T* p)
+{
+    return *reinterpret_cast<const lx_pack<T, W>*>(p);
+}
+
+template <typename T, int W>
+__device__ __forceinline__ void lx_store_pack(T* p, const lx_pack<T, W>& v)
+{
+    *reinterpret_cast<lx_pack<T, W>*>(p) = v;
+}
+
+/* the loaded inputs of an elementwise kernel with two input arrays */
+template <typename P> struct lx_two { P a, b; };
+
+/* For the elements [i, i + W) of [0, n): in = load(i, lx_width<W>()) reads the inputs,
+   store(i, lx_width<W>(), in) computes and writes the outputs. 16-byte vectors over the
+   aligned middle part, LX_UNROLL of them per thread and step (LX_UNROLL grid strides
+   apart, so each warp access stays contiguous; all loads, then all stores: in place,
+   every element is still read before the same thread writes it), the rest of the vectors
+   one per step; single elements for the head and the tail (everywhere when head < 0). */
+template <typename T, typename Load, typename Store>
+__device__ __forceinline__ void lx_elementwise(lx_i64 n, lx_i64 head, Load load, Store store)
 {
     constexpr int V = 16 / sizeof(T);
+    typedef decltype(load(lx_i64(0), lx_width<V>())) In;
     lx_i64 nvec = 0;
     if (head < 0) head = n;
     else nvec = (n - head) / V;
-    LX_GRID_STRIDE(v, nvec) body(head + v * V, lx_width<V>());
+    const lx_i64 stride = (lx_i64)gridDim.x * blockDim.x;
+    lx_i64 v = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; v + (LX_UNROLL - 1) * stride < nvec; v += LX_UNROLL * stride) {
+        In in[LX_UNROLL];
+#pragma unroll
+        for (int u = 0; u < LX_UNROLL; u++) in[u] = load(head + (v + u * stride) * V, lx_width<V>());
+#pragma unroll
+        for (int u = 0; u < LX_UNROLL; u++) store(head + (v + u * stride) * V, lx_width<V>(), in[u]);
+    }
+    for (; v < nvec; v += stride) store(head + v * V, lx_width<V>(), load(head + v * V, lx_width<V>()));
     const lx_i64 tail = head + nvec * V;
-    LX_GRID_STRIDE(k, head + (n - tail)) body(k < head ? k : tail + (k - head), lx_width<1>());
+    LX_GRID_STRIDE(k, head + (n - tail)) {
+        const lx_i64 i = k < head ? k : tail + (k - head);
+        store(i, lx_width<1>(), load(i, lx_width<1>()));
+    }
 }
 
 #endif

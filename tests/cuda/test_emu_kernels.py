@@ -16,6 +16,7 @@ import luxlib
 from _helpers import ALL_ACTS
 from luxlib import activations
 from luxlib.cuda import _bias_activation, _dropout
+from luxlib.cuda._modules import BLOCK, VECTORS_PER_THREAD
 
 DTYPES = [np.float16, np.float32, np.float64]
 SCHEDULES = ["inorder", "shuffle"]
@@ -67,6 +68,25 @@ def test_bias_activation_grid_stride(shape):
     for act in (activations.relu, activations.gelu):
         check_bias_activation(_launch(mod), act, x, bias, dy)
         check_bias_activation(_launch(mod), act, x, None, dy)
+
+
+def _unrolled_size(dtype):
+    """Elements that one block of the vector loop (``lx_elementwise``) covers in two steps of
+    ``LX_UNROLL`` vectors per thread, then 300 single vectors, then a scalar tail of 3."""
+    return 16 // np.dtype(dtype).itemsize * (2 * VECTORS_PER_THREAD * BLOCK + 300) + 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_bias_activation_unrolled_vector_loop(dtype):
+    mod = emu("bias_activation", "shuffle", max_blocks=1)
+    x, bias, dy = make_inputs((_unrolled_size(dtype),), dtype, seed=5)
+    for act in (activations.relu, activations.gelu):
+        check_bias_activation(_launch(mod), act, x, bias, dy)
+        check_bias_activation(_launch(mod), act, x, None, dy)
+        with np.errstate(all="ignore"):
+            buf = x.copy()  # in place: y written over x
+            y = _bias_activation.forward(mod, act, buf, bias, out=buf)
+            np.testing.assert_array_equal(y, _bias_activation.forward(mod, act, x, bias))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -127,6 +147,16 @@ def test_dropout_grid_stride():
     (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.5)
     np.testing.assert_array_equal(m, m_ref)
     np.testing.assert_array_equal(y, y_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_dropout_unrolled_vector_loop(dtype):
+    """y = x * mask and dx = dy * mask through every part of the vector loop (one block)."""
+    mod = emu("dropout", "shuffle", max_blocks=1)
+    x = np.random.default_rng(0).standard_normal((_unrolled_size(dtype),)).astype(dtype)
+    (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.3)
+    for got, want in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_dropout_threshold_is_exact():
