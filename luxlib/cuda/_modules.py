@@ -17,7 +17,7 @@ __all__ = [
     "DTYPES",
     "FAMILIES",
     "TYPES",
-    "VECTORS_PER_THREAD",
+    "UNROLL",
     "acc_scalar",
     "compile_options",
     "divisor",
@@ -62,8 +62,9 @@ COMPILE_OPTIONS = ("--std=c++17",)
 #: threads per block of the 1-D kernels; cap on the grid of grid-stride kernels
 BLOCK = 256
 MAX_BLOCKS = 65535
-#: 16-byte vectors per thread of the elementwise kernels (``LX_UNROLL`` in elementwise.cuh)
-VECTORS_PER_THREAD = 4
+#: items (16-byte vectors, or elements) per thread and step of the elementwise loops
+#: (``LX_UNROLL`` in common.cuh); the grids of those kernels are sized for it
+UNROLL = 4
 
 
 def source_dir():
@@ -182,8 +183,8 @@ def divisor(d, bits=64):
 
 def grid_vectors(mod, n, itemsize):
     """Grid of an elementwise kernel (``lx_elementwise``) over ``n`` elements of ``itemsize``
-    bytes: ``VECTORS_PER_THREAD`` 16-byte vectors per thread."""
-    return grid_1d(mod, n, per_thread=VECTORS_PER_THREAD * 16 // itemsize)
+    bytes: ``UNROLL`` 16-byte vectors per thread."""
+    return grid_1d(mod, n, per_thread=UNROLL * 16 // itemsize)
 
 
 def grid_1d(mod, n, block=BLOCK, per_thread=1):

@@ -27,6 +27,7 @@ from ._modules import (
     BLOCK,
     DTYPES,
     MAX_BLOCKS,
+    UNROLL,
     acc_scalar,
     divisor,
     grid_1d,
@@ -56,8 +57,9 @@ ROWS_THREADS = 512
 ROWS_TILE = 2
 ROWS_CHUNK = 32
 ROWS_MIN_BLOCKS = 264
-#: the elementwise kernels index in 32 bits while every index (and index + grid stride)
-#: stays below this (a module may ask for 64 bits always: ``norm_wide_index``, for tests)
+#: the elementwise kernels index in 32 bits while every index (and index + UNROLL grid
+#: strides) stays below this (a module may ask for 64 bits always: ``norm_wide_index``, for
+#: tests)
 NARROW_LIMIT = 2**31
 
 # Reduction units of x: `units` units of `length` elements in runs of `runlen` contiguous
@@ -103,7 +105,7 @@ def _i64(*values):
 def _index_args(mod, n, grid, geom):
     """The index arguments of the elementwise kernels (``LX_NORM_INDEX_PARAMS``) for ``n``
     elements on a 1-D ``grid`` of BLOCK-thread blocks."""
-    wide = n + grid[0] * BLOCK > NARROW_LIMIT or getattr(mod, "norm_wide_index", False)
+    wide = n + UNROLL * grid[0] * BLOCK > NARROW_LIMIT or getattr(mod, "norm_wide_index", False)
     bits = 64 if wide else 32
     qdiv, adiv = geom.elem
     return ((np.int64(n), np.int32(wide)) + divisor(qdiv, bits) + divisor(geom.groups, bits)
@@ -214,7 +216,7 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     else:
         (mean, rstd), var = stats, None
     y = xp.empty(x.shape, x.dtype)
-    grid = grid_1d(mod, x.size)
+    grid = grid_1d(mod, x.size, per_thread=UNROLL)
     mod.get_function(kernel_name("norm_forward", x.dtype))(
         grid, (BLOCK,),
         (x, scale, bias, mean, rstd, y) + _index_args(mod, x.size, grid, geom)
@@ -295,7 +297,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
                 + (np.int32(act.id), p),
             )
             return (dx,) + _column_sums(mod, part, nchunks, length, x.dtype)
-        grid = grid_1d(mod, x.size)
+        grid = grid_1d(mod, x.size, per_thread=UNROLL)
         mod.get_function(kernel_name("norm_backward_dx", x.dtype))(
             grid, (BLOCK,),
             (x, dy, scale, bias, mean, rstd, mh, mhx, dx) + _index_args(mod, x.size, grid, geom)

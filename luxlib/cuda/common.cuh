@@ -19,6 +19,10 @@ typedef unsigned long long lx_u64;
 typedef long long lx_i64;
 
 #define LX_WARP 32
+// items (16-byte vectors, or elements) each thread of an elementwise loop moves per step, all
+// loaded before any is stored, so a thread has this many loads in flight; the host sizes the
+// grid for it (luxlib/cuda/_modules.py: UNROLL)
+#define LX_UNROLL 4
 
 // accumulation / compute type of an element type
 template <typename T> struct lx_acc { typedef T type; };

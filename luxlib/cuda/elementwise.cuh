@@ -26,11 +26,6 @@ __device__ __forceinline__ lx_i64 lx_vector_head(lx_i64 n, const T* a, const P*.
     return head < n ? head : n;
 }
 
-/* 16-byte vectors each thread moves per step of the vector loop: all their loads are issued
-   before the first store, so a thread has LX_UNROLL loads in flight instead of one (the host
-   sizes the grid for that many per thread: _modules.VECTORS_PER_THREAD) */
-#define LX_UNROLL 4
-
 template <typename T, int W>
 __device__ __forceinline__ lx_pack<T, W> lx_load_pack(const T* p)
 {

@@ -197,8 +197,11 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
     n, wide, qdiv, qdiv_mul, qdiv_shift, ngroups, ngroups_mul, ngroups_shift, adiv, adiv_mul, adiv_shift, \
         amod, amod_mul, amod_shift
 
-/* f(i, q, a) for every element i of [0, n) (grid-stride): q its group, a its affine index,
-   all three of the index type (lx_u32, or lx_u64 with `wide`) */
+/* f(i, q, a) for every element i of [0, n): q its group, a its affine index, all three of
+   the index type (lx_u32, or lx_u64 with `wide`). LX_UNROLL elements per thread and step,
+   LX_UNROLL grid strides apart (the kernels' pointers are __restrict__, so the compiler may
+   issue their loads before the first store); indices stay below n + LX_UNROLL * the grid's
+   threads, which the host keeps within the index type (_normalization._index_args) */
 template <typename F> __device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, F f)
 {
     auto run = [&](auto zero) {
@@ -206,8 +209,13 @@ template <typename F> __device__ __forceinline__ void lx_norm_elements(LX_NORM_I
         const lx_divisor<I> qd = LX_DIVISOR(I, qdiv), ng = LX_DIVISOR(I, ngroups), ad = LX_DIVISOR(I, adiv),
                             am = LX_DIVISOR(I, amod);
         const I stride = (I)gridDim.x * blockDim.x;
-        for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)n; i += stride)
-            f(i, ng.mod(qd.div(i)), am.mod(ad.div(i)));
+        for (I i0 = (I)blockIdx.x * blockDim.x + threadIdx.x; i0 < (I)n; i0 += LX_UNROLL * stride) {
+#pragma unroll
+            for (int u = 0; u < LX_UNROLL; u++) {
+                const I i = i0 + (I)u * stride;
+                if (i < (I)n) f(i, ng.mod(qd.div(i)), am.mod(ad.div(i)));
+            }
+        }
     };
     if (wide) run((lx_u64)0);
     else run((lx_u32)0);

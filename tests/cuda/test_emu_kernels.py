@@ -16,7 +16,7 @@ import luxlib
 from _helpers import ALL_ACTS
 from luxlib import activations
 from luxlib.cuda import _bias_activation, _dropout
-from luxlib.cuda._modules import BLOCK, VECTORS_PER_THREAD
+from luxlib.cuda._modules import BLOCK, UNROLL
 
 DTYPES = [np.float16, np.float32, np.float64]
 SCHEDULES = ["inorder", "shuffle"]
@@ -73,7 +73,7 @@ def test_bias_activation_grid_stride(shape):
 def _unrolled_size(dtype):
     """Elements that one block of the vector loop (``lx_elementwise``) covers in two steps of
     ``LX_UNROLL`` vectors per thread, then 300 single vectors, then a scalar tail of 3."""
-    return 16 // np.dtype(dtype).itemsize * (2 * VECTORS_PER_THREAD * BLOCK + 300) + 3
+    return 16 // np.dtype(dtype).itemsize * (2 * UNROLL * BLOCK + 300) + 3
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)

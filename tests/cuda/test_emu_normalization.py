@@ -364,7 +364,7 @@ def test_index_widths_give_identical_results(dtype):
 
 
 def test_index_width_choice():
-    """32-bit indices exactly while n + the grid stride stays within 2**31 (no index or
+    """32-bit indices exactly while n + UNROLL grid strides stays within 2**31 (no index or
     increment overflows), with the divisors' 32-bit constants; 64-bit ones beyond."""
     geom = _normalization._channel_geometry((2, 3, 5), "group", 3)
 
@@ -374,10 +374,11 @@ def test_index_width_choice():
         assert args[3] == _normalization.divisor(geom.elem[0], 64 if args[1] else 32)[1]
         return int(args[1])
 
-    assert width(2**31 - 256, (1,)) == 0
-    assert width(2**31 - 255, (1,)) == 1
-    assert width(2**31 - 65535 * 256, (65535,)) == 0
-    assert width(2**31, (65535,)) == 1
+    u = _normalization.UNROLL
+    assert width(2**31 - u * 256, (1,)) == 0
+    assert width(2**31 - u * 256 + 1, (1,)) == 1
+    assert width(2**31 - u * 65535 * 256, (65535,)) == 0
+    assert width(2**31 - u * 65535 * 256 + 1, (65535,)) == 1
     assert width(30, (1,), wide=True) == 1
 
 
