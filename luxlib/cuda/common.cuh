@@ -23,6 +23,8 @@ typedef long long lx_i64;
 // loaded before any is stored, so a thread has this many loads in flight; the host sizes the
 // grid for it (luxlib/cuda/_modules.py: UNROLL)
 #define LX_UNROLL 4
+// the loaded inputs of an elementwise kernel with two input arrays
+template <typename P> struct lx_two { P a, b; };
 
 // accumulation / compute type of an element type
 template <typename T> struct lx_acc { typedef T type; };

@@ -38,9 +38,6 @@ __device__ __forceinline__ void lx_store_pack(T* p, const lx_pack<T, W>& v)
     *reinterpret_cast<lx_pack<T, W>*>(p) = v;
 }
 
-/* the loaded inputs of an elementwise kernel with two input arrays */
-template <typename P> struct lx_two { P a, b; };
-
 /* For the elements [i, i + W) of [0, n): in = load(i, lx_width<W>()) reads the inputs,
    store(i, lx_width<W>(), in) computes and writes the outputs. 16-byte vectors over the
    aligned middle part, LX_UNROLL of them per thread and step (LX_UNROLL grid strides

@@ -197,23 +197,33 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
     n, wide, qdiv, qdiv_mul, qdiv_shift, ngroups, ngroups_mul, ngroups_shift, adiv, adiv_mul, adiv_shift, \
         amod, amod_mul, amod_shift
 
-/* f(i, q, a) for every element i of [0, n): q its group, a its affine index, all three of
-   the index type (lx_u32, or lx_u64 with `wide`). LX_UNROLL elements per thread and step,
-   LX_UNROLL grid strides apart (the kernels' pointers are __restrict__, so the compiler may
-   issue their loads before the first store); indices stay below n + LX_UNROLL * the grid's
-   threads, which the host keeps within the index type (_normalization._index_args) */
-template <typename F> __device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, F f)
+/* For every element i of [0, n): in = load(i) reads its inputs, store(i, q, a, in) computes
+   and writes its outputs (q its group, a its affine index; all of the index type: lx_u32, or
+   lx_u64 with `wide`). LX_UNROLL elements per thread and step, LX_UNROLL grid strides apart,
+   all loaded before the first is stored (a store between them would keep the next load from
+   issuing: one load in flight per thread); past the end a thread loads its first element
+   again and stores nothing. Indices stay below n + LX_UNROLL * the grid's threads, which the
+   host keeps within the index type (_normalization._index_args). */
+template <typename Load, typename Store>
+__device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, Load load, Store store)
 {
     auto run = [&](auto zero) {
         typedef decltype(zero) I;
+        typedef decltype(load(zero)) In;
         const lx_divisor<I> qd = LX_DIVISOR(I, qdiv), ng = LX_DIVISOR(I, ngroups), ad = LX_DIVISOR(I, adiv),
                             am = LX_DIVISOR(I, amod);
         const I stride = (I)gridDim.x * blockDim.x;
         for (I i0 = (I)blockIdx.x * blockDim.x + threadIdx.x; i0 < (I)n; i0 += LX_UNROLL * stride) {
+            In in[LX_UNROLL];
 #pragma unroll
             for (int u = 0; u < LX_UNROLL; u++) {
                 const I i = i0 + (I)u * stride;
-                if (i < (I)n) f(i, ng.mod(qd.div(i)), am.mod(ad.div(i)));
+                in[u] = load(i < (I)n ? i : i0);
+            }
+#pragma unroll
+            for (int u = 0; u < LX_UNROLL; u++) {
+                const I i = i0 + (I)u * stride;
+                if (i < (I)n) store(i, ng.mod(qd.div(i)), am.mod(ad.div(i)), in[u]);
             }
         }
     };
@@ -229,10 +239,12 @@ __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scal
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
-    lx_norm_elements(LX_NORM_INDEX_ARGS, [&](auto i, auto q, auto a) {
-        const A xh = O::xhat(lx_load(x + i), (A)mean[q], (A)rstd[q]);
-        lx_store(y + i, lx_act(act, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
-    });
+    lx_norm_elements(
+        LX_NORM_INDEX_ARGS, [&](auto i) { return x[i]; },
+        [&](auto i, auto q, auto a, T xv) {
+            const A xh = O::xhat(lx_load(&xv), (A)mean[q], (A)rstd[q]);
+            lx_store(y + i, lx_act(act, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
+        });
 }
 
 /* Backward pass 1, per (unit, chunk): sum(h), sum(h * xhat) and, unless `vec`, sum(g) and
@@ -279,18 +291,18 @@ template <typename A> __device__ __forceinline__ A lx_norm_dx_batch(A h, A xh, A
     return r * ((h - mh) - xh * mhx);
 }
 
-/* dx of one element (mh, mhx: mean(h), mean(h * xhat) of its group; batch: the statistics
-   came from the batch), and its g and xhat; I: the index type */
+/* dx of one element of values x and dy (mh, mhx: mean(h), mean(h * xhat) of its group q;
+   batch: the statistics came from the batch), and its g and xhat; I: the index type */
 template <typename T, typename I>
 __device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
-    const T* x, const T* dy, typename lx_acc<T>::type s, typename lx_acc<T>::type b, typename lx_acc<T>::type m,
-    typename lx_acc<T>::type r, const double* mh, const double* mhx, I i, I q, int batch, int act,
+    T x, T dy, typename lx_acc<T>::type s, typename lx_acc<T>::type b, typename lx_acc<T>::type m,
+    typename lx_acc<T>::type r, const double* mh, const double* mhx, I q, int batch, int act,
     typename lx_acc<T>::type p, typename lx_acc<T>::type* g_out, typename lx_acc<T>::type* xh_out)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
-    const A xh = O::xhat(lx_load(x + i), m, r);
-    const A g = O::g(lx_load(dy + i), O::z(xh, s, b), act, p);
+    const A xh = O::xhat(lx_load(&x), m, r);
+    const A g = O::g(lx_load(&dy), O::z(xh, s, b), act, p);
     *g_out = g;
     *xh_out = xh;
     return batch ? lx_norm_dx_batch(lx_mul(g, s), xh, r, (A)mh[q], (A)mhx[q]) : r * lx_mul(g, s);
@@ -367,11 +379,13 @@ __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ 
                                  int batch, int act, typename lx_acc<T>::type p)
 {
     typedef typename lx_acc<T>::type A;
-    lx_norm_elements(LX_NORM_INDEX_ARGS, [&](auto i, auto q, auto a) {
-        A g, xh;
-        lx_store(dx + i, lx_norm_dx<T>(x, dy, lx_load(scale + a), lx_load(bias + a), (A)mean[q], (A)rstd[q], mh,
-                                       mhx, i, q, batch, act, p, &g, &xh));
-    });
+    lx_norm_elements(
+        LX_NORM_INDEX_ARGS, [&](auto i) { return lx_two<T>{x[i], dy[i]}; },
+        [&](auto i, auto q, auto a, const lx_two<T>& in) {
+            A g, xh;
+            lx_store(dx + i, lx_norm_dx<T>(in.a, in.b, lx_load(scale + a), lx_load(bias + a), (A)mean[q],
+                                           (A)rstd[q], mh, mhx, q, batch, act, p, &g, &xh));
+        });
 }
 
 /* Backward pass 2 of layernorm, x as (rows, L): dx, and per column (affine element) the
@@ -396,7 +410,7 @@ __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restri
         for (lx_i64 row = r0 + threadIdx.y; row < r1; row += LX_NORM_ROWS) {
             const lx_i64 i = row * L + col;
             A g, xh;
-            lx_store(dx + i, lx_norm_dx<T>(x, dy, s, b, (A)mean[row], (A)rstd[row], mh, mhx, i, row, 1, act, p,
+            lx_store(dx + i, lx_norm_dx<T>(x[i], dy[i], s, b, (A)mean[row], (A)rstd[row], mh, mhx, row, 1, act, p,
                                            &g, &xh));
             sg += (double)g;
             sgx += (double)g * (double)xh;
