@@ -62,3 +62,38 @@ def test_compile_error_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(_modules, "_text", lambda name: bad if name.endswith(".cu") else "")
     with pytest.raises(RuntimeError, match=r"dropout\.cu\(1\)"):
         nc.compile_family("dropout", "sm_80")
+
+
+# kernel -> (family, 16-byte vectors or not, loads of one item before its store, arrays
+# streamed per item): the elementwise loops load LX_UNROLL items of every streamed array
+# before the first store (elementwise.cuh, lx_norm_elements)
+LOADS_FIRST = {
+    "bias_act_forward": ("bias_activation", True, 1, 1),
+    "bias_act_backward": ("bias_activation", True, 2, 2),
+    "multiply": ("dropout", True, 2, 2),
+    "norm_forward": ("normalization", False, 5, 1),  # x, mean, rstd, scale, bias
+    "norm_backward_dx": ("normalization", False, 8, 2),  # x, dy, scale, bias, mean, rstd, mh, mhx
+}
+
+
+@functools.cache
+def _ptx(family):
+    return nc.ptx(family, "compute_90")
+
+
+@pytest.mark.parametrize("kernel", sorted(LOADS_FIRST))
+def test_loads_issued_before_the_first_store(kernel):
+    """In the PTX of the float kernel, the first (vector) global store comes after the loads
+    of all LX_UNROLL items: one item's loads plus LX_UNROLL - 1 more of each streamed array,
+    so a thread has LX_UNROLL loads of each array in flight, not one."""
+    family, vector, per_item, streams = LOADS_FIRST[kernel]
+    ptx = _ptx(family)
+    start = ptx.index(f".entry _Z{len(kernel)}{kernel}IfE")
+    lines = ptx[start:ptx.index("\n}", start)].splitlines()
+    if vector:  # the 16-byte loop: its vector loads before its first vector store
+        lines = [line for line in lines if re.search(r"(ld|st)\.global(\.nc)?\.v", line)]
+    first_store = next(i for i, line in enumerate(lines) if "st.global" in line)
+    loads = sum("ld.global" in line for line in lines[:first_store])
+    unroll = int(re.search(r"#define LX_UNROLL (\d+)", open(os.path.join(_modules.source_dir(), "common.cuh")).read())[1])
+    assert unroll == _modules.UNROLL
+    assert loads >= (unroll * streams if vector else per_item + (unroll - 1) * streams), kernel
