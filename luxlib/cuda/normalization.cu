@@ -39,14 +39,17 @@ template <typename T> struct lx_norm_ops {
     }
 };
 
-// Calls f(k, i) for the elements k in [k0, k1) of a unit assigned to this thread (k =
-// k0 + threadIdx.x, then steps of blockDim.x), with i the element's index in x: element
-// k is j = k % runlen into run r = k / runlen. A step is sq runs and sr elements, so i
-// and j advance by constants, plus one run where j wraps (no division in the loop).
-template <typename F>
+// Calls f(k, load(i)) for the elements k in [k0, k1) of a unit assigned to this thread
+// (k = k0 + threadIdx.x, then steps of blockDim.x), in order of k, with i the element's index
+// in x: element k is j = k % runlen into run r = k / runlen. A step is sq runs and sr
+// elements, so i and j advance by constants, plus one run where j wraps (no division in the
+// loop). LX_UNROLL elements are loaded before f sees the first of them: a thread has that
+// many loads in flight, not one (f's sums come one load after another otherwise).
+template <typename Load, typename F>
 __device__ __forceinline__ void lx_for_chunk(lx_i64 base, lx_i64 k0, lx_i64 k1, const lx_divisor<lx_u64>& runlen,
-                                             lx_i64 rstride, F f)
+                                             lx_i64 rstride, Load load, F f)
 {
+    typedef decltype(load(lx_i64(0))) In;
     lx_i64 k = k0 + threadIdx.x;
     if (k >= k1) return;
     const lx_i64 step = blockDim.x, len = (lx_i64)runlen.d;
@@ -54,14 +57,27 @@ __device__ __forceinline__ void lx_for_chunk(lx_i64 base, lx_i64 k0, lx_i64 k1, 
     const lx_i64 r = (lx_i64)runlen.div(k);
     lx_i64 j = k - r * len, i = base + r * rstride + j;
     const lx_i64 di = sq * rstride + sr, dwrap = rstride - len;
-    for (; k < k1; k += step) {
-        f(k, i);
+    auto advance = [&]() {
         i += di;
         j += sr;
         if (j >= len) {  /* j < 2 len: sr < len */
             j -= len;
             i += dwrap;
         }
+    };
+    for (; k + (LX_UNROLL - 1) * step < k1; k += LX_UNROLL * step) {
+        In in[LX_UNROLL];
+#pragma unroll
+        for (int u = 0; u < LX_UNROLL; u++) {
+            in[u] = load(i);
+            advance();
+        }
+#pragma unroll
+        for (int u = 0; u < LX_UNROLL; u++) f(k + u * step, in[u]);
+    }
+    for (; k < k1; k += step) {
+        f(k, load(i));
+        advance();
     }
 }
 
@@ -108,11 +124,13 @@ __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__
     const lx_i64 r0 = (lx_i64)rl.div((lx_u64)k0);
     const double shift = (double)lx_load(x + base + r0 * rstride + (k0 - r0 * (lx_i64)rl.d));
     double v[2] = {0, 0};  /* sum(d), sum(d^2) */
-    lx_for_chunk(base, k0, k1, rl, rstride, [&](lx_i64, lx_i64 i) {
-        const double d = (double)lx_load(x + i) - shift;
-        v[0] += d;
-        v[1] += d * d;
-    });
+    lx_for_chunk(
+        base, k0, k1, rl, rstride, [&](lx_i64 i) { return x[i]; },
+        [&](lx_i64, T xv) {
+            const double d = (double)lx_load(&xv) - shift;
+            v[0] += d;
+            v[1] += d * d;
+        });
     lx_block_sums(v, scratch, sums);
     if (threadIdx.x == 0) {
         const double n = (double)(k1 - k0), dm = sums[0] / n;
@@ -269,16 +287,18 @@ __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restri
     const A m = (A)mean[su], r = (A)rstd[su];
     const lx_i64 au = (lx_i64)LX_DIVISOR(lx_u64, amod).mod(u);
     double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h * xhat), sum(g), sum(g * xhat) */
-    lx_for_chunk(u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride, [&](lx_i64 k, lx_i64 i) {
-        const lx_i64 a = vec ? k : au;
-        const A s = lx_load(scale + a), xh = O::xhat(lx_load(x + i), m, r);
-        const A g = O::g(lx_load(dy + i), O::z(xh, s, lx_load(bias + a)), act, p);
-        const double h = (double)lx_mul(g, s);
-        v[0] += h;
-        v[1] += h * (double)xh;
-        v[2] += (double)g;
-        v[3] += (double)g * (double)xh;
-    });
+    lx_for_chunk(
+        u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride, [&](lx_i64 i) { return lx_two<T>{x[i], dy[i]}; },
+        [&](lx_i64 k, const lx_two<T>& in) {
+            const lx_i64 a = vec ? k : au;
+            const A s = lx_load(scale + a), xh = O::xhat(lx_load(&in.a), m, r);
+            const A g = O::g(lx_load(&in.b), O::z(xh, s, lx_load(bias + a)), act, p);
+            const double h = (double)lx_mul(g, s);
+            v[0] += h;
+            v[1] += h * (double)xh;
+            v[2] += (double)g;
+            v[3] += (double)g * (double)xh;
+        });
     lx_block_sums(v, scratch, sums);  /* all four at once (with vec the last two are not written) */
     const int nsum = vec ? 2 : 4;
     if (threadIdx.x < nsum) part[nsum * (u * gridDim.y + c) + threadIdx.x] = sums[threadIdx.x];
