@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, grid_vectors, kernel_name
+from ._modules import BLOCK, DTYPES, acc_scalar, divisor, grid_1d, grid_vectors, kernel_name
 
 #: the bias-gradient reduction splits each channel's reduction (two stages) until the grid
 #: has about this many blocks (a few per SM), each split keeping at least DB_MIN_SPLIT_ROWS
@@ -112,7 +112,7 @@ def _bias_gradient(mod, xp, arrays, outer, C, inner, tail):
         name, blocks, block, inner_arg = "bias_act_backward_db_rows", -(-C // 32), (32, 8), ()
         splits = outer // DB_MIN_SPLIT_ROWS
     else:  # one block per channel, its (outer, inner) elements split over blockIdx.y
-        name, blocks, block, inner_arg = "bias_act_backward_db", C, (BLOCK,), (np.int64(inner),)
+        name, blocks, block, inner_arg = "bias_act_backward_db", C, (BLOCK,), divisor(inner)
         splits = outer * inner // DB_MIN_SPLIT_ELEMENTS
     splits = max(1, min(-(-DB_TARGET_BLOCKS // blocks), splits, 65535))
     partial = xp.empty((splits, C), np.float64 if db.dtype == np.float64 else np.float32)  # compute type

@@ -107,13 +107,18 @@ __device__ __forceinline__ void lx_split_range(lx_i64 m, lx_i64* begin, lx_i64* 
     *end = *begin + per < m ? *begin + per : m;
 }
 
+/* an element of dy and of src, and its index */
+template <typename T> struct lx_dy_src { T dy, src; lx_i64 i; };
+
 /* The same dz, and db[c] = sum of dz over (outer, inner) for channel c = blockIdx.x
-   (split over blockIdx.y). blockDim.x: a multiple of 32, at most 1024. */
+   (split over blockIdx.y): the channel's runs of `inner` elements, C * inner apart, walked
+   by lx_for_chunk (no division per element; LX_UNROLL elements loaded ahead). blockDim.x: a
+   multiple of 32, at most 1024. */
 template <typename T>
 __global__ void bias_act_backward_db(const T* __restrict__ dy, const T* __restrict__ src,
                                      const T* __restrict__ bias, T* __restrict__ dz, T* __restrict__ db,
                                      typename lx_acc<T>::type* __restrict__ partial,
-                                     lx_i64 outer, lx_i64 C, lx_i64 inner, int add_bias, int act,
+                                     lx_i64 outer, lx_i64 C, LX_DIVISOR_PARAMS(inner), int add_bias, int act,
                                      typename lx_acc<T>::type p)
 {
     typedef typename lx_acc<T>::type A;
@@ -122,14 +127,15 @@ __global__ void bias_act_backward_db(const T* __restrict__ dy, const T* __restri
     lx_i64 k0, k1;
     lx_split_range(outer * inner, &k0, &k1);
     A acc = 0;
-    for (lx_i64 k = k0 + threadIdx.x; k < k1; k += blockDim.x) {
-        const lx_i64 o = k / inner, j = k - o * inner;
-        const lx_i64 i = (o * C + c) * inner + j;
-        const A s = lx_biased(src + i, bias, c, add_bias);
-        const T g = lx_to_elem<T>(lx_load(dy + i) * lx_dact(act, s, p));
-        dz[i] = g;
-        acc += lx_load(&g);
-    }
+    lx_for_chunk(
+        c * inner, k0, k1, LX_DIVISOR(lx_u64, inner), C * inner,
+        [&](lx_i64 i) { return lx_dy_src<T>{dy[i], src[i], i}; },
+        [&](lx_i64, const lx_dy_src<T>& e) {
+            const A s = lx_biased(&e.src, bias, c, add_bias);
+            const T g = lx_to_elem<T>(lx_load(&e.dy) * lx_dact(act, s, p));
+            dz[e.i] = g;
+            acc += lx_load(&g);
+        });
     acc = lx_block_sum(acc, scratch);
     if (threadIdx.x == 0) lx_db_result(db, partial, C, c, acc);
 }

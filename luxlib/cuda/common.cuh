@@ -106,4 +106,47 @@ template <typename I> struct lx_divisor {
 #define LX_DIVISOR_PARAMS(name) lx_i64 name, lx_u64 name##_mul, int name##_shift
 #define LX_DIVISOR(I, name) lx_divisor<I>(name, name##_mul, name##_shift)
 
+// Calls f(k, load(i)) for the elements k in [k0, k1) of a unit (a channel, a group of
+// normalization) assigned to this thread (k = k0 + threadIdx.x, then steps of blockDim.x), in
+// order of k, with i the element's index in the array: element k is j = k % runlen into run
+// r = k / runlen, at base + r * rstride + j. A step is sq runs and sr elements, so i and j
+// advance by constants, plus one run where j wraps (no division in the loop). LX_UNROLL
+// elements are loaded before f sees the first of them: a thread has that many loads in
+// flight, not one (f's sums come one load after another otherwise).
+template <typename Load, typename F>
+__device__ __forceinline__ void lx_for_chunk(lx_i64 base, lx_i64 k0, lx_i64 k1, const lx_divisor<lx_u64>& runlen,
+                                             lx_i64 rstride, Load load, F f)
+{
+    typedef decltype(load(lx_i64(0))) In;
+    lx_i64 k = k0 + threadIdx.x;
+    if (k >= k1) return;
+    const lx_i64 step = blockDim.x, len = (lx_i64)runlen.d;
+    const lx_i64 sq = (lx_i64)runlen.div(step), sr = step - sq * len;
+    const lx_i64 r = (lx_i64)runlen.div(k);
+    lx_i64 j = k - r * len, i = base + r * rstride + j;
+    const lx_i64 di = sq * rstride + sr, dwrap = rstride - len;
+    auto advance = [&]() {
+        i += di;
+        j += sr;
+        if (j >= len) {  /* j < 2 len: sr < len */
+            j -= len;
+            i += dwrap;
+        }
+    };
+    for (; k + (LX_UNROLL - 1) * step < k1; k += LX_UNROLL * step) {
+        In in[LX_UNROLL];
+#pragma unroll
+        for (int u = 0; u < LX_UNROLL; u++) {
+            in[u] = load(i);
+            advance();
+        }
+#pragma unroll
+        for (int u = 0; u < LX_UNROLL; u++) f(k + u * step, in[u]);
+    }
+    for (; k < k1; k += step) {
+        f(k, load(i));
+        advance();
+    }
+}
+
 #endif
