@@ -57,7 +57,7 @@ def forward(mod, act, x, bias=None, out=None):
         b = xp.ascontiguousarray(bias) if has_bias else x  # not read without a bias
         mod.get_function(kernel_name("bias_act_forward", x.dtype))(
             grid_vectors(mod, n, x.itemsize), (BLOCK,),
-            (x, b, y, np.int64(n), np.int64(C), np.int64(inner), np.int32(has_bias),
+            (x, b, y, np.int64(n)) + divisor(C) + divisor(inner) + (np.int32(has_bias),
              np.int32(act.id), _param(act, x.dtype)),
         )
     return y
@@ -97,7 +97,7 @@ def vjp(mod, act, x, bias=None, inplace=False):
         elif n:
             mod.get_function(kernel_name("bias_act_backward", dy.dtype))(
                 grid_vectors(mod, n, dy.itemsize), (BLOCK,),
-                (dy, src, bias_arg, dz, np.int64(n), np.int64(C), np.int64(inner)) + tail,
+                (dy, src, bias_arg, dz, np.int64(n)) + divisor(C) + divisor(inner) + tail,
             )
         return {"x": dz, "bias": db}
 

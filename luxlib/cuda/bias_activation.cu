@@ -11,16 +11,19 @@
 #include "activation.cuh"
 #include "elementwise.cuh"
 
-/* the channel (i / inner) % C of consecutive elements, stepped without divisions */
+/* the channel (i / inner) % C of consecutive elements: the first by multiply-shift
+   divisions (lx_divisor), the next ones stepped without any */
 struct lx_channel {
     lx_i64 c, r, C, inner;
-    __device__ __forceinline__ lx_channel(lx_i64 i, lx_i64 C_, lx_i64 inner_, int has_bias) : C(C_), inner(inner_)
+    __device__ __forceinline__ lx_channel(lx_i64 i, const lx_divisor<lx_u64>& Cd, const lx_divisor<lx_u64>& innerd,
+                                          int has_bias)
+        : C((lx_i64)Cd.d), inner((lx_i64)innerd.d)
     {
         c = r = 0;
         if (has_bias) {
-            const lx_i64 q = i / inner;
-            r = i - q * inner;
-            c = q % C;
+            const lx_u64 q = innerd.div((lx_u64)i);
+            r = i - (lx_i64)q * inner;
+            c = (lx_i64)Cd.mod(q);
         }
     }
     __device__ __forceinline__ void next()
@@ -45,8 +48,8 @@ __device__ __forceinline__ typename lx_acc<T>::type lx_biased(const T* v, const 
 /* y[i] = act(x[i] + bias[channel(i)]); bias is read only when has_bias. y may be x (in
    place: each element is read before it is written by the same thread) */
 template <typename T>
-__global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, lx_i64 n, lx_i64 C,
-                                 lx_i64 inner, int has_bias, int act, typename lx_acc<T>::type p)
+__global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, lx_i64 n, LX_DIVISOR_PARAMS(C),
+                                 LX_DIVISOR_PARAMS(inner), int has_bias, int act, typename lx_acc<T>::type p)
 {
     lx_elementwise<T>(
         n, lx_vector_head<T>(n, x, y),
@@ -54,7 +57,7 @@ __global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, l
         [&](lx_i64 i, auto w, const auto& a) {
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> b;
-            lx_channel ch(i, C, inner, has_bias);
+            lx_channel ch(i, LX_DIVISOR(lx_u64, C), LX_DIVISOR(lx_u64, inner), has_bias);
 #pragma unroll
             for (int j = 0; j < W; j++, ch.next())
                 lx_store(b.v + j, lx_act(act, lx_biased(a.v + j, bias, ch.c, has_bias), p));
@@ -67,7 +70,7 @@ __global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, l
 template <typename T>
 __global__ void bias_act_backward(const T* __restrict__ dy, const T* __restrict__ src,
                                   const T* __restrict__ bias, T* __restrict__ dz,
-                                  lx_i64 n, lx_i64 C, lx_i64 inner, int add_bias, int act,
+                                  lx_i64 n, LX_DIVISOR_PARAMS(C), LX_DIVISOR_PARAMS(inner), int add_bias, int act,
                                   typename lx_acc<T>::type p)
 {
     lx_elementwise<T>(
@@ -79,7 +82,7 @@ __global__ void bias_act_backward(const T* __restrict__ dy, const T* __restrict_
         [&](lx_i64 i, auto w, const auto& in) {
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> d;
-            lx_channel ch(i, C, inner, add_bias);
+            lx_channel ch(i, LX_DIVISOR(lx_u64, C), LX_DIVISOR(lx_u64, inner), add_bias);
 #pragma unroll
             for (int j = 0; j < W; j++, ch.next())
                 lx_store(d.v + j, lx_load(in.a.v + j) * lx_dact(act, lx_biased(in.b.v + j, bias, ch.c, add_bias), p));
