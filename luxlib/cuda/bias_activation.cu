@@ -75,10 +75,7 @@ __global__ void bias_act_backward(const T* __restrict__ dy, const T* __restrict_
 {
     lx_elementwise<T>(
         n, lx_vector_head<T>(n, dy, src, dz),
-        [&](lx_i64 i, auto w) {
-            constexpr int W = decltype(w)::value;
-            return lx_two<lx_pack<T, W>>{lx_load_pack<T, W>(dy + i), lx_load_pack<T, W>(src + i)};
-        },
+        lx_load_two(dy, src),
         [&](lx_i64 i, auto w, const auto& in) {
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> d;

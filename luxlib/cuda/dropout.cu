@@ -91,10 +91,7 @@ __global__ void multiply(const T* __restrict__ u, const T* __restrict__ v, T* __
 {
     lx_elementwise<T>(
         n, lx_vector_head<T>(n, u, v, out),
-        [&](lx_i64 i, auto w) {
-            constexpr int W = decltype(w)::value;
-            return lx_two<lx_pack<T, W>>{lx_load_pack<T, W>(u + i), lx_load_pack<T, W>(v + i)};
-        },
+        lx_load_two(u, v),
         [&](lx_i64 i, auto w, const auto& in) {
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> c;

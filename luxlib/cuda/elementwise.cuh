@@ -38,6 +38,15 @@ __device__ __forceinline__ void lx_store_pack(T* p, const lx_pack<T, W>& v)
     *reinterpret_cast<lx_pack<T, W>*>(p) = v;
 }
 
+/* The load of lx_elementwise for kernels with two input arrays a and b: their packs at i */
+template <typename T> __device__ __forceinline__ auto lx_load_two(const T* a, const T* b)
+{
+    return [=](lx_i64 i, auto w) {
+        constexpr int W = decltype(w)::value;
+        return lx_two<lx_pack<T, W>>{lx_load_pack<T, W>(a + i), lx_load_pack<T, W>(b + i)};
+    };
+}
+
 /* For the elements [i, i + W) of [0, n): in = load(i, lx_width<W>()) reads the inputs,
    store(i, lx_width<W>(), in) computes and writes the outputs. 16-byte vectors over the
    aligned middle part, LX_UNROLL of them per thread and step (LX_UNROLL grid strides
