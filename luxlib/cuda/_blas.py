@@ -94,7 +94,8 @@ def _operand(a):
 
 
 def _output(c):
-    """``(ldc, stride)`` of a 3-D output whose rows have unit column stride, else None."""
+    """``(ldc, stride)`` of a 3-D output whose rows have unit column stride and whose
+    matrices do not overlap (cuBLAS would write them concurrently), else None."""
     item = c.itemsize
     (batch, m, n), (sb, sm, sn) = c.shape, c.strides
     if (n > 1 and sn != item) or sm % item or sb % item or sb < 0 or sm < 0:
@@ -102,7 +103,11 @@ def _output(c):
     ldc = sm // item if m > 1 else max(1, n)
     if ldc < max(1, n):
         return None
-    return ldc, (0 if batch == 1 else sb // item)
+    if batch == 1:
+        return ldc, 0
+    if sb // item < (m - 1) * ldc + n:
+        return None
+    return ldc, sb // item
 
 
 def _store(out, product, accumulate):
@@ -141,6 +146,8 @@ def matmul(blas, a, b, out=None, accumulate=False):
     if out is None:
         out = xp.empty((batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n), a.dtype)
     c3 = out if out.ndim == 3 else out[None]
+    if c3.shape != (batch, m, n):
+        raise ValueError(f"cuda matmul: out has shape {out.shape}, the product {(batch, m, n)}")
     if c3.size == 0:
         return out
     if k == 0:  # empty sums, decided here rather than by cuBLAS's quick returns

@@ -189,6 +189,23 @@ def test_matmul_beyond_cublas_ints_uses_the_namespace(monkeypatch):
     assert blas.calls == []
 
 
+def test_matmul_refuses_an_output_of_another_shape():
+    with pytest.raises(ValueError, match="out has shape"):
+        _blas.matmul(emu_blas.EmuBLAS(), np.ones((3, 2, 4)), np.ones((3, 4, 5)), out=np.empty((1, 2, 5)))
+
+
+def test_matmul_overlapping_outputs_are_not_handed_to_cublas():
+    """Output matrices that overlap (here: the batch stride of one row) would be written by
+    concurrent products; the product goes to the namespace's assignment instead."""
+    blas = emu_blas.EmuBLAS()
+    buf = np.zeros(4 * 3)  # rows 0-3 of 3 elements; matrix i is rows i and i + 1
+    out = np.lib.stride_tricks.as_strided(buf, (3, 2, 3), (3 * 8, 3 * 8, 8))
+    a, b = np.ones((3, 2, 4)), np.ones((3, 4, 3))
+    _blas.matmul(blas, a, b, out=out)
+    assert blas.calls == [(3, 2, 4, 3)]  # the product, into a new array
+    np.testing.assert_array_equal(buf, 4)
+
+
 def test_matmul_refuses_mixed_operands():
     with pytest.raises(ValueError, match="dtypes differ"):
         _blas.matmul(emu_blas.EmuBLAS(), np.ones((2, 2), np.float32), np.ones((2, 2)))
