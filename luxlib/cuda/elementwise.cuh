@@ -26,6 +26,7 @@ __device__ __forceinline__ lx_i64 lx_vector_head(lx_i64 n, const T* a, const P*.
     return head < n ? head : n;
 }
 
+/* the W elements at p, read (or, below, written) as one access */
 template <typename T, int W>
 __device__ __forceinline__ lx_pack<T, W> lx_load_pack(const T* p)
 {
