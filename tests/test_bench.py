@@ -85,6 +85,12 @@ def test_quick_run_covers_every_case(quick):
                     assert m["ratio"][f"luxlib/{other}"] == pytest.approx(ratio)
             assert bool(m["pct_copy_bandwidth"]) == (r["metric"] == "GB/s")
             assert bool(m["pct_fresh_copy_bandwidth"]) == (r["metric"] == "GB/s")
+            if r["metric"] == "GB/s":  # the same-size copy is timed, but no contender
+                assert m["same_size_copy_s"] > 0 and set(m["pct_same_size_copy"]) == expected
+                for who, t in m["median_s"].items():
+                    assert m["pct_same_size_copy"][who] == pytest.approx(100 * m["same_size_copy_s"] / t)
+            else:
+                assert m["same_size_copy_s"] is None and m["pct_same_size_copy"] == {}
 
 
 def test_contenders_agree_with_the_numpy_composition(quick):
@@ -259,6 +265,7 @@ class CountingDevice(CPU):
 
     def __init__(self):
         self.finished = 0
+        self.copied, self.copies = [], 0
         self.put = lambda arrays: {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
 
     def finish(self, out):
@@ -277,13 +284,25 @@ class CountingDevice(CPU):
     def fresh_copy_bandwidth(self, quick):
         return None, "not measured"
 
+    def same_size_copy(self, amount):
+        self.copied.append(amount)
+
+        def copy():
+            self.copies += 1
+
+        return copy
+
 
 def test_run_on_a_device_waits_for_every_call_and_fields_its_contenders():
     dev = CountingDevice()
     cases = select("gemm") + select("instancenorm")  # GFLOP/s and GB/s rows
     result = run(cases, quick=True, repeats=2, device=dev)
-    # per case and mode: one warm-up and two timed calls of each of the two contenders
-    assert dev.finished == len(cases) * 2 * 2 * (1 + 2)
+    # per case and mode: one warm-up and two timed calls of each of the two contenders, and
+    # of the device's copy of the row's bytes on the GB/s rows (instancenorm)
+    gbs = [r for r in result["cases"] if r["metric"] == "GB/s"]
+    assert dev.finished == len(cases) * 2 * 2 * (1 + 2) + len(gbs) * 2 * (1 + 2)
+    assert dev.copies == len(gbs) * 2 * (1 + 2)
+    assert dev.copied == [m["amount"] for r in gbs for m in r["modes"].values()]
     assert result["settings"]["device"] == "counting" and result["machine"]["gpu"] == "none"
     assert result["machine"]["torch"] is None and (result["copy_bandwidth_gbs"], result["copy_bandwidth_method"]) == (1.0, "fake")
     for r in result["cases"]:
@@ -317,6 +336,7 @@ def test_quick_cuda_run(tmp_path):
     for r in result["cases"]:
         for mode, m in r.get("modes", {}).items():
             assert not m["failed"] and m["check_ok"], (r["name"], mode, m["failed"], m["check"])
+            assert (m["same_size_copy_s"] is not None) == (r["metric"] == "GB/s"), (r["name"], mode)
             # checked against torch (CUDA) where torch is there; dropout masks differ by design
             assert m["check_reference"] != "torch" or r["name"] in random or m["check"], (r["name"], mode)
 

@@ -3,7 +3,8 @@
 A device puts a case's NumPy inputs where the contenders run, names the contenders
 that take part, makes a timed call wait for the work it queued (a GPU launch returns
 before its kernel ends), measures the copy bandwidth that bandwidth-bound rows are
-compared with, and brings outputs back to NumPy for the correctness check.
+compared with, makes the copy of a row's own bytes that is timed beside it, and brings
+outputs back to NumPy for the correctness check.
 """
 
 import statistics
@@ -54,6 +55,13 @@ class CPU:
             f"median of np.copyto between two pre-faulted float32 arrays of {mib} MiB on one thread; "
             "bytes = 2 x array size (read + write)"
         )
+
+    def same_size_copy(self, amount):
+        """A call copying one array into another, ``amount / 2`` bytes each way (pre-faulted
+        float32 arrays, one thread): the copy that moves a row's bytes, timed with it."""
+        src = np.ones(max(1, amount // 8), np.float32)
+        dst = np.zeros_like(src)
+        return lambda: np.copyto(dst, src)
 
     def fresh_copy_bandwidth(self, quick):
         """``(GB/s, method)`` of ``x.copy()``: what an op pays for a new output array too."""
@@ -114,6 +122,13 @@ class CUDA(CPU):
 
     def fresh_copy_bandwidth(self, quick):
         return None, "not measured: CuPy's memory pool hands freed device memory out again"
+
+    def same_size_copy(self, amount):
+        """A device-to-device ``cupy.copyto`` of ``amount / 2`` bytes (float32)."""
+        cp = self.cupy
+        src = cp.ones(max(1, amount // 8), cp.float32)
+        dst = cp.zeros_like(src)
+        return lambda: cp.copyto(dst, src)
 
     def copy_bandwidth(self, quick):
         """``(GB/s, method)`` of one device-to-device ``cupy.copyto`` (read + write)."""

@@ -16,6 +16,7 @@ _COLUMNS = (
     ("luxlib rate", 15, ">"),
     ("%copy", 6, ">"),
     ("%fresh", 6, ">"),
+    ("%same", 6, ">"),
     ("check", 8, "<"),
 )
 
@@ -83,6 +84,7 @@ def rows(record):
                     "-" if rate is None else f"{rate:.1f} {record['metric']}",
                     _fmt(r["pct_copy_bandwidth"].get("luxlib"), ".0f"),
                     _fmt(r["pct_fresh_copy_bandwidth"].get("luxlib"), ".0f"),
+                    _fmt(r["pct_same_size_copy"].get("luxlib"), ".0f"),
                     check,
                 ]
             )
@@ -101,7 +103,8 @@ def footer(result):
             f"forward {_fmt(g['forward'], '.3f')}, forward+backward {_fmt(g['forward_backward'], '.3f')}"
         )
     lines += ["", "rates count (|a| = bytes of array a; %copy, %fresh = luxlib GB/s / copy bandwidth, "
-              "/ fresh-output copy bandwidth):"]
+              "/ fresh-output copy bandwidth; %same = time of a copy of the row's bytes, timed in the "
+              "same rounds / luxlib time):"]
     formulas = {}
     for r in result["cases"]:
         formulas.setdefault(r["formula"], []).append(r["name"])

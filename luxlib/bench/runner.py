@@ -20,6 +20,8 @@ CONTENDERS = CPU.contenders  # the table's columns (a device may field fewer)
 MODES = ("forward", "forward_backward")
 #: norm-relative difference to the reference contender above which a row is flagged
 CHECK_RTOL = 1e-3
+#: the name under which bandwidth-bound rows time a copy of their own bytes
+SAME_SIZE_COPY = "same-size copy"
 
 
 def default_threads():
@@ -117,8 +119,14 @@ def _until_done(f, device):
 
 def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device):
     funcs = {who: _until_done(getattr(c, mode), device) for who, c in contenders.items() if getattr(c, mode) is not None}
+    if case.metric == "GB/s":  # timed in the same rounds, as the ceiling at this size
+        funcs[SAME_SIZE_COPY] = _until_done(device.same_size_copy(amount), device)
     times, first, failed = interleaved(funcs, repeats, warmup, pause)
+    copy_times = times.pop(SAME_SIZE_COPY, None)
+    first.pop(SAME_SIZE_COPY, None)
+    failed.pop(SAME_SIZE_COPY, None)
     median = {who: statistics.median(t) for who, t in times.items()}
+    copy_s = None if copy_times is None else statistics.median(copy_times)
     rate = {who: amount / t / 1e9 for who, t in median.items()}
     result = {
         "amount": amount,
@@ -135,6 +143,8 @@ def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, devi
             key: {who: 100 * r / gbs for who, r in rate.items()} if case.metric == "GB/s" and gbs else {}
             for key, gbs in ceilings.items()
         },
+        "same_size_copy_s": copy_s,
+        "pct_same_size_copy": {} if copy_s is None else {who: 100 * copy_s / t for who, t in median.items()},
     }
     # the reference: the NumPy composition, or torch where the device fields no NumPy
     ref = next((who for who in ("numpy", "torch") if who in first), None)
