@@ -361,3 +361,32 @@ def test_in_place_case_checks_each_mode_on_the_original_input(monkeypatch):
     assert wakes
     for mode, m in record["modes"].items():
         assert m["check_ok"] and m["check"], (mode, m["check"])
+
+
+def _record(rows):
+    """A JSON record with ``rows``: ``(name, mode) -> {who: median seconds}``."""
+    cases = {}
+    for (name, mode), median in rows.items():
+        cases.setdefault(name, {"name": name, "modes": {}})["modes"][mode] = {"median_s": median}
+    return {"cases": list(cases.values())}
+
+
+def test_compare_lines_up_rows_of_two_records(tmp_path, capsys):
+    old = _record({("a", "forward"): {"luxlib": 2e-3, "torch": 1e-3},
+                   ("a", "forward_backward"): {"luxlib": 4e-3, "torch": 4e-3},
+                   ("gone", "forward"): {"luxlib": 1e-3}})
+    new = _record({("a", "forward"): {"luxlib": 1e-3, "torch": 1e-3},
+                   ("a", "forward_backward"): {"luxlib": 4e-3},  # torch did not run this time
+                   ("b", "forward"): {"luxlib": 1e-3, "torch": 1e-3}})
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for path, rec in zip(paths, (old, new)):
+        path.write_text(json.dumps(rec))
+    assert main(["--compare", *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["a", "fwd", "2.000", "1.000", "0.50", "1.000", "1.000", "1.00"]
+    assert lines[3].split() == ["a", "fwd+bwd", "4.000", "4.000", "1.00", "4.000", "-", "-"]
+    assert lines[4].split()[:3] == ["b", "fwd", "-"] and "not in the old record" in lines[4]
+    assert not any(line.startswith("gone") for line in lines)
+    # geometric means over the rows both records have: luxlib sqrt(0.5 * 1), torch 1 (one row)
+    assert lines[-1].startswith("geometric mean of new/old: luxlib 0.707, torch 1.000")
+    assert main(["--compare", str(paths[0]), str(tmp_path / "missing.json")]) == 1

@@ -1,6 +1,8 @@
 """Command line of ``python -m luxlib.bench``."""
 
 import argparse
+import json
+import pathlib
 import sys
 
 from . import report
@@ -28,11 +30,21 @@ def _parser():
     add("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (NumPy arrays; default) or cuda (CuPy "
         "arrays against PyTorch CUDA; exits with status 2 without CuPy or a device)")
     add("--list", action="store_true", help="list the cases (and whether luxlib has their op) and exit")
+    add("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two --json records (e.g. of two commits) "
+        "row by row, luxlib's and torch's times, and exit; runs nothing")
     return p
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.compare:
+        try:
+            records = [json.loads(pathlib.Path(path).read_text()) for path in args.compare]
+        except (OSError, ValueError) as exc:
+            print(f"python -m luxlib.bench --compare: {exc}", file=sys.stderr)
+            return 1
+        print(report.compare(*records))
+        return 0
     cases = select(args.filter)
     if args.list:
         for c in cases:

@@ -3,7 +3,7 @@
 import json
 import math
 
-from .runner import CHECK_RTOL, CONTENDERS
+from .runner import CHECK_RTOL, CONTENDERS, geomean
 
 _MODE_LABEL = {"forward": "fwd", "forward_backward": "fwd+bwd"}
 _COLUMNS = (
@@ -123,6 +123,40 @@ def footer(result):
                     f"{r['name']} {_MODE_LABEL[mode]}: MISMATCH against {m['check_reference']} "
                     f"(norm-relative difference > {CHECK_RTOL:g}): {m['check']}"
                 )
+    return "\n".join(lines)
+
+
+def compare(old, new):
+    """Lines comparing two JSON records (e.g. two commits on one machine): per row and mode
+    luxlib's old and new median ms and new/old, and the same for torch, whose code did
+    not change, so that its ratio shows how much the machine drifted between the runs."""
+    olds = {(r["name"], mode): m for r in old["cases"] for mode, m in r.get("modes", {}).items()}
+    widths = (30, 7, 9, 9, 7, 9, 9, 7)
+    names = ("case", "mode", "old ms", "new ms", "new/old", "torch old", "torch new", "new/old")
+
+    def line(values):
+        return "  ".join(f"{v:{'<' if k < 2 else '>'}{w}}" for k, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    def ms_and_ratio(who, a, b):
+        ta, tb = a["median_s"].get(who), b["median_s"].get(who)
+        ratio = tb / ta if ta and tb else None
+        return _fmt(ta and 1e3 * ta, ".3f"), _fmt(tb and 1e3 * tb, ".3f"), _fmt(ratio, ".2f"), ratio
+
+    lines, ratios = [line(names), "-" * len(line(names))], {"luxlib": [], "torch": []}
+    for r in new["cases"]:
+        for mode, m in r.get("modes", {}).items():
+            o = olds.get((r["name"], mode))
+            if o is None:
+                lines.append(line([r["name"], _MODE_LABEL[mode], "-", "(not in the old record)"]))
+                continue
+            cells = []
+            for who in ratios:
+                *shown, ratio = ms_and_ratio(who, o, m)
+                cells += shown
+                ratios[who].append(ratio)
+            lines.append(line([r["name"], _MODE_LABEL[mode], *cells]))
+    means = ", ".join(f"{who} {_fmt(geomean(v), '.3f')}" for who, v in ratios.items())
+    lines += ["", f"geometric mean of new/old: {means} (< 1: the new record is faster)"]
     return "\n".join(lines)
 
 
