@@ -124,3 +124,34 @@ def test_shared_counts_set_once_per_thread_counts_by_each_caller(monkeypatch):
         by_thread.setdefault(name, []).append(n)
     assert sorted(by_thread.values()) == [[1, 4], [1, 4]]
     assert set(per_thread.counts.values()) == {4}
+
+
+def test_concurrent_parallel_kernels_match_their_serial_results():
+    """OpenMP kernels called from several Python threads at once (each call its own team)
+    give what they give alone, gradients included."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 16, 32, 32)).astype(np.float32)  # above the serial threshold
+    c = x.shape[1]
+    scale, shift = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    mean, var = np.zeros(c, np.float32), np.ones(c, np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    k = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    cdims = luxlib.ConvDims(x.shape, k.shape, padding=1, groups=c)
+    seed = np.random.default_rng(7)
+
+    def calls():
+        out = [luxlib.bias_activation("gelu", x, shift)]
+        out += [luxlib.dropout(seed, x, 0.3, True)[0]]
+        (y, stats), pullback = luxlib.vjp(luxlib.batchnorm, x, scale, shift, mean, var, True, "relu")
+        out += [y, *stats, *pullback(dy)[:3]]
+        y, pullback = luxlib.vjp(luxlib.fused_conv_bias_activation, "relu", k, x, shift, cdims)
+        out += [y, *pullback(dy)[1:4]]
+        return out
+
+    expected = calls()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: calls(), range(8)))
+    for outs in results:
+        assert len(outs) == len(expected)
+        for out, ref in zip(outs, expected):
+            np.testing.assert_array_equal(out, ref)
