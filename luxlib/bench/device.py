@@ -34,6 +34,7 @@ class CPU:
 
     name = "cpu"
     contenders = ("luxlib", "torch", "numpy")
+    xp = np  # the array module of the device's arrays
 
     def put(self, arrays):
         return arrays
@@ -57,11 +58,13 @@ class CPU:
         )
 
     def same_size_copy(self, amount):
-        """A call copying one array into another, ``amount / 2`` bytes each way (pre-faulted
-        float32 arrays, one thread): the copy that moves a row's bytes, timed with it."""
-        src = np.ones(max(1, amount // 8), np.float32)
-        dst = np.zeros_like(src)
-        return lambda: np.copyto(dst, src)
+        """A call copying one float32 array of ``amount / 2`` bytes into another, both
+        written before (``copyto`` of the device's array module; on the CPU one thread):
+        the copy that moves a row's bytes, timed with it."""
+        xp = self.xp
+        src = xp.ones(max(1, amount // 8), xp.float32)
+        dst = xp.zeros_like(src)
+        return lambda: xp.copyto(dst, src)
 
     def fresh_copy_bandwidth(self, quick):
         """``(GB/s, method)`` of ``x.copy()``: what an op pays for a new output array too."""
@@ -89,7 +92,7 @@ class CUDA(CPU):
             raise DeviceUnavailable(f"--device cuda needs CuPy, which is not importable ({exc})") from None
         if not cupy.cuda.is_available():
             raise DeviceUnavailable("--device cuda: CuPy finds no CUDA device")
-        self.cupy = cupy
+        self.cupy = self.xp = cupy
 
     def put(self, arrays):
         return {k: self.cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
@@ -122,13 +125,6 @@ class CUDA(CPU):
 
     def fresh_copy_bandwidth(self, quick):
         return None, "not measured: CuPy's memory pool hands freed device memory out again"
-
-    def same_size_copy(self, amount):
-        """A device-to-device ``cupy.copyto`` of ``amount / 2`` bytes (float32)."""
-        cp = self.cupy
-        src = cp.ones(max(1, amount // 8), cp.float32)
-        dst = cp.zeros_like(src)
-        return lambda: cp.copyto(dst, src)
 
     def copy_bandwidth(self, quick):
         """``(GB/s, method)`` of one device-to-device ``cupy.copyto`` (read + write)."""
