@@ -61,12 +61,14 @@ def single_threaded_blas():
             _saved = [lc.get_num_threads() for lc in shared]
             _set(shared, [1] * len(shared), release)
         _holders += 1
-    own = [lc.get_num_threads() for lc in per_thread]
     try:
+        own = [lc.get_num_threads() for lc in per_thread]
         _set(per_thread, [1] * len(per_thread), release)
-        yield
+        try:
+            yield
+        finally:
+            _set(per_thread, own, release)
     finally:
-        _set(per_thread, own, release)
         with _lock:
             _holders -= 1
             if _holders == 0:

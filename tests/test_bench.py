@@ -390,3 +390,6 @@ def test_compare_lines_up_rows_of_two_records(tmp_path, capsys):
     # geometric means over the rows both records have: luxlib sqrt(0.5 * 1), torch 1 (one row)
     assert lines[-1].startswith("geometric mean of new/old: luxlib 0.707, torch 1.000")
     assert main(["--compare", str(paths[0]), str(tmp_path / "missing.json")]) == 1
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    assert main(["--compare", str(paths[0]), str(tmp_path / "other.json")]) == 1
+    assert "not two records of --json" in capsys.readouterr().err

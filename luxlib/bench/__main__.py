@@ -40,10 +40,15 @@ def main(argv=None):
     if args.compare:
         try:
             records = [json.loads(pathlib.Path(path).read_text()) for path in args.compare]
+            lines = report.compare(*records)
         except (OSError, ValueError) as exc:
             print(f"python -m luxlib.bench --compare: {exc}", file=sys.stderr)
             return 1
-        print(report.compare(*records))
+        except (KeyError, TypeError, AttributeError) as exc:
+            print(f"python -m luxlib.bench --compare: not two records of --json ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            return 1
+        print(lines)
         return 0
     cases = select(args.filter)
     if args.list:
