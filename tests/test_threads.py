@@ -160,8 +160,7 @@ def test_concurrent_parallel_kernels_match_their_serial_results():
 def test_an_error_inside_restores_the_counts(monkeypatch):
     shared, per_thread = FakeLib(False), FakeLib(True)
     monkeypatch.setattr(_threads, "_controllers", lambda: ([shared], [per_thread], lambda: None))
-    with pytest.raises(RuntimeError, match="kernel"):
-        with _threads.single_threaded_blas():
-            assert shared.get_num_threads() == per_thread.get_num_threads() == 1
-            raise RuntimeError("kernel")
+    with pytest.raises(RuntimeError, match="kernel"), _threads.single_threaded_blas():
+        assert shared.get_num_threads() == per_thread.get_num_threads() == 1
+        raise RuntimeError("kernel")
     assert shared.get_num_threads() == per_thread.get_num_threads() == 4 and _threads._holders == 0

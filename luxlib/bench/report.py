@@ -150,10 +150,10 @@ def compare(old, new):
                 lines.append(line([r["name"], _MODE_LABEL[mode], "-", "(not in the old record)"]))
                 continue
             cells = []
-            for who in ratios:
+            for who, values in ratios.items():
                 *shown, ratio = ms_and_ratio(who, o, m)
                 cells += shown
-                ratios[who].append(ratio)
+                values.append(ratio)
             lines.append(line([r["name"], _MODE_LABEL[mode], *cells]))
     means = ", ".join(f"{who} {_fmt(geomean(v), '.3f')}" for who, v in ratios.items())
     lines += ["", f"geometric mean of new/old: {means} (< 1: the new record is faster)"]
