@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, divisor, grid_1d, grid_vectors, kernel_name
+from ._modules import BLOCK, DTYPES, act_param, divisor, grid_1d, grid_vectors, kernel_name
 
 #: the bias-gradient reduction splits each channel's reduction (two stages) until the grid
 #: has about this many blocks (a few per SM), each split keeping at least DB_MIN_SPLIT_ROWS
@@ -29,10 +29,6 @@ def _geometry(x):
     if x.ndim == 0:
         return 1, 1, 1
     return x.shape[0], x.shape[1], math.prod(x.shape[2:])
-
-
-def _param(act, dtype):
-    return acc_scalar(dtype, act.params[0] if act.params else 0.0)
 
 
 def supports(act, x, bias=None):
@@ -58,7 +54,7 @@ def forward(mod, act, x, bias=None, out=None):
         mod.get_function(kernel_name("bias_act_forward", x.dtype))(
             grid_vectors(mod, n, x.itemsize), (BLOCK,),
             (x, b, y, np.int64(n)) + divisor(C) + divisor(inner) + (np.int32(has_bias),
-             np.int32(act.id), _param(act, x.dtype)),
+             np.int32(act.id), act_param(act, x.dtype)),
         )
     return y
 
@@ -71,18 +67,26 @@ def vjp(mod, act, x, bias=None, inplace=False):
     for output-only activations, whose pullback does not read x)."""
     xp = array_namespace(x)
     x = xp.ascontiguousarray(x)
-    has_bias = bias is not None
-    b = xp.ascontiguousarray(bias) if has_bias else None
+    b = None if bias is None else xp.ascontiguousarray(bias)
     y = forward(mod, act, x, b, out=x if inplace and act.output_only else None)
+    return y, pullback(mod, act, x, y, b)
+
+
+def pullback(mod, act, x, y, bias):
+    """The pullback ``dy -> {"x": dz, "bias": db}`` of ``y = act(x + bias)`` computed
+    already (C-contiguous x and y, contiguous bias or None). It keeps y for output-only
+    activations (x, which it does not read then, may be y itself), else x and bias."""
+    xp = array_namespace(x)
+    has_bias = bias is not None
     outer, C, inner = _geometry(x)
     if act.output_only:
         src, add_bias = y, False
     else:
         src, add_bias = x, has_bias
-    p = _param(act, x.dtype)
-    bias_arg = b if has_bias else x  # not read when add_bias is false
+    p = act_param(act, x.dtype)
+    bias_arg = bias if has_bias else x  # not read when add_bias is false
 
-    def pullback(dy):
+    def backward(dy):
         dy = xp.ascontiguousarray(dy)
         dz = xp.empty(dy.shape, dy.dtype)
         n = dy.size
@@ -101,7 +105,7 @@ def vjp(mod, act, x, bias=None, inplace=False):
             )
         return {"x": dz, "bias": db}
 
-    return y, pullback
+    return backward
 
 
 def _bias_gradient(mod, xp, arrays, outer, C, inner, tail):
@@ -125,6 +129,12 @@ def _bias_gradient(mod, xp, arrays, outer, C, inner, tail):
         )
 
 
+def epilogue(mod, act, z, bias):
+    """The fused epilogue of dense and conv: ``act(z + bias)`` in place over the caller's
+    buffer ``z`` (C-contiguous, bias along axis 1); identity without a bias launches nothing."""
+    return z if act.id == 0 and bias is None else forward(mod, act, z, bias, out=z)
+
+
 def epilogue_vjp(mod, act, z, bias):
     """The fused epilogue of dense and conv: ``y = act(z + bias)`` over the caller's buffer
     ``z`` (C-contiguous, bias along axis 1), which it may overwrite; returns ``(y,
@@ -133,10 +143,21 @@ def epilogue_vjp(mod, act, z, bias):
     Identity without a bias launches nothing: ``y`` is ``z`` and ``dz`` is ``dy``."""
     if act.id == 0 and bias is None:
         return z, lambda dy: (dy, None)
-    y, pb = vjp(mod, act, z, bias, inplace=True)
+    b = None if bias is None else array_namespace(z).ascontiguousarray(bias)
+    y = forward(mod, act, z, b, out=z if act.output_only else None)
+    return y, epilogue_pullback(mod, act, z, y, b)
 
-    def pullback(dy):
+
+def epilogue_pullback(mod, act, z, y, bias):
+    """``pullback(dy) -> (dz, db)`` of the epilogue ``y = act(z + bias)`` computed already
+    (as :func:`pullback`; ``z`` may be ``y`` for output-only activations); identity without
+    a bias launches nothing: ``dz`` is ``dy``."""
+    if act.id == 0 and bias is None:
+        return lambda dy: (dy, None)
+    pb = pullback(mod, act, z, y, bias)
+
+    def epilogue(dy):
         g = pb(dy)
         return g["x"], g["bias"]
 
-    return y, pullback
+    return epilogue

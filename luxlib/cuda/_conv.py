@@ -1,6 +1,7 @@
 """GPU ``fused_conv_bias_activation``: im2col kernel + cuBLAS gemm (:mod:`luxlib.cuda._blas`)
 + the bias+activation kernel as the fused epilogue; depthwise convolutions
-(``groups == C_in > 1``) by direct kernels instead of im2col and gemm.
+(``groups == C_in > 1``) by direct kernels instead of im2col and gemm, the forward one
+applying bias and activation itself.
 
 Every convolution runs as a 3-D one (leading unit spatial axes, as the looped kernels
 do). The batch is tiled so the workspace of one tile stays within ``WORKSPACE_BYTES``
@@ -30,7 +31,7 @@ import numpy as np
 from .._validation import array_namespace
 from . import _bias_activation
 from ._blas import matmul
-from ._modules import BLOCK, divisor, grid_1d, kernel_name
+from ._modules import BLOCK, act_param, divisor, grid_1d, kernel_name
 
 #: bytes of the per-tile workspace: the columns, their gradient and the transposed output
 #: gradient of one tile of the batch (a tile has at least one sample, so a single huge
@@ -122,6 +123,15 @@ class _Plan:
             grid_1d(self.mod, n_threads), (BLOCK,), args + self.geometry
         )
 
+    def activate(self, epilogue_mod, act, bias, keep_z):
+        """``(y, z)``: ``y = act(conv(x, weight) + bias)`` as a new C-contiguous ``(N, C_out,
+        P)`` array, and with ``keep_z`` the convolution ``z`` (no bias) beside it, else None
+        (then the epilogue runs in place on the convolution: :func:`_bias_activation.epilogue`)."""
+        z = self.conv()
+        if not keep_z:
+            return _bias_activation.epilogue(epilogue_mod, act, z, bias), None
+        return _bias_activation.forward(epilogue_mod, act, z, bias), z
+
     def cols(self, n0, n1, batch_minor):
         """im2col of samples [n0, n1): ``(nb, G, Cg K, P)``, or ``(G, Cg K, nb P)`` (batch_minor)."""
         nb = n1 - n0
@@ -197,15 +207,21 @@ class _Depthwise(_Plan):
     def _tile_samples(self, weight, x, cdims):
         return self.n  # no workspace: tiles only keep indices 32-bit
 
-    def conv(self):
-        """``conv(x, weight)`` as a new C-contiguous ``(N, C M, P)`` array (``dw_conv_forward``)."""
-        xp, m = self.xp, self.cog
-        z = xp.empty((self.n, self.c * m, self.p), self.x.dtype)
+    def activate(self, epilogue_mod, act, bias, keep_z):
+        """As :meth:`_Plan.activate`, in one kernel (``dw_conv_forward`` applies the bias and
+        the activation itself; ``epilogue_mod`` is not used)."""
+        xp, m, dtype = self.xp, self.cog, self.x.dtype
+        shape = (self.n, self.c * m, self.p)
+        y = xp.empty(shape, dtype)
+        z = xp.empty(shape, dtype) if keep_z else None
+        b = self.w if bias is None else xp.ascontiguousarray(bias)  # not read without a bias
         for n0, n1 in self.tiles():
             total = (n1 - n0) * self.c * m * self.p
-            self._launch("dw_conv_forward", total, (self.x[n0:n1], self.w, z[n0:n1], np.int32(total))
+            self._launch("dw_conv_forward", total,
+                         (self.x[n0:n1], self.w, b, (y if z is None else z)[n0:n1], y[n0:n1], np.int32(total),
+                          np.int32(bias is not None), np.int32(keep_z), np.int32(act.id), act_param(act, dtype))
                          + _divisors(self.p, m, self.c) + self.out_divisors)
-        return z
+        return y, z
 
     def backward(self, dz):
         """``(dweight, dx)``: ``dw_conv_dx``, and ``dw_conv_dw_partial`` per tile, then one
@@ -244,15 +260,17 @@ def forward(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims):
     """``act(conv(x, weight) + bias)``; ``conv_mod`` holds ``conv.cu``'s kernels,
     ``epilogue_mod`` those of ``bias_activation.cu``, ``blas`` the gemm (``_blas.get_blas``)."""
     plan = _plan(conv_mod, blas, weight, x, cdims)
-    z = plan.conv()
-    return _bias_activation.forward(epilogue_mod, act, z, bias, out=z).reshape(plan.y_shape)
+    return plan.activate(epilogue_mod, act, bias, keep_z=False)[0].reshape(plan.y_shape)
 
 
 def vjp(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims):
     """``(y, pullback)``; keeps ``x``, ``weight`` and ``y`` (output-only activations) or the
     pre-bias convolution (the backward kernel adds the bias again)."""
     plan = _plan(conv_mod, blas, weight, x, cdims)
-    y, epilogue_pullback = _bias_activation.epilogue_vjp(epilogue_mod, act, plan.conv(), bias)
+    y, z = plan.activate(epilogue_mod, act, bias, keep_z=not act.output_only)
+    if bias is not None:
+        bias = plan.xp.ascontiguousarray(bias)
+    epilogue_pullback = _bias_activation.epilogue_pullback(epilogue_mod, act, y if z is None else z, y, bias)
 
     def pullback(dy):
         dz, db = epilogue_pullback(plan.xp.ascontiguousarray(dy).reshape(y.shape))

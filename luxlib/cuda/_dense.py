@@ -24,8 +24,7 @@ def _linear(blas, weight, x):
 
 
 def forward(mod, blas, act, weight, x, bias):
-    z = _linear(blas, weight, x)
-    y = _bias_activation.forward(mod, act, z, bias, out=z)
+    y = _bias_activation.epilogue(mod, act, _linear(blas, weight, x), bias)
     return y if x.ndim == 2 else y[0]
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "TYPES",
     "UNROLL",
     "acc_scalar",
+    "act_param",
     "compile_options",
     "divisor",
     "get_module",
@@ -149,6 +150,11 @@ def acc_scalar(dtype, value):
 
 
 _FLOAT_MAX = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32)}
+
+
+def act_param(act, dtype):
+    """The activation's parameter (0 when it has none) as :func:`acc_scalar` types it."""
+    return acc_scalar(dtype, act.params[0] if act.params else 0.0)
 
 
 @functools.lru_cache(maxsize=4096)  # launch overhead: ~1.5 us of Python arithmetic a call

@@ -29,6 +29,7 @@ from ._modules import (
     MAX_BLOCKS,
     UNROLL,
     acc_scalar,
+    act_param,
     divisor,
     grid_1d,
     kernel_name,
@@ -192,10 +193,6 @@ def _row_launch(mod, rows, length):
     return (-(-rows // rchunk),), (32 * -(-length // (32 * cols)),), rchunk
 
 
-def _param(act, dtype):
-    return acc_scalar(dtype, act.params[0] if act.params else 0.0)
-
-
 def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     """``(y, mean, var, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
     float64 ``(mean, rstd)`` per group); ``var`` is None with given statistics and from
@@ -208,7 +205,7 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
         mod.get_function(kernel_name("norm_rows_forward", x.dtype))(
             grid, block,
             (x, scale, bias, y, mean, rstd) + _i64(rows, length, rchunk)
-            + (np.float64(epsilon), np.int32(act.id), _param(act, x.dtype)),
+            + (np.float64(epsilon), np.int32(act.id), act_param(act, x.dtype)),
         )
         return y, mean, None, rstd
     if stats is None:
@@ -220,7 +217,7 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     mod.get_function(kernel_name("norm_forward", x.dtype))(
         grid, (BLOCK,),
         (x, scale, bias, mean, rstd, y) + _index_args(mod, x.size, grid, geom)
-        + (np.int32(act.id), _param(act, x.dtype)),
+        + (np.int32(act.id), act_param(act, x.dtype)),
     )
     return y, mean, var, rstd
 
@@ -240,7 +237,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
     """``pullback(dy) -> (dx, sum(g), sum(g * xhat))``: the sums per channel (channel ops)
     or per affine element (layernorm), None when ``affine_sums`` is false."""
     xp = array_namespace(x)
-    p = _param(act, x.dtype)
+    p = act_param(act, x.dtype)
 
     def pass1(dy):
         """Means of h, h xhat (per group) and, unless vec, sums of g, g xhat per affine

@@ -1,5 +1,6 @@
 // Kernels of fused_conv_bias_activation (launched from luxlib/cuda/_conv.py): im2col and
-// col2im around the cuBLAS products, and direct depthwise kernels (groups == C).
+// col2im around the cuBLAS products, and direct depthwise kernels (groups == C), whose
+// forward applies the bias and activation itself.
 // Every convolution runs as a 3-D one: 1-D and 2-D get leading unit spatial axes, so
 // one N-d indexing scheme (D, H, W) covers all three. x is (n, C, D, H, W) in C order,
 // the kernel (KD, KH, KW) with K = KD*KH*KW taps, the output (OD, OH, OW) with
@@ -12,6 +13,7 @@
 // the launch (lx_divisor: a multiply and a shift; a GPU has no integer division).
 // Kernels are templates over T = float, double, __half.
 #include "common.cuh"
+#include "activation.cuh"
 
 // 32-bit grid-stride loop over [0, n), n < 2^31 (unsigned: i + stride cannot overflow)
 #define LX_GRID_STRIDE32(i, n) \
@@ -138,12 +140,15 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
 // Output channel o = c M + m reads input channel c with the weights w[o] (K taps). Sums
 // run in the compute type in a fixed order and are rounded once.
 
-/* z[n, o, p] = sum over taps of x[n, c, in(p, tap)] w[o, tap]; one thread per output
-   element (total = n C M P) */
+/* z[n, o, p] = sum over taps of x[n, c, in(p, tap)] w[o, tap], rounded to T, and the fused
+   epilogue y = act(z + bias[o]) with the sum rounded to T, as bias_act_forward computes it
+   from a stored z; one thread per output element (total = n C M P). z is written only when
+   write_z (for a pullback that needs the pre-activation), bias read only when has_bias. */
 template <typename T>
-__global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ z, int total,
-                                LX_DIVISOR_PARAMS(divP), LX_DIVISOR_PARAMS(divM), LX_DIVISOR_PARAMS(divC),
-                                LX_OUT_DIVISORS, LX_CONV_PARAMS)
+__global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                                T* __restrict__ z, T* __restrict__ y, int total, int has_bias, int write_z, int act,
+                                typename lx_acc<T>::type ap, LX_DIVISOR_PARAMS(divP), LX_DIVISOR_PARAMS(divM),
+                                LX_DIVISOR_PARAMS(divC), LX_OUT_DIVISORS, LX_CONV_PARAMS)
 {
     typedef typename lx_acc<T>::type A;
     const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dM = LX_DIVISOR(lx_u32, divM), dC = LX_DIVISOR(lx_u32, divC),
@@ -170,7 +175,9 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
                 }
             }
         }
-        lx_store(z + e, acc);
+        const A zt = lx_round<T>(acc);
+        if (write_z) lx_store(z + e, zt);
+        lx_store(y + e, lx_act(act, has_bias ? lx_round<T>(zt + lx_load(bias + o)) : zt, ap));
     }
 }
 

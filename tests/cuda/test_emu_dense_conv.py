@@ -317,6 +317,24 @@ def test_depthwise_conv_dtypes(dtype, case):
     check_depthwise(mods, activations.tanh, x, w, b, dy, cdims)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_depthwise_epilogue_is_the_bias_activation_kernels(dtype):
+    """The depthwise forward applies bias and activation itself, rounding as the separate
+    epilogue kernel (bias_act_forward) does on a stored convolution: bit for bit."""
+    mods = emu("conv"), emu("bias_activation")
+    x, w, b, _, cdims = _conv_case(DEPTHWISE_CASES[2], dtype, seed=3)
+    plan = _conv._plan(mods[0], BLAS, w, x, cdims)
+    z = plan.activate(mods[1], activations.identity, None, keep_z=False)[0]
+    for act in acts_for(dtype):
+        for bias in (b, None):
+            y, kept = plan.activate(mods[1], act, bias, keep_z=True)
+            np.testing.assert_array_equal(kept, z)
+            np.testing.assert_array_equal(y, _bias_activation.forward(mods[1], act, z, bias))
+            y_alone, none = plan.activate(mods[1], act, bias, keep_z=False)
+            np.testing.assert_array_equal(y_alone, y)
+            assert none is None
+
+
 def test_depthwise_only_for_groups_equal_to_channels():
     mod = emu("conv")
     for x_shape, w_shape, groups, want in (((1, 4, 5), (4, 1, 3), 4, True), ((1, 4, 5), (8, 2, 3), 2, False),
