@@ -149,17 +149,18 @@ def test_layouts(dtype, layout, arg, shape):
 def test_thread_count_independence(dtype, act, threads):
     w, x, b, dy = make(*PARALLEL, dtype, seed=4)
     results = []
-    for n in (1, 2, 2):
+    for n in (1, 2, 2, 3, 4):  # 3 and 4: the backward splits its products differently
         threads(n)
         y, pullback = luxlib.vjp(dense, act, w, x, b)
         results.append((y, *pullback(dy)[1:]))
-    one, two, again = results
+    one, two, again, *more = results
     for a, b_ in zip(two, again):  # deterministic for a given thread count
         np.testing.assert_array_equal(a, b_)
     # across thread counts: one gemm per thread's block of rows (BLAS may round a
     # partial block differently) and db's per-thread partial sums
-    for a, b_ in zip(one, two):
-        np.testing.assert_allclose(a, b_, rtol=tol(dtype, len(x)), atol=tol(dtype, len(x)))
+    for other in (two, *more):
+        for a, b_ in zip(one, other):
+            np.testing.assert_allclose(a, b_, rtol=tol(dtype, len(x)), atol=tol(dtype, len(x)))
 
 
 @pytest.mark.parametrize("act", SOME_ACTS + [activations.softplus], ids=SOME_IDS + ["softplus"])

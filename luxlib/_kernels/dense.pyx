@@ -14,7 +14,7 @@ while the other works, which on two cores costs up to 2x. Forward: each block's
 gemm writes straight into the output and the bias and activation run over that
 block while it is cache-hot. Backward: ``dz = dy * act'`` and ``db`` in one pass,
 then ``dx = dz @ w`` by blocks of rows and ``dw = dz.T @ x`` by blocks of output
-features.
+features, all blocks in one loop (with an even thread count, half the threads per product).
 
 ``db`` accumulates in float64, per thread, and the per-thread sums are added in
 thread order: deterministic for a given thread count.
@@ -45,13 +45,13 @@ cdef inline bint _blocked(Py_ssize_t batch, Py_ssize_t n_out) noexcept nogil:
     return batch >= 64 and n_out >= 64
 
 
-cdef inline Py_ssize_t _gemm_block(Py_ssize_t n, int nt) noexcept nogil:
-    """Rows per single-threaded gemm: one block per thread (at least 32 rows).
+cdef inline Py_ssize_t _gemm_block(Py_ssize_t n, int parts) noexcept nogil:
+    """Rows per single-threaded gemm for ``parts`` blocks, one per thread (at least 32 rows).
 
     Each block's gemm packs the whole other operand again, so more blocks than
     threads cost time (8 blocks measured 18% slower than 2 on two threads).
     """
-    return max(min(n, <Py_ssize_t>32), (n + nt - 1) // nt)
+    return max(min(n, <Py_ssize_t>32), (n + parts - 1) // parts)
 
 
 def blocked(Py_ssize_t batch, Py_ssize_t n_out):
@@ -151,8 +151,12 @@ def backward(int act, double p, const floating[:, ::1] src, const floating[:, ::
     cdef Py_ssize_t units = (batch + rows - 1) // rows
     cdef bint blocks = _blocked(batch, n_out)
     cdef int nt = num_threads_for(batch * n_out) if blocks else 1
-    cdef Py_ssize_t xrows = _gemm_block(batch, nt) if blocks else batch
-    cdef Py_ssize_t wrows = _gemm_block(n_out, nt) if blocks else n_out
+    # blocks per product: with an even thread count half the threads take each product
+    # (so each packs its other operand half as often), else all take both in turn
+    cdef int per_product = nt // 2 if nt % 2 == 0 else nt
+    cdef Py_ssize_t xrows = _gemm_block(batch, per_product) if blocks else batch
+    cdef Py_ssize_t wrows = _gemm_block(n_out, per_product) if blocks else n_out
+    cdef Py_ssize_t xunits = (batch + xrows - 1) // xrows
     cdef Py_ssize_t stride = (n_out + PAD - 1) // PAD * PAD
     cdef double[:, ::1] partial = np.zeros((nt, stride if db is not None else 0))
     cdef double* acc0 = NULL if db is None else &partial[0, 0]
@@ -173,16 +177,17 @@ def backward(int act, double p, const floating[:, ::1] src, const floating[:, ::
                     s += acc0[t * stride + c]
                 db[c] = <floating>s
         if n_in > 0:
-            # dx = dz @ w by blocks of rows of dz; dw = dz.T @ x by blocks of columns of dz
-            for u in prange((batch + xrows - 1) // xrows, num_threads=nt, schedule="dynamic",
+            # dx = dz @ w by blocks of rows of dz and dw = dz.T @ x by blocks of columns of dz,
+            # in one loop; every block is the same number of flops
+            for u in prange(xunits + (n_out + wrows - 1) // wrows, num_threads=nt, schedule="dynamic",
                             use_threads_if=nt > 1):
-                r0 = u * xrows
-                m = min(xrows, batch - r0)
-                gemm(False, tw, m, n_in, n_out, 1, pdz + r0 * n_out, n_out, &w[0, 0], ldw, 0,
-                     &dx[0, 0] + r0 * n_in, n_in)
-            for u in prange((n_out + wrows - 1) // wrows, num_threads=nt, schedule="dynamic",
-                            use_threads_if=nt > 1):
-                r0 = u * wrows
-                m = min(wrows, n_out - r0)
-                gemm(True, tx, m, n_in, batch, 1, pdz + r0, n_out, &x[0, 0], ldx, 0,
-                     &dw[0, 0] + r0 * n_in, n_in)
+                if u < xunits:
+                    r0 = u * xrows
+                    m = min(xrows, batch - r0)
+                    gemm(False, tw, m, n_in, n_out, 1, pdz + r0 * n_out, n_out, &w[0, 0], ldw, 0,
+                         &dx[0, 0] + r0 * n_in, n_in)
+                else:
+                    r0 = (u - xunits) * wrows
+                    m = min(wrows, n_out - r0)
+                    gemm(True, tx, m, n_in, batch, 1, pdz + r0, n_out, &x[0, 0], ldx, 0,
+                         &dw[0, 0] + r0 * n_in, n_in)
