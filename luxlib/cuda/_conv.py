@@ -24,6 +24,7 @@ A 1x1 kernel with unit stride and no padding uses ``x`` itself as ``cols`` (and 
 ``dcols`` straight into ``dx``).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -79,6 +80,18 @@ def _divisors(*ds):
     return sum((divisor(d, 32) for d in ds), ())
 
 
+@functools.lru_cache(maxsize=256)  # host time: ~8 us of Python a call, the same for every batch
+def _scalar_args(x_shape, kernel, out, stride, dilation, lo, flip):
+    """``(geometry, out_divisors, in_divisors)``: the kernels' ``LX_CONV_PARAMS`` as int32,
+    the divisors of OW and OH, and those of W, H and the strides (``x_shape`` without the
+    batch, ``kernel`` the weight's spatial shape, ``out`` the output's)."""
+    in3, out3, stride3 = _as_3d(x_shape[1:], 1), _as_3d(out, 1), _as_3d(stride, 1)
+    geometry = ((x_shape[0],) + in3 + out3 + _as_3d(kernel, 1) + stride3 + _as_3d(dilation, 1) + _as_3d(lo, 0)
+                + (int(flip),))
+    return (tuple(np.int32(v) for v in geometry), _divisors(out3[2], out3[1]),
+            _divisors(in3[2], in3[1]) + _divisors(*stride3))
+
+
 class _Plan:
     """Geometry, batch tiling and the kernels' scalar arguments of one call (im2col + gemm)."""
 
@@ -94,15 +107,10 @@ class _Plan:
         self.k, self.p = math.prod(weight.shape[2:]), math.prod(out)
         self.plane = math.prod(x.shape[2:])
         self.w = self.xp.ascontiguousarray(weight).reshape(self.g, self.cog, self.cg * self.k)
-        in3, out3 = _as_3d(x.shape[2:], 1), _as_3d(out, 1)
-        self.stride = _as_3d(cdims.stride, 1)
-        geometry = (
-            (self.c,) + in3 + out3 + _as_3d(weight.shape[2:], 1) + self.stride + _as_3d(cdims.dilation, 1)
-            + _as_3d([lo for lo, _ in cdims.padding], 0) + (int(cdims.flipkernel),)
+        self.geometry, self.out_divisors, self.in_divisors = _scalar_args(
+            x.shape[1:], weight.shape[2:], out, tuple(cdims.stride), tuple(cdims.dilation),
+            tuple(lo for lo, _ in cdims.padding), bool(cdims.flipkernel),
         )
-        self.geometry = tuple(np.int32(v) for v in geometry)
-        self.out_divisors = _divisors(out3[2], out3[1])  # OW, OH
-        self.in_divisors = _divisors(in3[2], in3[1]) + _divisors(*self.stride)  # W, H, strides
         self.one_by_one = (
             self.k == 1 and all(s == 1 for s in cdims.stride) and all(p == (0, 0) for p in cdims.padding)
         )
