@@ -223,10 +223,11 @@ class _Depthwise(_Plan):
         y = xp.empty(shape, dtype)
         z = xp.empty(shape, dtype) if keep_z else None
         b = self.w if bias is None else xp.ascontiguousarray(bias)  # not read without a bias
+        zo = y if z is None else z  # not written without keep_z
         for n0, n1 in self.tiles():
             total = (n1 - n0) * self.c * m * self.p
             self._launch("dw_conv_forward", total,
-                         (self.x[n0:n1], self.w, b, (y if z is None else z)[n0:n1], y[n0:n1], np.int32(total),
+                         (self.x[n0:n1], self.w, b, zo[n0:n1], y[n0:n1], np.int32(total),
                           np.int32(bias is not None), np.int32(keep_z), np.int32(act.id), act_param(act, dtype))
                          + _divisors(self.p, m, self.c) + self.out_divisors)
         return y, z
