@@ -37,6 +37,11 @@ __device__ __forceinline__ void lx_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void lx_store(double* p, double v) { *p = v; }
 __device__ __forceinline__ void lx_store(__half* p, float v) { *p = __float2half_rn(v); }
 
+// a double as an element of type T, rounded once to nearest (a half through float could
+// round twice: 1 + 2^-11 + 2^-30 becomes the tie 1 + 2^-11 in float, then 1 by ties-to-even)
+template <typename T> __device__ __forceinline__ T lx_from_double(double v) { return (T)v; }
+template <> __device__ __forceinline__ __half lx_from_double<__half>(double v) { return __double2half(v); }
+
 // a compute-type value as an element of type T (rounded to nearest)
 template <typename T> __device__ __forceinline__ T lx_to_elem(typename lx_acc<T>::type v) { return v; }
 template <> __device__ __forceinline__ __half lx_to_elem<__half>(float v) { return __float2half_rn(v); }

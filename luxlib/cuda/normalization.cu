@@ -98,8 +98,8 @@ __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__
 }
 
 /* mean[u] and the biased var[u] from the chunks' partial results, merged with Chan's
-   formula in chunk order, and rstd[u] = 1 / sqrt(var[u] + eps) (one thread per unit; the
-   double operations round as NumPy's on the host did). T is unused (one name per element
+   formula in chunk order, and rstd[u] = 1 / sqrt(var[u] + eps) (one thread per unit; each
+   double operation rounded on its own, as in the emulation and on the host). T is unused (one name per element
    type, like every kernel of the family). */
 template <typename T>
 __global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
@@ -112,8 +112,8 @@ __global__ void norm_stats_finalize(const double* __restrict__ part, double* __r
             const double nb = (double)(lx_chunk_end(c * chunk, chunk, len) - c * chunk);
             const double mb = part[2 * (u * nchunks + c)], m2b = part[2 * (u * nchunks + c) + 1];
             const double nn = n + nb, d = mb - m;
-            m += d * (nb / nn);
-            m2 += m2b + d * d * (n * nb / nn);
+            m = lx_add(m, lx_mul(d, nb / nn));  /* never contracted into FMAs */
+            m2 = lx_add(m2, lx_add(m2b, lx_mul(lx_mul(d, d), n * nb / nn)));
             n = nn;
         }
         mean[u] = m;
@@ -158,8 +158,8 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
         v /= (double)reps;
         const double rm = (double)lx_round<T>(lx_mul(keep, lx_load(running_mean + c)));
         const double rv = (double)lx_round<T>(lx_mul(keep, lx_load(running_var + c)));
-        lx_store(new_mean + c, (typename lx_acc<T>::type)lx_add(rm, lx_mul(momentum, m)));
-        lx_store(new_var + c, (typename lx_acc<T>::type)lx_add(rv, lx_mul(unbiased, v)));
+        new_mean[c] = lx_from_double<T>(lx_add(rm, lx_mul(momentum, m)));
+        new_var[c] = lx_from_double<T>(lx_add(rv, lx_mul(unbiased, v)));
     }
 }
 
@@ -326,8 +326,8 @@ __global__ void norm_backward_finalize(const double* __restrict__ part, double* 
             s0 += us0;
             s1 += us1;
         }
-        lx_store(sg + a, (typename lx_acc<T>::type)s0);
-        lx_store(sgx + a, (typename lx_acc<T>::type)s1);
+        sg[a] = lx_from_double<T>(s0);
+        sgx[a] = lx_from_double<T>(s1);
     }
 }
 
@@ -343,8 +343,8 @@ __global__ void norm_cols_finalize(const double* __restrict__ part, T* __restric
             s0 += part[(r * length + j) * 2];
             s1 += part[(r * length + j) * 2 + 1];
         }
-        lx_store(sg + j, (typename lx_acc<T>::type)s0);
-        lx_store(sgx + j, (typename lx_acc<T>::type)s1);
+        sg[j] = lx_from_double<T>(s0);
+        sgx[j] = lx_from_double<T>(s1);
     }
 }
 

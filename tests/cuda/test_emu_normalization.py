@@ -36,6 +36,7 @@ import luxlib
 from luxlib import activations
 from luxlib._dispatch import _REGISTRY, _Impl
 from luxlib.cuda import _normalization
+from luxlib.cuda._modules import kernel_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -279,6 +280,38 @@ def test_layernorm_rows_launch():
     assert launch(2**20, 64) == (32768, 64, 32)
     assert 65000 < launch(2**30, 8)[0] <= 65535
     assert launch(9, 100, max_blocks=2) == (2, 128, 6)
+
+
+# doubles just above a half-way point between two neighbours in float16 (2^-11 apart at 1,
+# 2^-13 at 0.3) and in float32: through float, the first three round to the tie, then to even
+ROUNDING_TRAPS = np.array([1 + 2**-11 + 2**-30, -(1 + 3 * 2**-11 + 2**-31), 0.3 + 2**-14 + 2**-40,
+                           1 + 2**-24 + 2**-60, 2.00684, 1.5])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_double_results_are_rounded_once(dtype):
+    """The kernels that store double sums in x's dtype (running statistics, the backward
+    finalizers' sums of g and g xhat) round once, as the glue's ``astype`` does."""
+    mod, v, n = emu(), ROUNDING_TRAPS, len(ROUNDING_TRAPS)
+    want = v.astype(dtype)
+    if dtype == np.float16:
+        assert not np.array_equal(want, v.astype(np.float32).astype(dtype))  # the traps bite
+    # momentum 1: new = 0 * running + 1 * mean, new_var = unbiased (1 / (1 - 1/2)) * var
+    zeros = np.zeros(n, dtype)
+    new_mean, new_var = _normalization._running_update(mod, v, v / 2, (2, n), False, zeros, zeros, 1.0)
+    np.testing.assert_array_equal(new_mean, want)
+    np.testing.assert_array_equal(new_var, want)
+    # one unit per affine element, one chunk: the sums are the partials themselves
+    sums = np.empty((2, n), dtype)
+    part = np.stack([np.zeros(n), np.zeros(n), v, -v], axis=1).ravel()
+    mh, mhx = np.empty(n), np.empty(n)
+    mod.get_function(kernel_name("norm_backward_finalize", dtype))(
+        (1,), (32,), (part, mh, mhx, sums[0], sums[1]) + tuple(np.int64([n, 1, 1])) + (np.int32(4),)
+        + tuple(np.int64([n, n])) + (np.float64(1),))
+    np.testing.assert_array_equal(sums, [want, -want])
+    mod.get_function(kernel_name("norm_cols_finalize", dtype))(
+        (1,), (32,), (np.stack([v, -v], axis=1).ravel(), sums[0], sums[1], np.int64(1), np.int64(n)))
+    np.testing.assert_array_equal(sums, [want, -want])
 
 
 def test_statistics_of_offset_data():

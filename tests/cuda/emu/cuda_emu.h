@@ -59,6 +59,7 @@ struct __half { _Float16 v; };
 inline float __half2float(__half h) { return (float)h.v; }
 inline __half __float2half_rn(float f) { __half h; h.v = (_Float16)f; return h; }
 inline __half __float2half(float f) { return __float2half_rn(f); }
+inline __half __double2half(double d) { __half h; h.v = (_Float16)d; return h; }  // rounded once
 
 // compiled with -ffp-contract=off: every operation is rounded on its own
 inline float __fmul_rn(float a, float b) { return a * b; }
