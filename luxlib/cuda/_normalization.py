@@ -123,6 +123,12 @@ def _chunks(mod, units, length, width=1):
     return -(-length // chunk), chunk
 
 
+def _unit_grid(mod, units, nchunks):
+    """Grid of the per-(unit, chunk) reductions: a block per chunk in y, at most
+    ``max_blocks`` (MAX_BLOCKS) in x, each looping over the units in steps of the grid."""
+    return (min(units, getattr(mod, "max_blocks", MAX_BLOCKS)), nchunks)
+
+
 def _block(chunk):
     """Threads of a reduction block: a multiple of 32 covering ``chunk``, at most BLOCK."""
     return (min(BLOCK, 32 * -(-chunk // 32)),)
@@ -135,8 +141,8 @@ def _statistics(mod, x, units, epsilon):
     nchunks, chunk = _chunks(mod, units.units, units.length)
     part = xp.empty((units.units * nchunks * 2,), xp.float64)
     mod.get_function(kernel_name("norm_stats_partial", x.dtype))(
-        (units.units, nchunks), _block(chunk),
-        (x, part) + _i64(units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride),
+        _unit_grid(mod, units.units, nchunks), _block(chunk),
+        (x, part) + _i64(units.units, units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride),
     )
     mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
     mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
@@ -247,9 +253,9 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         nsum = 2 if geom.vec else 4
         part = xp.empty((u.units * nchunks * nsum,), xp.float64)
         mod.get_function(kernel_name("norm_backward_partial", x.dtype))(
-            (u.units, nchunks), _block(chunk),
+            _unit_grid(mod, u.units, nchunks), _block(chunk),
             (x, dy, scale, bias, mean, rstd, part)
-            + _i64(u.length, chunk, u.gstride) + divisor(u.runlen) + _i64(u.rstride) + divisor(geom.sdiv)
+            + _i64(u.units, u.length, chunk, u.gstride) + divisor(u.runlen) + _i64(u.rstride) + divisor(geom.sdiv)
             + divisor(geom.amod)
             + (np.int32(geom.vec), np.int32(act.id), p),
         )

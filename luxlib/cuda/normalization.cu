@@ -65,35 +65,39 @@ __device__ __forceinline__ void lx_block_sums(const double (&v)[N], double (*scr
     __syncthreads();
 }
 
-/* Per (unit, chunk) = (blockIdx.x, blockIdx.y): the chunk's mean and sum of squared
-   deviations from it, part[2 * (u * gridDim.y + c) + {0, 1}], in one pass over the chunk:
+/* Per (unit, chunk) = (u, blockIdx.y), u running over the units from blockIdx.x in steps
+   of gridDim.x (block-uniform, so the barriers stay safe; the grid's x is capped): the
+   chunk's mean and sum of squared deviations from it, part[2 * (u * gridDim.y + c) + {0, 1}],
+   in one pass over the chunk:
    double sums of d = x - K and d * d with K the chunk's first element (shifted sums, as the
    CPU kernels: the cancellation in sum(d^2) - sum(d)^2 / n costs a relative
    (1 + (mean - K)^2 / var) * 2^-53 of the result, K being one of the values). */
 template <typename T>
-__global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 len, lx_i64 chunk,
-                                   lx_i64 gstride, LX_DIVISOR_PARAMS(runlen), lx_i64 rstride)
+__global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 units, lx_i64 len,
+                                   lx_i64 chunk, lx_i64 gstride, LX_DIVISOR_PARAMS(runlen), lx_i64 rstride)
 {
     __shared__ double scratch[2][LX_WARP];
     __shared__ double sums[2];
-    const lx_i64 u = blockIdx.x, c = blockIdx.y;
-    const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len), base = u * gstride;
+    const lx_i64 c = blockIdx.y, k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
     const lx_divisor<lx_u64> rl = LX_DIVISOR(lx_u64, runlen);
-    const lx_i64 r0 = (lx_i64)rl.div((lx_u64)k0);
-    const double shift = (double)lx_load(x + base + r0 * rstride + (k0 - r0 * (lx_i64)rl.d));
-    double v[2] = {0, 0};  /* sum(d), sum(d^2) */
-    lx_for_chunk(
-        base, k0, k1, rl, rstride, [&](lx_i64 i) { return x[i]; },
-        [&](lx_i64, T xv) {
-            const double d = (double)lx_load(&xv) - shift;
-            v[0] += d;
-            v[1] += d * d;
-        });
-    lx_block_sums(v, scratch, sums);
-    if (threadIdx.x == 0) {
-        const double n = (double)(k1 - k0), dm = sums[0] / n;
-        part[2 * (u * gridDim.y + c)] = shift + dm;
-        part[2 * (u * gridDim.y + c) + 1] = fmax(sums[1] - sums[0] * dm, 0.0);  /* rounding may leave it below 0 */
+    const lx_i64 r0 = (lx_i64)rl.div((lx_u64)k0), first = r0 * rstride + (k0 - r0 * (lx_i64)rl.d);
+    for (lx_i64 u = blockIdx.x; u < units; u += gridDim.x) {
+        const lx_i64 base = u * gstride;
+        const double shift = (double)lx_load(x + base + first);
+        double v[2] = {0, 0};  /* sum(d), sum(d^2) */
+        lx_for_chunk(
+            base, k0, k1, rl, rstride, [&](lx_i64 i) { return x[i]; },
+            [&](lx_i64, T xv) {
+                const double d = (double)lx_load(&xv) - shift;
+                v[0] += d;
+                v[1] += d * d;
+            });
+        lx_block_sums(v, scratch, sums);
+        if (threadIdx.x == 0) {
+            const double n = (double)(k1 - k0), dm = sums[0] / n;
+            part[2 * (u * gridDim.y + c)] = shift + dm;
+            part[2 * (u * gridDim.y + c) + 1] = fmax(sums[1] - sums[0] * dm, 0.0);  /* rounding may leave it below 0 */
+        }
     }
 }
 
@@ -223,7 +227,8 @@ __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scal
         });
 }
 
-/* Backward pass 1, per (unit, chunk): sum(h), sum(h * xhat) and, unless `vec`, sum(g) and
+/* Backward pass 1, per (unit, chunk), the units strided over the blocks as in
+   norm_stats_partial: sum(h), sum(h * xhat) and, unless `vec`, sum(g) and
    sum(g * xhat), at part[nsum * (u * gridDim.y + c) + {0, 1, 2, 3}] (nsum = 2 with vec, else
    4). The unit's statistics are those of group u / sdiv; its affine index is u % amod, or
    the element's index k in the unit with `vec` (layernorm: one scale/bias per element). */
@@ -231,7 +236,8 @@ template <typename T>
 __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
                                       const T* __restrict__ scale, const T* __restrict__ bias,
                                       const double* __restrict__ mean, const double* __restrict__ rstd,
-                                      double* __restrict__ part, lx_i64 len, lx_i64 chunk, lx_i64 gstride,
+                                      double* __restrict__ part, lx_i64 units, lx_i64 len, lx_i64 chunk,
+                                      lx_i64 gstride,
                                       LX_DIVISOR_PARAMS(runlen), lx_i64 rstride, LX_DIVISOR_PARAMS(sdiv),
                                       LX_DIVISOR_PARAMS(amod), int vec, int act, typename lx_acc<T>::type p)
 {
@@ -239,27 +245,29 @@ __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restri
     typedef typename O::A A;
     __shared__ double scratch[4][LX_WARP];
     __shared__ double sums[4];
-    const lx_i64 u = blockIdx.x, c = blockIdx.y;
-    const lx_i64 k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
-    const lx_u64 su = LX_DIVISOR(lx_u64, sdiv).div(u);
-    const A m = (A)mean[su], r = (A)rstd[su];
-    const lx_i64 au = (lx_i64)LX_DIVISOR(lx_u64, amod).mod(u);
-    double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h * xhat), sum(g), sum(g * xhat) */
-    lx_for_chunk(
-        u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride, [&](lx_i64 i) { return lx_two<T>{x[i], dy[i]}; },
-        [&](lx_i64 k, const lx_two<T>& in) {
-            const lx_i64 a = vec ? k : au;
-            const A s = lx_load(scale + a), xh = O::xhat(lx_load(&in.a), m, r);
-            const A g = O::g(lx_load(&in.b), O::z(xh, s, lx_load(bias + a)), act, p);
-            const double h = (double)lx_mul(g, s);
-            v[0] += h;
-            v[1] += h * (double)xh;
-            v[2] += (double)g;
-            v[3] += (double)g * (double)xh;
-        });
-    lx_block_sums(v, scratch, sums);  /* all four at once (with vec the last two are not written) */
+    const lx_i64 c = blockIdx.y, k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
     const int nsum = vec ? 2 : 4;
-    if (threadIdx.x < nsum) part[nsum * (u * gridDim.y + c) + threadIdx.x] = sums[threadIdx.x];
+    for (lx_i64 u = blockIdx.x; u < units; u += gridDim.x) {
+        const lx_u64 su = LX_DIVISOR(lx_u64, sdiv).div(u);
+        const A m = (A)mean[su], r = (A)rstd[su];
+        const lx_i64 au = (lx_i64)LX_DIVISOR(lx_u64, amod).mod(u);
+        double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h * xhat), sum(g), sum(g * xhat) */
+        lx_for_chunk(
+            u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride,
+            [&](lx_i64 i) { return lx_two<T>{x[i], dy[i]}; },
+            [&](lx_i64 k, const lx_two<T>& in) {
+                const lx_i64 a = vec ? k : au;
+                const A s = lx_load(scale + a), xh = O::xhat(lx_load(&in.a), m, r);
+                const A g = O::g(lx_load(&in.b), O::z(xh, s, lx_load(bias + a)), act, p);
+                const double h = (double)lx_mul(g, s);
+                v[0] += h;
+                v[1] += h * (double)xh;
+                v[2] += (double)g;
+                v[3] += (double)g * (double)xh;
+            });
+        lx_block_sums(v, scratch, sums);  /* all four at once (with vec the last two are not written) */
+        if (threadIdx.x < nsum) part[nsum * (u * gridDim.y + c) + threadIdx.x] = sums[threadIdx.x];
+    }
 }
 
 /* dx of one element from its h and xhat, with batch statistics (mh, mhx: mean(h), mean(h * xhat)

@@ -186,7 +186,8 @@ def test_two_stage(dtype, op, variant, shape):
 
 # more groups and channels than a grid of 2 blocks has threads (512): the per-group and
 # per-channel kernels (statistics finalize, given statistics, running update, backward
-# finalize) stride over them
+# finalize) stride over them, and the per-unit reductions (statistics and backward
+# partials) loop over their units two blocks at a time
 MANY_CHANNELS = [
     ("batchnorm", "train", (3, 600, 2)),
     ("batchnorm", "infer", (2, 600, 3)),
