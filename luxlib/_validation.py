@@ -45,13 +45,15 @@ def _is_float_dtype(dtype):
 def check_array(fname, argname, x, *, ndim=None, min_ndim=None, allow_none=False):
     """Check that ``x`` is a floating array, turning array-likes into NumPy arrays.
 
-    Raises ``TypeError`` for non-floating input and ``ValueError`` for a wrong rank,
-    both naming the function and the argument.
+    Raises ``TypeError`` for non-floating input or a ``numpy.matrix`` and ``ValueError``
+    for a wrong rank, all naming the function and the argument.
     """
     if x is None:
         if allow_none:
             return None
         raise TypeError(f"{fname}: {argname} must be an array, got None")
+    if isinstance(x, np.matrix):  # its * is a matrix product: the generic path would be wrong
+        raise TypeError(f"{fname}: {argname} must not be a numpy.matrix; pass numpy.asarray({argname})")
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         try:
             x = np.asarray(x)

@@ -368,6 +368,8 @@ def test_dropout_p_range_error(p):
         ((np.ones(3), 0.5, "yes"), {}, "dropout: training must be True, False or None"),
         ((np.ones((2, 3)), 0.5, True, None, 0.5), {}, "dropout: dims must be None, an int or a tuple of ints"),
         ((np.ones((2, 3)), 0.5, True, None, ("a",)), {}, "dropout: dims must be None, an int or a tuple"),
+        ((np.ones((2, 3)), 0.5, True, None, True), {}, "dropout: dims must be None, an int or a tuple"),
+        ((np.ones((2, 3)), 0.5, True, None, (0, False)), {}, "dropout: dims must be None, an int or a tuple"),
         ((np.ones(3), 0.5, True), {"update_mask": "no"}, "dropout: update_mask must be True or False"),
         ((np.ones(3), 0.5, True), {"mask": np.ones(3, int), "update_mask": False}, "dropout: mask must have a float"),
     ],

@@ -23,11 +23,7 @@ import math
 from .._dispatch import register
 from .._validation import array_namespace
 from .activation import activation_vjp, bias_shape, reduce_bias
-
-
-def _acc_dtype(xp, dtype):
-    """The dtype the sums run in: float32 for float16, else ``dtype``."""
-    return xp.result_type(dtype, xp.float32)
+from .sums import acc_dtype
 
 
 def _interior(shape, padding):
@@ -81,7 +77,7 @@ class _Groups:
 def _conv_bias(weight, x, bias, cdims):
     """``conv(x, weight) + bias`` in ``x``'s dtype."""
     xp = array_namespace(x, weight)
-    acc = _acc_dtype(xp, x.dtype)
+    acc = acc_dtype(xp, x.dtype)
     grp = _Groups(x, weight, cdims)
     xpad = _pad(xp, x.astype(acc, copy=False), cdims.padding)
     w = weight.astype(acc, copy=False)
@@ -97,7 +93,7 @@ def _conv_bias(weight, x, bias, cdims):
 def _conv_backward(dz, weight, x, cdims):
     """Gradients of ``conv(x, weight)`` for the cotangent ``dz``: ``(dweight, dx)``."""
     xp = array_namespace(x, weight)
-    acc = _acc_dtype(xp, x.dtype)
+    acc = acc_dtype(xp, x.dtype)
     grp = _Groups(x, weight, cdims)
     xpad = _pad(xp, x.astype(acc, copy=False), cdims.padding)
     w = weight.astype(acc, copy=False)

@@ -6,12 +6,13 @@ is summed over the broadcast batch so it keeps the argument's batch of 1.
 
 from .._dispatch import register
 from .._validation import array_namespace
+from .sums import fsum
 
 
 def _sum_broadcast_batch(grad, batch):
     """Sum ``grad`` over the batch axis when its argument had a broadcast batch of 1."""
     if batch == 1 and grad.shape[0] != 1:
-        return grad.sum(axis=0, keepdims=True)
+        return fsum(grad, axis=0, keepdims=True)
     return grad
 
 

@@ -23,6 +23,7 @@ from functools import partial
 from .._dispatch import register
 from .._validation import array_namespace
 from .activation import activation_vjp, bias_shape
+from .sums import fsum
 
 
 def _mean(xp, a, axes):
@@ -44,7 +45,7 @@ def _sum_to(a, shape):
     """Sum ``a`` over the axes along which an array of ``shape`` was broadcast to it."""
     lead = a.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1)
-    return array_namespace(a).sum(a, axis=axes, keepdims=True).reshape(shape)
+    return fsum(a, axis=axes, keepdims=True).reshape(shape)
 
 
 def _affine(xhat, scale, bias):

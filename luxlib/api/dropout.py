@@ -48,6 +48,8 @@ def _mask_shape(fname, x, dims):
         return tuple(x.shape)
     items = dims if isinstance(dims, (tuple, list)) else (dims,)
     try:
+        if any(isinstance(d, bool) for d in items):  # an int to operator.index, not an axis
+            raise TypeError
         items = [operator.index(d) for d in items]
     except TypeError as exc:
         raise TypeError(f"{fname}: dims must be None, an int or a tuple of ints, got {dims!r}") from exc
