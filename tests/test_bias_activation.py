@@ -316,3 +316,22 @@ def test_vjp_of_output_only_activation_keeps_only_y(act, op, backend):
         assert holds_input, "control: a non-output-only pullback must keep what it differentiates"
     for g, e in zip(pullback(dy)[1:], expected[1:]):  # entry 0 (act) is None
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("op", [luxlib.fast_activation, luxlib.bias_activation], ids=lambda f: f.__name__)
+def test_identity_results_do_not_alias_arguments(op, dtype, backend):
+    """y is a new array, not x (the identity without bias), and dx is not dy: writing to a
+    result leaves the caller's arrays alone, on every path."""
+    x = make((3, 4), dtype)[0]
+    args = (None, x, None) if op is luxlib.bias_activation else (None, x)
+    dy = np.ones_like(x)
+    with backend_ctx(backend):
+        y = op(*args)
+        yv, pullback = luxlib.vjp(op, *args)
+        dx = pullback(dy)[1]
+    assert not np.shares_memory(y, x) and not np.shares_memory(yv, x)
+    assert not np.shares_memory(dx, dy)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(dx, dy)

@@ -1,5 +1,8 @@
 """fused_dense_bias_activation: forward vs NumPy formulas, gradients, layouts, errors."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from _helpers import (
@@ -129,6 +132,19 @@ def test_pullback_matches_formulas():
     np.testing.assert_allclose(dw, g.T @ x, rtol=1e-12)
     np.testing.assert_allclose(dx, g @ w, rtol=1e-12)
     np.testing.assert_allclose(db, g.sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vjp_does_not_keep_bias(backend):
+    """The pullback needs weight and x (and the activation's output), never the bias."""
+    w, x, b = make(4, 3, 2, seed=2)
+    alive = weakref.ref(b)
+    with backend_ctx(backend):
+        _, pullback = luxlib.vjp(dense, "gelu", w, x, b)
+    del b
+    gc.collect()
+    assert alive() is None
+    assert pullback(np.ones((4, 2)))[3].shape == (2,)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,6 +1,9 @@
 """batchnorm, groupnorm, instancenorm, layernorm: forward vs NumPy formulas, running
 statistics, gradients vs finite differences, layouts, empty batches, errors, properties."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from _helpers import (
@@ -565,6 +568,26 @@ def test_vjp_keeps_only_what_the_pullback_needs(act, kept):
     big = [a for a in arrays if a.shape == x.shape]  # xhat, then the activation's own
     assert len(big) == 1 + kept
     assert any(a is y for a in arrays) == (kept > 0)
+
+
+@pytest.mark.parametrize("op", ["batchnorm", "groupnorm", "instancenorm", "layernorm"])
+def test_generic_vjp_does_not_keep_x(op):
+    """No generic pullback holds x, not even through a reshaped view of it."""
+    x = data((4, 6, 5))
+    scale, bias = affine(6)
+    calls = {
+        "batchnorm": lambda: luxlib.vjp(batchnorm, x, scale, bias, None, None, True, "relu"),
+        "groupnorm": lambda: luxlib.vjp(groupnorm, x, scale, bias, 3, "relu"),
+        "instancenorm": lambda: luxlib.vjp(instancenorm, x, scale, bias, True, "relu"),
+        "layernorm": lambda: luxlib.vjp(layernorm, x, None, None, "relu", dims=(1, 2)),
+    }
+    alive = weakref.ref(x)
+    with luxlib.backend("generic"):
+        _, pullback = calls[op]()
+    del x, calls
+    gc.collect()
+    assert alive() is None
+    assert pullback(data((4, 6, 5), seed=3))[0].shape == (4, 6, 5)
 
 
 # ---------------------------------------------------------------- errors

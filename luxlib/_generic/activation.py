@@ -37,17 +37,23 @@ def _add_bias(x, bias):
     return x if bias is None else x + bias.reshape(bias_shape(x))
 
 
+def _fresh(result, arg):
+    """``result``, copied when it is ``arg`` itself (the identity): what the public
+    functions return never aliases what they were given, as on the compiled paths."""
+    return result.copy() if result is arg else result
+
+
 def fast_activation_forward(act, x):
-    return act(x)
+    return _fresh(act(x), x)
 
 
 def fast_activation_vjp(act, x):
     y, dz = activation_vjp(act, x)
-    return y, lambda dy: {"x": dz(dy)}
+    return _fresh(y, x), lambda dy: {"x": _fresh(dz(dy), dy)}
 
 
 def bias_activation_forward(act, x, bias):
-    return act(_add_bias(x, bias))
+    return _fresh(act(_add_bias(x, bias)), x)
 
 
 def bias_activation_vjp(act, x, bias):
@@ -56,9 +62,9 @@ def bias_activation_vjp(act, x, bias):
 
     def pullback(dy):
         g = dz(dy)
-        return {"x": g, "bias": reduce_bias(g) if has_bias else None}
+        return {"x": _fresh(g, dy), "bias": reduce_bias(g) if has_bias else None}
 
-    return y, pullback
+    return _fresh(y, x), pullback
 
 
 # The in-place variants may overwrite x; the generic path never does.

@@ -23,13 +23,14 @@ def dense_forward(act, weight, x, bias):
 def dense_vjp(act, weight, x, bias):
     y, dz = activation_vjp(act, _dense(weight, x, bias))
     xp = array_namespace(weight)
+    has_bias = bias is not None  # the pullback keeps no reference to bias
 
     def pullback(dy):
         g = dz(dy)
         return {
             "weight": xp.matrix_transpose(_as_batch(g)) @ _as_batch(x),
             "x": g @ weight,
-            "bias": None if bias is None else reduce_bias(g),
+            "bias": reduce_bias(g) if has_bias else None,
         }
 
     return y, pullback

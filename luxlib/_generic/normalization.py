@@ -158,7 +158,8 @@ def groupnorm_forward(act, x, scale, bias, groups, epsilon):
 def groupnorm_vjp(act, x, scale, bias, groups, epsilon):
     xg, scale, bias, axes = _grouped(x, scale, bias, groups)
     y, pullback = _normalize_vjp(act, xg, *moments(xg, axes), scale, bias, epsilon, axes)
-    return y.reshape(x.shape), lambda dy: pullback(dy.reshape(xg.shape))
+    shape = xg.shape  # not xg: a view that would keep x alive
+    return y.reshape(x.shape), lambda dy: pullback(dy.reshape(shape))
 
 
 # layernorm: scale/bias broadcast against x, statistics over the given axes
