@@ -42,11 +42,15 @@ GEOMETRIES = {
 }
 
 
-@pytest.fixture
-def calls(monkeypatch):
-    """Winograd for every eligible shape; yields the list of the kernel's calls."""
+@pytest.fixture(params=["one-band", "row-bands"])
+def calls(request, monkeypatch):
+    """Winograd for every eligible shape, a sample in one band (these sizes) or in bands of
+    one row of tiles; yields the list of the kernel's calls."""
     monkeypatch.setattr(glue, "_WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(glue, "_WINOGRAD_MIN_OUT", 1)
+    if request.param == "row-bands":
+        monkeypatch.setattr(glue, "_WINOGRAD_BAND_BYTES", 1)
+        monkeypatch.setattr(glue, "_WINOGRAD_GRAD_BAND_BYTES", 1)
     return _count(monkeypatch)
 
 
@@ -167,6 +171,69 @@ def test_threads(dtype, calls):
             assert_close(got, want, dtype, scale)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("flip", [False, True])
+def test_bands(dtype, flip):
+    """Bands of 1, 2, 3 (the last one short) and all 5 rows of tiles, on 1 and 2 threads:
+    y the same to the bit (each output is a sum over the input channels, whatever the
+    band), dw (summed over bands and threads) within the tolerance of the generic path."""
+    xs, ws, lo = (2, 5, 9, 10), (4, 5, 3, 3), (1, 1)
+    w, x, _ = inputs(xs, ws, dtype)
+    b = np.random.default_rng(3).standard_normal(4).astype(dtype)
+    dz = np.random.default_rng(2).standard_normal((2, 4, 9, 10)).astype(dtype)
+    ys, dws = [], []
+    for rb in (1, 2, 3, 5, 9):
+        for nt in (1, 2):
+            z, y, dw = np.empty_like(dz), np.empty_like(dz), np.empty_like(w)
+            winograd.forward(activations.gelu.id, 0.0, x, w, b, z, y, lo, flip, nt, rb)
+            winograd.filter_gradient(x, dz, dw, lo, flip, nt, rb)
+            ys.append(np.stack([z, y]))
+            dws.append(dw)
+    for other in ys[1:]:
+        np.testing.assert_array_equal(other, ys[0])
+    cd = ConvDims(xs, ws, padding=1, cross_correlation=not flip)
+    with luxlib.backend("generic"):
+        _, pullback = luxlib.vjp(conv, activations.identity, w, x, None, cd)
+        want = pullback(dz)[1]
+    _, scale = luxlib.vjp(conv, activations.identity, np.abs(w).astype(np.float64),
+                          np.abs(x).astype(np.float64), None, cd)
+    for dw in dws:
+        assert_close(dw, want, dtype, lambda: scale(np.abs(dz).astype(np.float64))[1])
+
+
+def test_one_image_runs_on_every_thread(monkeypatch):
+    """A batch of one in several bands runs its bands in parallel; the same results."""
+    monkeypatch.setattr(glue, "_WINOGRAD_BAND_BYTES", 1)
+    monkeypatch.setattr(glue, "_WINOGRAD_GRAD_BAND_BYTES", 1)
+    nts = []
+    for name in ("forward", "filter_gradient"):
+        kernel = getattr(winograd, name)
+
+        def spy(*args, kernel=kernel):
+            nts.append(args[-2])
+            return kernel(*args)
+
+        monkeypatch.setattr(winograd, name, spy)
+    xs, ws = (1, 16, 20, 18), (16, 16, 3, 3)
+    w, x, b = inputs(xs, ws, np.float32)
+    cd = ConvDims(xs, ws, padding=1)
+    dy = np.random.default_rng(1).standard_normal((1, 16, 20, 18)).astype(np.float32)
+    results = []
+    try:
+        for n in (1, 2):
+            luxlib.set_num_threads(n)
+            results.append(gradients(activations.relu, w, x, b, cd, dy))
+    finally:
+        luxlib.set_num_threads(None)
+    assert nts[:3] == [1, 1, 1]
+    if luxlib.get_num_threads() == 2:
+        assert nts[3:] == [2, 2, 2]
+    (y1, g1), (y2, g2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(g1[1], g2[1])  # dx: a forward, per band
+    np.testing.assert_allclose(g1[0], g2[0], rtol=1e-4, atol=1e-4 * np.abs(g1[0]).max())
+
+
 # default thresholds: (x shape, w shape, options, Winograd forward, Winograd dx expected);
 # dx is a 3x3 conv whose output is x: it qualifies on x's size, the forward on y's
 DISPATCH = {
@@ -240,7 +307,7 @@ def test_data_gradient_kernel(pad, flip, monkeypatch):
     cd = ConvDims(xs, ws, padding=pad, cross_correlation=not flip)
     dy = np.random.default_rng(1).standard_normal(cd.output_shape)
     _, grads = gradients(activations.identity, w, x, None, cd, dy)
-    act_id, _, dz, wt, bias, dx, dx2, lo, flipped, _ = seen[-1]
+    act_id, _, dz, wt, bias, dx, dx2, lo, flipped, _, _ = seen[-1]
     (lh, _), (lw, _) = cd.padding
     assert len(seen) == 2 and gemm_dx == []
     assert act_id == 0 and bias is None and dx is dx2 and dz.shape == cd.output_shape
@@ -261,8 +328,8 @@ def test_strided_weight(dtype):
     wt = rng.standard_normal((6, 5, 3, 3)).astype(dtype).transpose(1, 0, 2, 3)[:, :, ::-1]
     for flip in (False, True):
         y1, y2 = (np.empty((2, 5, 9, 8), dtype) for _ in range(2))
-        winograd.forward(0, 0.0, x, wt, None, y1, y1, (1, 1), flip, 1)
-        winograd.forward(0, 0.0, x, np.ascontiguousarray(wt), None, y2, y2, (1, 1), flip, 1)
+        winograd.forward(0, 0.0, x, wt, None, y1, y1, (1, 1), flip, 1, 2)
+        winograd.forward(0, 0.0, x, np.ascontiguousarray(wt), None, y2, y2, (1, 1), flip, 1, 2)
         np.testing.assert_array_equal(y1, y2)
 
 
@@ -289,24 +356,28 @@ def test_kernel_checks():
     x = np.zeros((1, 4, 5, 5))
     w = np.zeros((2, 4, 3, 3))
     y = np.zeros((1, 2, 3, 3))
-    winograd.forward(0, 0.0, x, w, None, y, y, (0, 0), False, 1)  # fits
+    winograd.forward(0, 0.0, x, w, None, y, y, (0, 0), False, 1, 1)  # fits
     with pytest.raises(ValueError, match="do not fit"):
-        winograd.forward(0, 0.0, x, np.zeros((2, 3, 3, 3)), None, y, y, (0, 0), False, 1)
+        winograd.forward(0, 0.0, x, np.zeros((2, 3, 3, 3)), None, y, y, (0, 0), False, 1, 1)
     with pytest.raises(ValueError, match="do not fit"):
-        winograd.forward(0, 0.0, x, w, np.zeros(3), y, y, (0, 0), False, 1)
+        winograd.forward(0, 0.0, x, w, np.zeros(3), y, y, (0, 0), False, 1, 1)
     with pytest.raises(ValueError, match="do not fit"):
-        winograd.forward(0, 0.0, x, w, None, y, np.zeros((1, 2, 3, 2)), (0, 0), False, 1)
+        winograd.forward(0, 0.0, x, w, None, y, np.zeros((1, 2, 3, 2)), (0, 0), False, 1, 1)
     with pytest.raises(ValueError, match="activation"):
-        winograd.forward(99, 0.0, x, w, None, y, y, (0, 0), False, 1)
+        winograd.forward(99, 0.0, x, w, None, y, y, (0, 0), False, 1, 1)
+    with pytest.raises(ValueError, match="do not fit"):  # no rows of tiles per band
+        winograd.forward(0, 0.0, x, w, None, y, y, (0, 0), False, 1, 0)
 
 
 def test_filter_gradient_checks():
     x = np.zeros((2, 4, 5, 5))
     dz = np.zeros((2, 3, 3, 3))
     dw = np.ones((3, 4, 3, 3))
-    winograd.filter_gradient(x, dz, dw, (0, 0), False, 2)  # fits
+    winograd.filter_gradient(x, dz, dw, (0, 0), False, 2, 1)  # fits
     np.testing.assert_array_equal(dw, 0)
     for bad_dz, bad_dw in (((1, 3, 3, 3), (3, 4, 3, 3)), ((2, 3, 3, 3), (3, 5, 3, 3)),
                            ((2, 3, 3, 3), (3, 4, 3, 2)), ((2, 3, 3, 3), (2, 4, 3, 3))):
         with pytest.raises(ValueError, match="do not fit"):
-            winograd.filter_gradient(x, np.zeros(bad_dz), np.zeros(bad_dw), (0, 0), False, 1)
+            winograd.filter_gradient(x, np.zeros(bad_dz), np.zeros(bad_dw), (0, 0), False, 1, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        winograd.filter_gradient(x, dz, dw, (0, 0), False, 1, 0)

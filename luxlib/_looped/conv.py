@@ -27,6 +27,13 @@ _TILE_BYTES = 4 << 20
 # the transforms cost more than the gemm saves; doc/conv.md)
 _WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_MIN_OUT = 8
+# bytes of one Winograd band's transformed input and output tiles (V and M, or dM); each
+# thread holds one: the rows of tiles per band follow from it (at least one row). The
+# forward (and data gradient) runs fastest with V and M within a core's L2 (1 MB here):
+# 64->64 56x56, N=32 forward 31.5 ms with 4 MB bands, 27.4 with 1 MB. The filter gradient
+# adds each band's product into dU (16 C_out C_in), so it takes larger bands (doc/conv.md).
+_WINOGRAD_BAND_BYTES = 1 << 20
+_WINOGRAD_GRAD_BAND_BYTES = 4 << 20
 
 
 def _supports(act, weight, x, **_):
@@ -64,6 +71,7 @@ class _Plan:
         # reverse (the direct scheme's reverse: (sample, input channel) planes), decided
         # on the input channels, the fewest of those units; gemm: over samples
         self.nt = kernels.threads(macs, c if self.depthwise else n)
+        self.macs = macs
         self.pc = max(1, min(positions, _TILE_BYTES // (taps * x.dtype.itemsize)))
         one_by_one = (
             taps == weight.shape[1]
@@ -83,9 +91,20 @@ class _Plan:
         # the data gradient is a 3x3 stride-1 conv too, whose output is x
         self.winograd_dx = winograd_ok and min(x.shape[2:]) >= _WINOGRAD_MIN_OUT
 
-    def blas_threads(self):
+    def blas_threads(self, nt=None):
         """One BLAS thread inside the kernels' OpenMP regions (they call BLAS per thread)."""
-        return single_threaded_blas() if self.nt > 1 else contextlib.nullcontext()
+        return single_threaded_blas() if (self.nt if nt is None else nt) > 1 else contextlib.nullcontext()
+
+    def run_winograd(self, kernel, band_bytes, out_hw, *args):
+        """Run a Winograd ``kernel`` whose convolution has output planes ``out_hw``: bands
+        of ``rb`` rows of tiles within ``band_bytes``, threads over the (sample, band)
+        pairs (so one large image runs on every thread too)."""
+        th, tw = (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
+        per_row = 16 * (self.w.shape[0] + self.w.shape[1]) * tw * self.x.dtype.itemsize
+        rb = max(1, min(th, band_bytes // per_row))
+        nt = kernels.threads(self.macs, self.x.shape[0] * -(-th // rb))
+        with self.blas_threads(nt):
+            kernel(*args, nt, rb)
 
     def conv(self, act, bias, z, y):
         """``z = conv + bias``, ``y = act(z)`` into the given ``y5``-shaped arrays."""
@@ -96,9 +115,9 @@ class _Plan:
                                       *self.options, self.flip, self.nt)
             return
         if self.winograd:
-            with self.blas_threads():
-                winograd.forward(act.id, _param(act), self.x[:, :, 0], self.w[:, :, 0], bias,
-                                 z[:, :, 0], y[:, :, 0], self.options[2][1:], self.flip, self.nt)
+            self.run_winograd(winograd.forward, _WINOGRAD_BAND_BYTES, self.y5[3:], act.id, _param(act),
+                              self.x[:, :, 0], self.w[:, :, 0], bias, z[:, :, 0], y[:, :, 0],
+                              self.options[2][1:], self.flip)
             return
         ws = np.empty((self.nt, self.tile), self.x.dtype)
         with self.blas_threads():
@@ -112,23 +131,23 @@ class _Plan:
         dx = np.empty_like(self.x)
         dw = np.empty_like(self.w)
         lo = self.options[2][1:]
-        wino_dw = self.winograd and self.winograd_dx
-        with self.blas_threads():
-            if wino_dw:
-                winograd.filter_gradient(self.x[:, :, 0], dz[:, :, 0], dw[:, :, 0], lo, self.flip,
-                                         self.nt)
-            else:
-                ws = np.empty((self.nt, (1 if self.winograd_dx else 2) * self.tile), self.x.dtype)
-                dwacc = np.empty((self.nt, self.w.size), self.x.dtype)
+        if self.winograd and self.winograd_dx:
+            self.run_winograd(winograd.filter_gradient, _WINOGRAD_GRAD_BAND_BYTES, self.y5[3:],
+                              self.x[:, :, 0], dz[:, :, 0], dw[:, :, 0], lo, self.flip)
+        else:
+            ws = np.empty((self.nt, (1 if self.winograd_dx else 2) * self.tile), self.x.dtype)
+            dwacc = np.empty((self.nt, self.w.size), self.x.dtype)
+            with self.blas_threads():
                 kernels.gemm_backward(self.x, self.w, dz, None if self.winograd_dx else dx, dw,
                                       ws, dwacc, self.pc, *self.options, self.groups, self.flip,
                                       self.nt)
-            if self.winograd_dx:
-                # dx = dz cross-correlated with the flipped, in/out-transposed weight,
-                # leading padding 2 - lo
-                dx2 = dx[:, :, 0]
-                winograd.forward(0, 0.0, dz[:, :, 0], self.w[:, :, 0].transpose(1, 0, 2, 3), None,
-                                 dx2, dx2, (2 - lo[0], 2 - lo[1]), not self.flip, self.nt)
+        if self.winograd_dx:
+            # dx = dz cross-correlated with the flipped, in/out-transposed weight,
+            # leading padding 2 - lo
+            dx2 = dx[:, :, 0]
+            self.run_winograd(winograd.forward, _WINOGRAD_BAND_BYTES, self.x.shape[3:], 0, 0.0,
+                              dz[:, :, 0], self.w[:, :, 0].transpose(1, 0, 2, 3), None, dx2, dx2,
+                              (2 - lo[0], 2 - lo[1]), not self.flip)
         return dw.reshape(self.w_shape), dx.reshape(self.x_shape)
 
     def depthwise_backward(self, act, src, dy, db):
