@@ -367,6 +367,8 @@ def test_kernel_checks():
         winograd.forward(99, 0.0, x, w, None, y, y, (0, 0), False, 1, 1)
     with pytest.raises(ValueError, match="do not fit"):  # no rows of tiles per band
         winograd.forward(0, 0.0, x, w, None, y, y, (0, 0), False, 1, 0)
+    for empty in ((1, 2, 0, 3), (1, 2, 3, 0), (0, 2, 3, 3)):  # nothing to do, no band
+        winograd.forward(0, 0.0, x[:empty[0]], w, None, np.zeros(empty), np.zeros(empty), (0, 0), False, 2, 1)
 
 
 def test_filter_gradient_checks():

@@ -182,10 +182,10 @@ cdef inline Py_ssize_t _ws_len(const WGeom* g) noexcept nogil:
 
 cdef bint _bands(WGeom* g, Py_ssize_t rb) noexcept nogil:
     """Set the tile counts and the bands of ``rb`` rows of tiles (fewer when the sample has
-    fewer); False for ``rb < 1``."""
+    fewer; no band for an empty output); False for ``rb < 1``."""
     g.TH, g.TW = (g.OH + 1) // 2, (g.OW + 1) // 2
-    g.RB = min(rb, g.TH)
-    g.NB = (g.TH + g.RB - 1) // g.RB if rb >= 1 else 0
+    g.RB = max(1, min(rb, g.TH))
+    g.NB = (g.TH + g.RB - 1) // g.RB
     return rb >= 1
 
 
