@@ -194,6 +194,84 @@ def test_thread_counts(op, variant, shape):
                 np.testing.assert_array_equal(a, b)
 
 
+# batchnorm with runs (spatial sizes) of at most 64 elements runs the rows-of-columns
+# kernels: rows in blocks of at least 1024 elements (here 146 and 8 rows, the last block
+# short; 1 row when a row is longer), one row, runs of 1, 2, 3 and 64; above the serial
+# threshold (32768 elements) but the last
+COLUMNS = [(5000, 7), (300, 40, 3), (30, 1500), (1, 4, 64), (800, 3, 1, 2), (40, 5)]
+
+
+def _spy_kernels(monkeypatch):
+    """Records which kernel entry points the glue calls."""
+    seen = []
+    for name in ("forward", "backward", "cols_forward", "cols_backward"):
+        def spy(*args, _f=getattr(kernels, name), _name=name):
+            seen.append(_name)
+            return _f(*args)
+        monkeypatch.setattr(kernels, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("shape", COLUMNS, ids=str)
+@pytest.mark.parametrize("variant", ["train", "infer", "none"])
+@pytest.mark.parametrize("act", SOME_ACTS, ids=SOME_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_batchnorm_columns(dtype, act, variant, shape, threads, monkeypatch):
+    seen = _spy_kernels(monkeypatch)
+    check("batchnorm", variant, act, shape, dtype, seed=5)
+    assert seen == ["cols_forward"] * 2 + ["cols_backward"]
+
+
+@pytest.mark.parametrize("s, columns", [(1, True), (64, True), (65, False)])
+def test_batchnorm_columns_dispatch(s, columns, monkeypatch):
+    """Runs of at most 64 elements take the column kernels, longer ones the group kernels;
+    the two agree."""
+    seen = _spy_kernels(monkeypatch)
+    x, scale, bias, rm, rv, dy = make_inputs("batchnorm", "train", (6, 4, s), np.float64, seed=6)
+    f, args, kwargs = call("batchnorm", "train", activations.gelu, x, scale, bias, rm, rv)
+    got = outputs(f, args, kwargs, dy)
+    assert seen == (["cols_forward", "cols_backward"] if columns else ["forward", "backward"])
+    monkeypatch.setattr("luxlib._looped.normalization._COLS_MAX_RUN", 0 if columns else s)
+    assert_close(outputs(f, args, kwargs, dy), got, np.float64)
+    assert seen[2:] == (["forward", "backward"] if columns else ["cols_forward", "cols_backward"])
+
+
+def test_batchnorm_columns_thread_counts():
+    """Deterministic for a thread count; y and dx the same to rounding on 1 and 2."""
+    x, scale, bias, rm, rv, dy = make_inputs("batchnorm", "train", (5000, 7), np.float64, seed=7)
+    f, args, kwargs = call("batchnorm", "train", activations.gelu, x, scale, bias, rm, rv)
+    results = {}
+    try:
+        for n in (1, 2, 2):
+            luxlib.set_num_threads(n)
+            got = outputs(f, args, kwargs, dy)
+            for a, b in zip(got, results.get(n, got)):
+                np.testing.assert_array_equal(a, b)
+            results[n] = got
+    finally:
+        luxlib.set_num_threads(None)
+    assert_close(results[2], results[1], np.float64)
+
+
+def test_columns_kernel_checks():
+    x, y = np.zeros((4, 6)), np.zeros((4, 6))
+    v3, v2 = np.ones(3), np.ones(2)
+    kernels.cols_forward(0, 0.0, x, v3, v3, y, np.empty(3), np.empty(3), False, EPS, 2)  # fits
+    for args, match in [((x, v2, v3, y, np.empty(3), np.empty(3), False, EPS, 2), "scale"),
+                        ((x, v3, v3, y, np.empty(2), np.empty(3), False, EPS, 2), "mean"),
+                        ((x, v3, v3, y, np.empty(3), np.empty(3), False, EPS, 4), "geometry"),
+                        ((x, v3, v3, y, np.empty(3), np.empty(3), False, EPS, 0), "geometry"),
+                        ((np.zeros((0, 6)), v3, v3, np.zeros((0, 6)), np.empty(3), np.empty(3), False, EPS, 2),
+                         "geometry"),
+                        ((x, v3, v3, np.zeros((4, 5)), np.empty(3), np.empty(3), False, EPS, 2), "y must")]:
+        with pytest.raises(ValueError, match=match):
+            kernels.cols_forward(0, 0.0, *args)
+    with pytest.raises(ValueError, match="activation"):
+        kernels.cols_forward(99, 0.0, x, v3, v3, y, np.empty(3), np.empty(3), False, EPS, 2)
+    with pytest.raises(ValueError, match="dy and dx"):
+        kernels.cols_backward(0, 0.0, x, v3, v3, x, np.zeros((4, 5)), np.zeros(3), np.ones(3), True, EPS, 2)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op, variant", VARIANTS, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
@@ -362,6 +440,21 @@ def test_streamed_outputs_match(dtype, case, threads):
     assert not np.isnan(results[1][0]).any()
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_columns_statistics_of_offset_data():
+    """As below, for the column kernels: (N, C) data far from 0 whose first rows are
+    outliers; the shift is the mean of a channel's first 8 elements (8 rows here).
+    Checked: y and dx, which the statistics determine (the scale gradient, a sum of
+    ``g * xhat`` with xhat up to 22 here, is ~4e-12 off on either kernel)."""
+    rng = np.random.default_rng(10)
+    x = 1e3 + rng.standard_normal((4097, 3))
+    x[:8, 1] += 500
+    scale, bias = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
+    f, args = luxlib.batchnorm, (x, scale, bias, None, None, True, activations.relu)
+    dy = rng.standard_normal(x.shape)
+    got = outputs(f, args, {"epsilon": EPS}, dy)
+    assert_close(got[:2], reference(f, args, {"epsilon": EPS}, dy)[:2], np.float64)
 
 
 @pytest.mark.parametrize("op", ["batchnorm", "layernorm"])

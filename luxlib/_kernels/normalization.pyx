@@ -328,6 +328,60 @@ cdef extern from *:
 
     LXN_DEFINE(float, f)
     LXN_DEFINE(double, d)
+
+    /* The column loops (batchnorm with short runs, ``cols_forward``/``cols_backward``): */
+    /* one row of n columns, each column with its own parameters, its sums added into */
+    /* per-column float64 accumulators; the expressions are the per-run loops' above. */
+    /* lxn_elem: the element type, typedef'd in each function for the case macros */
+    #define LXN_AFFINE_COLS_CASE(ID, S) case ID: \\
+        for (i = 0; i < n; i++) { lxn_elem m = mv[i], a = av[i], b = bv[i]; \\
+            z[i] = lx_act_##S(ID, (x[i] - m) * a + b, p); } \\
+        break;
+    #define LXN_PASS1_COLS_CASE(ID, S) case ID: \\
+        for (i = 0; i < n; i++) { lxn_elem m = mv[i], a = av[i], b = bv[i]; \\
+            gv = LXN_ACT_G(ID, S, x[i], dy[i]); \\
+            g[i] = gv; cg[i] += gv; cgx[i] += gv * (x[i] - md[i]); } \\
+        break;
+    #define LXN_COLS_DEFINE(T, S) \\
+    /* s1[i] += x[i] - k[i], s2[i] += (x[i] - k[i])^2 */ \\
+    static LX_CLONES void lxn_moments_cols_##S(const T* x, ptrdiff_t n, const double* k, \\
+                                               double* restrict s1, double* restrict s2) { \\
+        for (ptrdiff_t i = 0; i < n; i++) { double d = x[i] - k[i]; s1[i] += d; s2[i] += d * d; } \\
+    } \\
+    /* z[i] = act((x[i] - mv[i]) * av[i] + bv[i]) */ \\
+    static LX_CLONES void lxn_affine_cols_##S(int act, T p, const T* x, const T* mv, \\
+                                              const T* av, const T* bv, T* restrict z, \\
+                                              ptrdiff_t n) { \\
+        typedef T lxn_elem; \\
+        ptrdiff_t i; \\
+        switch (act) { LX_FOR_IDS(LXN_AFFINE_COLS_CASE, S) } \\
+    } \\
+    /* g[i] = dy[i] * act' of z[i] = (x[i] - mv[i]) * av[i] + bv[i]; cg[i] += g[i], */ \\
+    /* cgx[i] += g[i] * (x[i] - md[i]) */ \\
+    static LX_CLONES void lxn_pass1_cols_##S(int act, T p, const T* x, const T* dy, \\
+                                             T* restrict g, ptrdiff_t n, const T* mv, \\
+                                             const T* av, const T* bv, const double* md, \\
+                                             double* restrict cg, double* restrict cgx) { \\
+        typedef T lxn_elem; \\
+        ptrdiff_t i; \\
+        T gv; \\
+        switch (act) { LX_FOR_IDS(LXN_PASS1_COLS_CASE, S) } \\
+    } \\
+    /* d[i] = (g[i] * s[i] - hm[i]) * r[i] - (x[i] - m[i]) * cc[i] (batch statistics) or */ \\
+    /* g[i] * s[i] * r[i]; d may be g */ \\
+    static LX_CLONES LXN_NO_CONTRACT void lxn_dx_cols_##S(T* d, const T* g, const T* x, \\
+                                                          const T* s, const T* hm, \\
+                                                          const T* r, const T* m, \\
+                                                          const T* cc, ptrdiff_t n, \\
+                                                          int batch) { \\
+        LXN_NO_CONTRACT_BODY \\
+        ptrdiff_t i; \\
+        if (!batch) for (i = 0; i < n; i++) d[i] = g[i] * s[i] * r[i]; \\
+        else for (i = 0; i < n; i++) d[i] = (g[i] * s[i] - hm[i]) * r[i] - (x[i] - m[i]) * cc[i]; \\
+    }
+
+    LXN_COLS_DEFINE(float, f)
+    LXN_COLS_DEFINE(double, d)
     """
     void lxn_moments_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2,
                        bint pf) nogil
@@ -360,6 +414,26 @@ cdef extern from *:
                   Py_ssize_t n, float hm, float r, float m, float cc, bint batch) nogil
     void lxn_dx_d(double* d, const double* g, const double* x, const double* sc, double s,
                   Py_ssize_t n, double hm, double r, double m, double cc, bint batch) nogil
+    void lxn_moments_cols_f(const float* x, Py_ssize_t n, const double* k, double* s1,
+                            double* s2) nogil
+    void lxn_moments_cols_d(const double* x, Py_ssize_t n, const double* k, double* s1,
+                            double* s2) nogil
+    void lxn_affine_cols_f(int act, float p, const float* x, const float* mv, const float* av,
+                           const float* bv, float* z, Py_ssize_t n) nogil
+    void lxn_affine_cols_d(int act, double p, const double* x, const double* mv,
+                           const double* av, const double* bv, double* z, Py_ssize_t n) nogil
+    void lxn_pass1_cols_f(int act, float p, const float* x, const float* dy, float* g,
+                          Py_ssize_t n, const float* mv, const float* av, const float* bv,
+                          const double* md, double* cg, double* cgx) nogil
+    void lxn_pass1_cols_d(int act, double p, const double* x, const double* dy, double* g,
+                          Py_ssize_t n, const double* mv, const double* av, const double* bv,
+                          const double* md, double* cg, double* cgx) nogil
+    void lxn_dx_cols_f(float* d, const float* g, const float* x, const float* s, const float* hm,
+                       const float* r, const float* m, const float* cc, Py_ssize_t n,
+                       bint batch) nogil
+    void lxn_dx_cols_d(double* d, const double* g, const double* x, const double* s,
+                       const double* hm, const double* r, const double* m, const double* cc,
+                       Py_ssize_t n, bint batch) nogil
 
 
 cdef inline void _moments(const floating* x, Py_ssize_t n, double k, double* s1,
@@ -785,3 +859,206 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     # per-thread rows added in thread order
     sums = np.asarray(col).reshape(nt, 2, stride)[:, :, :ncol]
     return sums[:, 0].sum(axis=0), sums[:, 1].sum(axis=0)
+
+
+# ---- batchnorm with short runs: rows of columns -----------------------------------------
+# batchnorm of (N, C) or (N, C, S) with small S reads each channel's runs of S elements a
+# row (C S elements) apart: the per-group kernels above then pull a cache line per run
+# and channel. Here x is a (rows, C S) matrix read row by row, each column with its own
+# parameters and per-thread float64 column sums. Rows go in blocks of ``rb`` rows (at
+# least ``COLS_BLOCK`` elements) per call of the C loops, whose parameter vectors hold
+# ``rb`` copies of a row's.
+
+cdef enum:
+    COLS_BLOCK = 1024
+
+
+cdef inline void _moments_cols(const floating* x, Py_ssize_t n, const double* k, double* s1,
+                               double* s2) noexcept nogil:
+    if floating is float:
+        lxn_moments_cols_f(x, n, k, s1, s2)
+    else:
+        lxn_moments_cols_d(x, n, k, s1, s2)
+
+
+cdef inline void _affine_cols(int act, floating p, const floating* x, const floating* mv,
+                              const floating* av, const floating* bv, floating* z,
+                              Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        lxn_affine_cols_f(act, p, x, mv, av, bv, z, n)
+    else:
+        lxn_affine_cols_d(act, p, x, mv, av, bv, z, n)
+
+
+cdef inline void _pass1_cols(int act, floating p, const floating* x, const floating* dy,
+                             floating* g, Py_ssize_t n, const floating* mv, const floating* av,
+                             const floating* bv, const double* md, double* cg,
+                             double* cgx) noexcept nogil:
+    if floating is float:
+        lxn_pass1_cols_f(act, p, x, dy, g, n, mv, av, bv, md, cg, cgx)
+    else:
+        lxn_pass1_cols_d(act, p, x, dy, g, n, mv, av, bv, md, cg, cgx)
+
+
+cdef inline void _dx_cols(floating* d, const floating* g, const floating* x, const floating* sv,
+                          const floating* hm, const floating* r, const floating* m,
+                          const floating* cc, Py_ssize_t n, bint batch) noexcept nogil:
+    if floating is float:
+        lxn_dx_cols_f(d, g, x, sv, hm, r, m, cc, n, batch)
+    else:
+        lxn_dx_cols_d(d, g, x, sv, hm, r, m, cc, n, batch)
+
+
+cdef Py_ssize_t _cols_check(int act, Py_ssize_t rows, Py_ssize_t width, Py_ssize_t s,
+                            Py_ssize_t nscale, Py_ssize_t nbias, Py_ssize_t nmean,
+                            Py_ssize_t nvar) except -1:
+    """The channel count ``width // s`` of a valid call (``ValueError`` otherwise)."""
+    if not 0 <= act < N_ACTIVATIONS:
+        raise ValueError(f"normalization kernels: unknown activation id {act}")
+    if rows < 1 or s < 1 or width < s or width % s:
+        raise ValueError(f"normalization kernels: bad columns geometry: {rows} rows of {width}, runs of {s}")
+    cdef Py_ssize_t c = width // s
+    for name, n in (("scale", nscale), ("bias", nbias), ("mean", nmean), ("var", nvar)):
+        if n != c:
+            raise ValueError(f"normalization kernels: {name} must have {c} elements, got {n}")
+    return c
+
+
+cdef inline Py_ssize_t _cols_rows(Py_ssize_t width) noexcept nogil:
+    """Rows per call of the column loops: at least ``COLS_BLOCK`` elements."""
+    return max(1, <Py_ssize_t>COLS_BLOCK // width)
+
+
+cdef void _fold(const double* acc, Py_ssize_t nt, Py_ssize_t stride, Py_ssize_t rb,
+                Py_ssize_t width, Py_ssize_t s, Py_ssize_t c, double* s1,
+                double* s2) noexcept nogil:
+    """Channel ``c``'s two column sums: over threads (in order), row copies and its ``s``
+    columns; ``acc`` rows ``2 t`` and ``2 t + 1`` are thread ``t``'s."""
+    cdef Py_ssize_t t, b, i
+    s1[0] = 0
+    s2[0] = 0
+    for t in range(nt):
+        for b in range(rb):
+            for i in range(b * width + c * s, b * width + c * s + s):
+                s1[0] += acc[2 * t * stride + i]
+                s2[0] += acc[(2 * t + 1) * stride + i]
+
+
+def cols_forward(int act, double p, const floating[:, ::1] x, const floating[::1] scale,
+                 const floating[::1] bias, floating[:, ::1] y, double[::1] mean,
+                 double[::1] var, bint given, double eps, Py_ssize_t s):
+    """batchnorm's ``y = act((x - mean) / sqrt(var + eps) * scale + bias)`` of ``x`` viewed as
+    ``(rows, C * s)``: channel ``c`` is columns ``c s .. c s + s - 1`` of every row.
+
+    ``mean``, ``var`` (per channel, float64) are read when ``given``, else written: moments
+    about ``k``, the mean of the channel's elements in its first ``ceil(SHIFT_LEN / s)``
+    rows (at least ``SHIFT_LEN`` elements where there are: the bound of the module
+    docstring), in one read of ``x``, with per-thread float64 column sums added in thread
+    order; then the normalize pass.
+    """
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t C = _cols_check(act, R, L, s, scale.shape[0], bias.shape[0], mean.shape[0],
+                                    var.shape[0])
+    if y.shape[0] != R or y.shape[1] != L:
+        raise ValueError(f"normalization kernels: y must have shape {(R, L)}")
+    cdef int nt = num_threads_for(R * L)
+    cdef Py_ssize_t rb = _cols_rows(L), nblk = (R + rb - 1) // rb, W = rb * L
+    cdef Py_ssize_t stride = (W + PAD - 1) // PAD * PAD, blk, t, c, i, b, n0
+    dt = np.float32 if floating is float else np.float64
+    cdef double[::1] k = np.zeros(W)
+    cdef double[:, ::1] acc = np.zeros((2 * nt, stride))
+    cdef floating[:, ::1] vec = np.empty((3, W), dt)  # mean, rstd * scale, bias per column
+    cdef double s1, s2, cnt = R * s, sh, r
+    cdef floating fp = <floating>p
+    with nogil:
+        if not given:
+            n0 = min(R, (SHIFT_LEN + s - 1) // s)
+            for c in range(C):
+                sh = 0
+                for b in range(n0):
+                    for i in range(c * s, c * s + s):
+                        sh += x[b, i]
+                sh /= n0 * s
+                if not sh - sh == 0:  # Inf or NaN: shift by 0 (see _unit_stats)
+                    sh = 0
+                for b in range(rb):  # the channel's columns in each row copy
+                    for t in range(s):
+                        k[b * L + c * s + t] = sh
+            for blk in prange(nblk, num_threads=nt, schedule="static"):
+                t = threadid()
+                _moments_cols(&x[blk * rb, 0], min(rb, R - blk * rb) * L, &k[0],
+                              &acc[2 * t, 0], &acc[2 * t + 1, 0])
+            for c in range(C):
+                _fold(&acc[0, 0], nt, stride, rb, L, s, c, &s1, &s2)
+                mean[c] = k[c * s] + s1 / cnt
+                var[c] = max(s2 - s1 * (s1 / cnt), 0.0) / cnt
+        for c in range(C):
+            r = 1 / sqrt(var[c] + eps)
+            for b in range(rb):  # the channel's columns in each row copy
+                for t in range(s):
+                    vec[0, b * L + c * s + t] = <floating>mean[c]
+                    vec[1, b * L + c * s + t] = <floating>r * scale[c]
+                    vec[2, b * L + c * s + t] = bias[c]
+        for blk in prange(nblk, num_threads=nt, schedule="static"):
+            _affine_cols(act, fp, &x[blk * rb, 0], &vec[0, 0], &vec[1, 0], &vec[2, 0],
+                         &y[blk * rb, 0], min(rb, R - blk * rb) * L)
+
+
+def cols_backward(int act, double p, const floating[:, ::1] x, const floating[::1] scale,
+                  const floating[::1] bias, const floating[:, ::1] dy, floating[:, ::1] dx,
+                  const double[::1] mean, const double[::1] var, bint batch_stats, double eps,
+                  Py_ssize_t s):
+    """``dx`` and the per-channel float64 sums ``(sum(g), sum(g * xhat))`` of
+    :func:`cols_forward`'s op (``batch_stats`` as in :func:`backward`).
+
+    Pass 1 writes ``g = dy * act'`` (``z`` recomputed from ``x`` as in the forward) into
+    ``dx`` and sums per column; pass 2 turns ``g`` into ``dx`` in place, with the expression
+    of the per-group kernels.
+    """
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t C = _cols_check(act, R, L, s, scale.shape[0], bias.shape[0], mean.shape[0],
+                                    var.shape[0])
+    if dy.shape[0] != R or dy.shape[1] != L or dx.shape[0] != R or dx.shape[1] != L:
+        raise ValueError(f"normalization kernels: dy and dx must have shape {(R, L)}")
+    cdef int nt = num_threads_for(R * L)
+    cdef Py_ssize_t rb = _cols_rows(L), nblk = (R + rb - 1) // rb, W = rb * L
+    cdef Py_ssize_t stride = (W + PAD - 1) // PAD * PAD, blk, t, c, b
+    dt = np.float32 if floating is float else np.float64
+    cdef double[::1] md = np.empty(W)
+    cdef double[:, ::1] acc = np.zeros((2 * nt, stride))
+    # per column: mean, rstd * scale, bias, scale, mean(h), rstd, rstd^3 mean(h * (x - mean))
+    cdef floating[:, ::1] vec = np.empty((7, W), dt)
+    cdef double[::1] sg = np.empty(C), sgx = np.empty(C)
+    cdef double s1, s2, cnt = R * s, r, mh, mhx
+    cdef floating fp = <floating>p
+    with nogil:
+        for c in range(C):
+            r = 1 / sqrt(var[c] + eps)
+            for b in range(rb):  # the channel's columns in each row copy
+                for t in range(s):
+                    md[b * L + c * s + t] = mean[c]
+                    vec[0, b * L + c * s + t] = <floating>mean[c]
+                    vec[1, b * L + c * s + t] = <floating>r * scale[c]
+                    vec[2, b * L + c * s + t] = bias[c]
+                    vec[3, b * L + c * s + t] = scale[c]
+                    vec[5, b * L + c * s + t] = <floating>r
+        for blk in prange(nblk, num_threads=nt, schedule="static"):
+            t = threadid()
+            _pass1_cols(act, fp, &x[blk * rb, 0], &dy[blk * rb, 0], &dx[blk * rb, 0],
+                        min(rb, R - blk * rb) * L, &vec[0, 0], &vec[1, 0], &vec[2, 0], &md[0],
+                        &acc[2 * t, 0], &acc[2 * t + 1, 0])
+        for c in range(C):
+            _fold(&acc[0, 0], nt, stride, rb, L, s, c, &s1, &s2)
+            r = 1 / sqrt(var[c] + eps)
+            sg[c] = s1
+            sgx[c] = s2 * r
+            mh = s1 * scale[c] / cnt
+            mhx = s2 * scale[c] / cnt
+            for b in range(rb):  # the channel's columns in each row copy
+                for t in range(s):
+                    vec[4, b * L + c * s + t] = <floating>mh
+                    vec[6, b * L + c * s + t] = <floating>(r * r * r * mhx)
+        for blk in prange(nblk, num_threads=nt, schedule="static"):
+            _dx_cols(&dx[blk * rb, 0], &dx[blk * rb, 0], &x[blk * rb, 0], &vec[3, 0], &vec[4, 0],
+                     &vec[5, 0], &vec[0, 0], &vec[6, 0], min(rb, R - blk * rb) * L, batch_stats)
+    return np.asarray(sg), np.asarray(sgx)
