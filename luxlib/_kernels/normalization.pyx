@@ -121,11 +121,18 @@ cdef extern from *:
     /* the < LXN_LANES tail elements go to the last lane: indexing lanes by a running */
     /* tail index kept the accumulators in memory and the main loop scalar */
 
+    /* pairwise: acc[k] += acc[k + w] for w = 16, 8, 4, 2, 1, written out (the loop over */
+    /* w was not unrolled: its shifts and stack traffic weighed on short runs) */
+    #if LXN_LANES != 32
+    #error "lxn_combine is written for 32 lanes"
+    #endif
     LX_INLINE double lxn_combine(double* acc) {
-        for (int w = LXN_LANES / 2; w > 0; w /= 2)
-            for (int k = 0; k < w; k++)
-                acc[k] += acc[k + w];
-        return acc[0];
+        for (int k = 0; k < 16; k++) acc[k] += acc[k + 16];
+        for (int k = 0; k < 8; k++) acc[k] += acc[k + 8];
+        for (int k = 0; k < 4; k++) acc[k] += acc[k + 4];
+        acc[0] += acc[2];
+        acc[1] += acc[3];
+        return acc[0] + acc[1];
     }
 
     /* lxn_dx computes h - hm with h rounded first, so a group of one element gives */
@@ -202,9 +209,15 @@ cdef extern from *:
                 g[i + k] = gv; v[k] = gv; d[k] = x[i + k] - md; } \\
             for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
         } \\
-        for (i = nl; i < n; i++) { \\
-            gv = LXN_ACT_G(ID, S, x[i], dy[i]); \\
-            g[i] = gv; acc[LXN_LANES - 1] += gv; accx[LXN_LANES - 1] += gv * (x[i] - md); } \\
+        if (nl < n) { /* the tail as one more step, on copies padded with x = m, dy = 0 */ \\
+            for (k = 0; k < LXN_LANES; k++) { \\
+                xs[k] = nl + k < n ? x[nl + k] : m; ds[k] = nl + k < n ? dy[nl + k] : 0; } \\
+            for (k = 0; k < LXN_LANES; k++) { \\
+                gv = LXN_ACT_G(ID, S, xs[k], ds[k]); \\
+                gs[k] = gv; v[k] = nl + k < n ? gv : 0; d[k] = xs[k] - md; } \\
+            for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
+            for (k = 0; k < n - nl; k++) g[nl + k] = gs[k]; \\
+        } \\
         break;
 
     /* Software prefetch of len bytes LXN_AHEAD elements past p (one instruction per */
@@ -229,7 +242,7 @@ cdef extern from *:
                                         double* sx) { \\
         double acc[LXN_LANES] = {0}, accx[LXN_LANES] = {0}, v[LXN_LANES], d[LXN_LANES]; \\
         ptrdiff_t i, k, nl = n - n % LXN_LANES; \\
-        T gv; \\
+        T gv, xs[LXN_LANES], ds[LXN_LANES], gs[LXN_LANES]; \\
         switch (act) { LX_FOR_IDS(LXN_PASS1_CASE, S) } \\
         *s += lxn_combine(acc); \\
         *sx += lxn_combine(accx); \\
@@ -528,9 +541,13 @@ cdef void _unit_stats(const floating* x, const Geom* g, Py_ssize_t u, double* cn
     c /= n
     if not c - c == 0:  # an Inf or NaN there: shift by 0, so that Inf - Inf does not
         c = 0           # turn an infinite mean into NaN
-    for k in range(k0, k1):
-        n = _run(g, q, k, &off, &a)
-        _moments(x + off, n, c, &s1, &s2, pf)
+    if g.rstride == g.runlen:  # back-to-back runs (groupnorm, instancenorm): one span
+        _run(g, q, k0, &off, &a)
+        _moments(x + off, total, c, &s1, &s2, pf)
+    else:
+        for k in range(k0, k1):
+            n = _run(g, q, k, &off, &a)
+            _moments(x + off, n, c, &s1, &s2, pf)
     cnt[u] = total
     mean[u] = c + s1 / total
     m2[u] = max(s2 - s1 * (s1 / total), 0.0)
