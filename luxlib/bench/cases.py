@@ -224,7 +224,8 @@ class _Norm(Case):
     param_axis = 1  # the axis scale and bias run along
 
     def __init__(self, op, full=(32, 64, 56, 56), quick=(4, 8, 6, 6)):
-        super().__init__(f"{op} {self.act}" if self.act else op, [op], full, quick)
+        name = f"{op} {self.act}" if self.act else op
+        super().__init__(name if len(full) > 2 else f"{name} (N, C)", [op], full, quick)
 
     def arrays(self, quick):
         rng = np.random.default_rng(0)
@@ -242,10 +243,11 @@ class _Norm(Case):
 
 
 class BatchNorm(_Norm):
-    """``batchnorm`` in training mode with running statistics, fused relu."""
+    """``batchnorm`` in training mode with running statistics, fused relu; images, or
+    ``(N, C)`` features (a dense layer's: the "(N, C)" case)."""
 
-    def __init__(self):
-        super().__init__("batchnorm")
+    def __init__(self, full=(32, 64, 56, 56), quick=(4, 8, 6, 6)):
+        super().__init__("batchnorm", full, quick)
 
     def _stats(self, a):
         xp = array_namespace(a["scale"])  # NumPy, or CuPy with --device cuda
@@ -470,7 +472,7 @@ CASES = (
     + [Activation(act, bias=True) for act in ACTS]
     + [Activation("relu", inplace=True), Activation("relu", bias=True, inplace=True)]
     + [Dropout(), Dropout(alpha=True)]
-    + [BatchNorm(), GroupNorm(), InstanceNorm(), LayerNorm()]
+    + [BatchNorm(), BatchNorm((16384, 512), (16, 8)), GroupNorm(), InstanceNorm(), LayerNorm()]
     + [Dense(1024, 1024, None, bias=False)]
     + [Dense(1024, n_out, act) for n_out in (1024, 4096) for act in ("relu", "gelu")]
     + [BatchedMatmul(64, 256, 256, 256), BatchedMatmul(512, 64, 64, 64), BatchedMatmul(4096, 16, 16, 16)]
