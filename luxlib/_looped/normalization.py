@@ -116,11 +116,12 @@ def _running_norm(per_sample, with_vjp, act, x, scale, bias, running_mean, runni
     cols = _Columns(n, c, s) if not per_sample and s <= _COLS_MAX_RUN else None
     sv, bv = glue.channel_vectors(x, scale, bias)
     given = running_mean is not None and not training
-    stats = glue.given_stats(running_mean, running_var, x.shape, per_sample) if given else None
+    fixed = glue.given_stats(running_mean, running_var, x.shape, per_sample) if given else None
     if cols is None:
-        y, mean, var = _normalize(act, x, sv, bv, geom, epsilon, stats)
+        y, mean, var = _normalize(act, x, sv, bv, geom, epsilon, fixed)
     else:
-        y, mean, var = cols.normalize(act, x, sv, bv, epsilon, stats)
+        y, mean, var = cols.normalize(act, x, sv, bv, epsilon, fixed)
+    stats = None
     if given:
         stats = (running_mean, running_var)
     elif running_mean is not None:
