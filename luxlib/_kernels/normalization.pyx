@@ -119,7 +119,9 @@ cdef extern from *:
     """
     #define LXN_LANES 32
     /* the < LXN_LANES tail elements go to the last lane: indexing lanes by a running */
-    /* tail index kept the accumulators in memory and the main loop scalar */
+    /* tail index kept the accumulators in memory and the main loop scalar (lxn_pass1 */
+    /* runs its tail as one more padded lane step instead: there the scalar tail */
+    /* branched per element on act') */
 
     /* pairwise: acc[k] += acc[k + w] for w = 16, 8, 4, 2, 1, written out (the loop over */
     /* w was not unrolled: its shifts and stack traffic weighed on short runs) */
