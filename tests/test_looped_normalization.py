@@ -342,6 +342,63 @@ def test_nan_inf_propagate(dtype):
             np.testing.assert_allclose(a[finite], b[finite], rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10)
 
 
+def _same_nonfinite(got, want):
+    """NaN and Inf where the reference has them (signs included), close elsewhere."""
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_array_equal(np.isposinf(a), np.isposinf(b))
+        np.testing.assert_array_equal(np.isneginf(a), np.isneginf(b))
+        finite = np.isfinite(b)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=1e-10, atol=1e-10)
+
+
+# (op, shape, what is infinite): a given running mean with runs that are not a multiple of
+# the 32 lanes (pass 1's padded tail step); an infinite scale on the column kernels'
+# shapes (they hand it to the group kernels); an Inf in one chunk of a group split across
+# two threads (the chunks' merge); plus an Inf in x on the column kernels
+NONFINITE = [
+    ("instancenorm", (2, 3, 33), "running_mean"),
+    ("batchnorm", (2, 3, 65), "running_mean"),
+    ("batchnorm", (300, 3), "scale"),
+    ("batchnorm", (5, 2, 4095), "x"),
+    ("batchnorm", (300, 3), "x"),
+]
+
+
+@pytest.mark.parametrize("op, shape, where", NONFINITE, ids=str)
+def test_infinities_follow_the_formulas(op, shape, where, threads):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    c = shape[1]
+    scale, bias = np.ones(c), rng.uniform(0.1, 0.5, c)
+    rm, rv = np.zeros(c), np.ones(c)
+    dy = rng.standard_normal(shape)
+    if where == "running_mean":  # one-signed: the scale gradient is -Inf there, not NaN
+        dy = np.abs(dy) + 0.1
+    if where == "running_mean":
+        rm[0] = np.inf
+    elif where == "scale":
+        scale[0] = np.inf
+    else:
+        x[(0, c - 1) + (0,) * (x.ndim - 2)] = np.inf
+    training = where != "running_mean"
+    if op == "instancenorm":
+        f, args, kwargs = luxlib.instancenorm, (x, scale, bias, training), dict(
+            act=activations.leakyrelu, epsilon=EPS, running_mean=rm, running_var=rv, momentum=1.0)
+    else:
+        f, args, kwargs = luxlib.batchnorm, (x, scale, bias, rm, rv, training), dict(
+            act=activations.leakyrelu, epsilon=EPS, momentum=1.0)
+    with np.errstate(all="ignore"):
+        got = outputs(f, args, kwargs, dy)
+        (y, stats), pullback = luxlib.vjp(f, *args, **kwargs)
+        with luxlib.backend("generic"):
+            want = outputs(f, args, kwargs, dy)
+            (_, want_stats), _ = luxlib.vjp(f, *args, **kwargs)
+    _same_nonfinite(got, want)
+    if training:
+        _same_nonfinite(stats, want_stats)
+
+
 @pytest.mark.parametrize("op", ["groupnorm", "layernorm"])
 @pytest.mark.parametrize("act", [activations.identity, activations.relu], ids=["identity", "relu"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)

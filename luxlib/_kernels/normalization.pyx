@@ -212,11 +212,12 @@ cdef extern from *:
             for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
         } \\
         if (nl < n) { /* the tail as one more step, on copies padded with x = m, dy = 0 */ \\
+            /* (the padded lanes add v = d = 0: m - md is NaN for an infinite mean) */ \\
             for (k = 0; k < LXN_LANES; k++) { \\
                 xs[k] = nl + k < n ? x[nl + k] : m; ds[k] = nl + k < n ? dy[nl + k] : 0; } \\
             for (k = 0; k < LXN_LANES; k++) { \\
                 gv = LXN_ACT_G(ID, S, xs[k], ds[k]); \\
-                gs[k] = gv; v[k] = nl + k < n ? gv : 0; d[k] = xs[k] - md; } \\
+                gs[k] = gv; v[k] = nl + k < n ? gv : 0; d[k] = nl + k < n ? xs[k] - md : 0; } \\
             for (k = 0; k < LXN_LANES; k++) { acc[k] += v[k]; accx[k] += v[k] * d[k]; } \\
             for (k = 0; k < n - nl; k++) g[nl + k] = gs[k]; \\
         } \\
@@ -569,6 +570,12 @@ cdef void _merge(const Geom* g, const double* cnt, const double* mean, const dou
             m += d * (cnt[u + j] / t)
             s += m2[u + j] + d * d * (n * cnt[u + j] / t)
             n = t
+        if not m - m == 0:  # an infinite chunk mean: Inf - Inf above; the mean is the
+            m = 0           # weighted sum (Inf, or NaN for both signs), as in one chunk
+            for j in range(g.nck):
+                m += mean[u + j] * cnt[u + j]
+            m /= n
+            s = m - m  # NaN: x - mean is NaN at the infinite element
         gmean[q] = m
         gvar[q] = s / n
 

@@ -113,8 +113,12 @@ def _running_norm(per_sample, with_vjp, act, x, scale, bias, running_mean, runni
         geom = (n * c, 1, s, s, s, s, c, 1, 0, False)
     else:
         geom = (c, n, s, c * s, s, s, c, 1, 0, False)
-    cols = _Columns(n, c, s) if not per_sample and s <= _COLS_MAX_RUN else None
     sv, bv = glue.channel_vectors(x, scale, bias)
+    # an infinite scale: the group kernels, whose per-run sums of g * scale turn the
+    # mixed signs of h = g * scale into NaN as the formula does (the column kernels
+    # form mean(h) as sum(g) * scale: one infinity)
+    short = not per_sample and s <= _COLS_MAX_RUN and np.isfinite(sv).all()
+    cols = _Columns(n, c, s) if short else None
     given = running_mean is not None and not training
     fixed = glue.given_stats(running_mean, running_var, x.shape, per_sample) if given else None
     if cols is None:
