@@ -544,7 +544,7 @@ cdef void _unit_stats(const floating* x, const Geom* g, Py_ssize_t u, double* cn
     c /= n
     if not c - c == 0:  # an Inf or NaN there: shift by 0, so that Inf - Inf does not
         c = 0           # turn an infinite mean into NaN
-    if g.rstride == g.runlen:  # back-to-back runs (groupnorm, instancenorm): one span
+    if g.rstride == g.runlen:  # back-to-back runs (groupnorm, instancenorm, layernorm): one span
         _run(g, q, k0, &off, &a)
         _moments(x + off, total, c, &s1, &s2, pf)
     else:

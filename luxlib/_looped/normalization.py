@@ -1,7 +1,8 @@
 """Looped (Cython/OpenMP) ``batchnorm``, ``groupnorm``, ``instancenorm`` and ``layernorm``.
 
 Glue around :mod:`luxlib._kernels.normalization`: describes each op as groups of
-contiguous runs (the kernel's geometry), copies ``x`` once when it is not
+contiguous runs (the kernel's geometry; batchnorm with short runs, such as ``(N, C)``
+input, as rows of columns instead: ``_Columns``), copies ``x`` once when it is not
 C-contiguous (layernorm: when its ``axes`` are not a trailing block, to the layout
 where they are), turns the kernel's float64 group statistics into new running
 statistics, and keeps for the backward pass only ``x``, the group statistics and the
