@@ -955,6 +955,34 @@ cdef inline Py_ssize_t _cols_rows(Py_ssize_t width) noexcept nogil:
     return max(1, <Py_ssize_t>COLS_BLOCK // width)
 
 
+ctypedef fused real:  # the column setters fill float64 and element-type vectors
+    float
+    double
+
+
+cdef inline void _set_columns(real* v, Py_ssize_t rb, Py_ssize_t width, Py_ssize_t s,
+                              Py_ssize_t c, real value) noexcept nogil:
+    """``value`` into channel ``c``'s ``s`` columns of each of the ``rb`` row copies."""
+    cdef Py_ssize_t b, t
+    for b in range(rb):
+        for t in range(s):
+            v[b * width + c * s + t] = value
+
+
+cdef void _affine_columns(floating* vec, Py_ssize_t stride, const double* mean, const double* var,
+                          const floating* scale, const floating* bias, double eps, Py_ssize_t C,
+                          Py_ssize_t s, Py_ssize_t rb, Py_ssize_t width) noexcept nogil:
+    """Rows 0, 1, 2 of ``vec`` (``stride`` apart): each column's mean, ``rstd * scale`` and
+    bias, as the C loops take them (rounded to the element type as the group kernels)."""
+    cdef Py_ssize_t c
+    cdef double r
+    for c in range(C):
+        r = 1 / sqrt(var[c] + eps)
+        _set_columns(vec, rb, width, s, c, <floating>mean[c])
+        _set_columns(vec + stride, rb, width, s, c, <floating>r * scale[c])
+        _set_columns(vec + 2 * stride, rb, width, s, c, bias[c])
+
+
 cdef void _fold(const double* acc, Py_ssize_t nt, Py_ssize_t stride, Py_ssize_t rb,
                 Py_ssize_t width, Py_ssize_t s, Py_ssize_t c, double* s1,
                 double* s2) noexcept nogil:
@@ -994,7 +1022,7 @@ def cols_forward(int act, double p, const floating[:, ::1] x, const floating[::1
     cdef double[::1] k = np.zeros(W)
     cdef double[:, ::1] acc = np.zeros((2 * nt, stride))
     cdef floating[:, ::1] vec = np.empty((3, W), dt)  # mean, rstd * scale, bias per column
-    cdef double s1, s2, cnt = R * s, sh, r
+    cdef double s1, s2, cnt = R * s, sh
     cdef floating fp = <floating>p
     with nogil:
         if not given:
@@ -1007,9 +1035,7 @@ def cols_forward(int act, double p, const floating[:, ::1] x, const floating[::1
                 sh /= n0 * s
                 if not sh - sh == 0:  # Inf or NaN: shift by 0 (see _unit_stats)
                     sh = 0
-                for b in range(rb):  # the channel's columns in each row copy
-                    for t in range(s):
-                        k[b * L + c * s + t] = sh
+                _set_columns(&k[0], rb, L, s, c, sh)
             for blk in prange(nblk, num_threads=nt, schedule="static"):
                 t = threadid()
                 _moments_cols(&x[blk * rb, 0], min(rb, R - blk * rb) * L, &k[0],
@@ -1018,13 +1044,7 @@ def cols_forward(int act, double p, const floating[:, ::1] x, const floating[::1
                 _fold(&acc[0, 0], nt, stride, rb, L, s, c, &s1, &s2)
                 mean[c] = k[c * s] + s1 / cnt
                 var[c] = max(s2 - s1 * (s1 / cnt), 0.0) / cnt
-        for c in range(C):
-            r = 1 / sqrt(var[c] + eps)
-            for b in range(rb):  # the channel's columns in each row copy
-                for t in range(s):
-                    vec[0, b * L + c * s + t] = <floating>mean[c]
-                    vec[1, b * L + c * s + t] = <floating>r * scale[c]
-                    vec[2, b * L + c * s + t] = bias[c]
+        _affine_columns(&vec[0, 0], W, &mean[0], &var[0], &scale[0], &bias[0], eps, C, s, rb, L)
         for blk in prange(nblk, num_threads=nt, schedule="static"):
             _affine_cols(act, fp, &x[blk * rb, 0], &vec[0, 0], &vec[1, 0], &vec[2, 0],
                          &y[blk * rb, 0], min(rb, R - blk * rb) * L)
@@ -1048,7 +1068,7 @@ def cols_backward(int act, double p, const floating[:, ::1] x, const floating[::
         raise ValueError(f"normalization kernels: dy and dx must have shape {(R, L)}")
     cdef int nt = num_threads_for(R * L)
     cdef Py_ssize_t rb = _cols_rows(L), nblk = (R + rb - 1) // rb, W = rb * L
-    cdef Py_ssize_t stride = (W + PAD - 1) // PAD * PAD, blk, t, c, b
+    cdef Py_ssize_t stride = (W + PAD - 1) // PAD * PAD, blk, t, c
     dt = np.float32 if floating is float else np.float64
     cdef double[::1] md = np.empty(W)
     cdef double[:, ::1] acc = np.zeros((2 * nt, stride))
@@ -1058,16 +1078,11 @@ def cols_backward(int act, double p, const floating[:, ::1] x, const floating[::
     cdef double s1, s2, cnt = R * s, r, mh, mhx
     cdef floating fp = <floating>p
     with nogil:
+        _affine_columns(&vec[0, 0], W, &mean[0], &var[0], &scale[0], &bias[0], eps, C, s, rb, L)
         for c in range(C):
-            r = 1 / sqrt(var[c] + eps)
-            for b in range(rb):  # the channel's columns in each row copy
-                for t in range(s):
-                    md[b * L + c * s + t] = mean[c]
-                    vec[0, b * L + c * s + t] = <floating>mean[c]
-                    vec[1, b * L + c * s + t] = <floating>r * scale[c]
-                    vec[2, b * L + c * s + t] = bias[c]
-                    vec[3, b * L + c * s + t] = scale[c]
-                    vec[5, b * L + c * s + t] = <floating>r
+            _set_columns(&md[0], rb, L, s, c, mean[c])
+            _set_columns(&vec[3, 0], rb, L, s, c, scale[c])
+            _set_columns(&vec[5, 0], rb, L, s, c, <floating>(1 / sqrt(var[c] + eps)))
         for blk in prange(nblk, num_threads=nt, schedule="static"):
             t = threadid()
             _pass1_cols(act, fp, &x[blk * rb, 0], &dy[blk * rb, 0], &dx[blk * rb, 0],
@@ -1080,10 +1095,8 @@ def cols_backward(int act, double p, const floating[:, ::1] x, const floating[::
             sgx[c] = s2 * r
             mh = s1 * scale[c] / cnt
             mhx = s2 * scale[c] / cnt
-            for b in range(rb):  # the channel's columns in each row copy
-                for t in range(s):
-                    vec[4, b * L + c * s + t] = <floating>mh
-                    vec[6, b * L + c * s + t] = <floating>(r * r * r * mhx)
+            _set_columns(&vec[4, 0], rb, L, s, c, <floating>mh)
+            _set_columns(&vec[6, 0], rb, L, s, c, <floating>(r * r * r * mhx))
         for blk in prange(nblk, num_threads=nt, schedule="static"):
             _dx_cols(&dx[blk * rb, 0], &dx[blk * rb, 0], &x[blk * rb, 0], &vec[3, 0], &vec[4, 0],
                      &vec[5, 0], &vec[0, 0], &vec[6, 0], min(rb, R - blk * rb) * L, batch_stats)
