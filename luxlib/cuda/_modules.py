@@ -46,8 +46,8 @@ FAMILIES = {
                          "dw_conv_dw_finalize")),
     "normalization": (
         "normalization.cu",
-        ("norm_stats_partial", "norm_stats_finalize", "norm_forward", "norm_backward_partial",
-         "norm_backward_dx", "norm_backward_dx_cols", "norm_rows_forward", "norm_rows_backward", "norm_given_stats",
+        ("norm_stats_partial", "norm_stats_cols_partial", "norm_stats_finalize", "norm_forward",
+         "norm_backward_partial", "norm_backward_cols_partial", "norm_backward_dx", "norm_backward_dx_cols", "norm_rows_forward", "norm_rows_backward", "norm_given_stats",
          "norm_running_update", "norm_backward_finalize", "norm_cols_finalize"),
     ),
 }
@@ -97,43 +97,54 @@ def kernel_name(kernel, dtype):
     return f"{kernel}<{TYPES[np.dtype(dtype).name]}>"
 
 
-def name_expressions(family):
-    return [f"{k}<{t}>" for k in FAMILIES[family][1] for t in TYPES.values()]
+def name_expressions(family, ctype=None):
+    """The name expressions of ``family``'s kernels: for every element type, or for the CUDA
+    type ``ctype`` (``"float"``, ``"double"``, ``"__half"``) only."""
+    return [f"{k}<{t}>" for k in FAMILIES[family][1] for t in TYPES.values() if ctype in (None, t)]
 
 
 def compile_options():
     return COMPILE_OPTIONS + ("-I" + source_dir(),)
 
 
+def _compile(family, ctype):
+    import cupy  # only reached with CuPy arrays, whose owner has CuPy
+
+    return cupy.RawModule(code=read_source(FAMILIES[family][0]), options=compile_options(),
+                          name_expressions=name_expressions(family, ctype))
+
+
 _MODULES = {}
 
 
 class _Kernels:
-    """A ``cupy.RawModule`` whose ``get_function`` keeps the kernels it hands out (CuPy's
-    builds a new ``RawKernel`` on every call, tens of microseconds of launch overhead)."""
+    """The kernels of ``family``: a ``cupy.RawModule`` per element type, compiled on the first
+    launch of one of its kernels (``compile(family, ctype)``; a family takes seconds to compile
+    for each type, and a program mostly uses one), and the kernels handed out, kept (CuPy's
+    ``get_function`` builds a new ``RawKernel`` on every call, tens of microseconds of launch
+    overhead)."""
 
-    def __init__(self, raw):
-        self.raw = raw
+    def __init__(self, family, compile=_compile):
+        self.family, self._compile = family, compile
+        self.raw = {}  # CUDA element type -> its module
         self._kernels = {}
 
     def get_function(self, name):
         kernel = self._kernels.get(name)
         if kernel is None:
-            kernel = self._kernels[name] = self.raw.get_function(name)
+            ctype = name[name.index("<") + 1 : -1]
+            raw = self.raw.get(ctype)
+            if raw is None:
+                raw = self.raw[ctype] = self._compile(self.family, ctype)
+            kernel = self._kernels[name] = raw.get_function(name)
         return kernel
 
 
 def get_module(family):
-    """The kernels of ``family``: its ``cupy.RawModule`` (compiled once, on first use)."""
+    """The kernels of ``family`` (each element type's compiled once, on first use)."""
     mod = _MODULES.get(family)
     if mod is None:
-        import cupy  # only reached with CuPy arrays, whose owner has CuPy
-
-        filename = FAMILIES[family][0]
-        mod = _Kernels(cupy.RawModule(
-            code=read_source(filename), options=compile_options(), name_expressions=name_expressions(family)
-        ))
-        _MODULES[family] = mod
+        mod = _MODULES[family] = _Kernels(family)
     return mod
 
 

@@ -44,7 +44,8 @@ MIN_CHUNK = 4096
 TARGET_BLOCKS = 1024
 #: cap on the chunks of one unit (gridDim.y)
 MAX_CHUNKS = 65535
-#: block of norm_backward_dx_cols: (LX_WARP columns, LX_NORM_ROWS rows) of normalization.cu
+#: block of the column kernels (norm_*_cols*): (LX_WARP columns, LX_NORM_ROWS rows) of
+#: normalization.cu
 COLS_BLOCK = (32, 8)
 #: layernorm rows of at most this many elements run the rows kernels (LX_ROWS_COLS columns
 #: for each of at most LX_ROWS_THREADS threads, normalization.cu; a module may lower it:
@@ -134,16 +135,39 @@ def _block(chunk):
     return (min(BLOCK, 32 * -(-chunk // 32)),)
 
 
+def _are_columns(units):
+    """Whether the units are the columns of x as ``(length, units)`` (batchnorm of ``(N, C)``
+    inputs): the column kernels read them a row of the block's columns at a time, where the
+    per-unit kernels would read a 32-byte sector for each 4-byte element."""
+    return units.runlen == 1 and units.gstride == 1 and units.rstride == units.units
+
+
+def _column_chunks(mod, units):
+    """``(grid, nchunks, rchunk)`` of a column kernel over ``units`` (see :func:`_are_columns`):
+    a block per 32 columns and chunk of ``rchunk`` rows."""
+    tiles = -(-units.units // COLS_BLOCK[0])
+    nchunks, rchunk = _chunks(mod, tiles, units.length, COLS_BLOCK[0])
+    return (tiles, nchunks), nchunks, rchunk
+
+
 def _statistics(mod, x, units, epsilon):
     """Float64 mean, biased variance and ``1 / sqrt(var + epsilon)`` of every unit
     (two-stage: chunks, then Chan merges)."""
     xp = array_namespace(x)
-    nchunks, chunk = _chunks(mod, units.units, units.length)
-    part = xp.empty((units.units * nchunks * 2,), xp.float64)
-    mod.get_function(kernel_name("norm_stats_partial", x.dtype))(
-        _unit_grid(mod, units.units, nchunks), _block(chunk),
-        (x, part) + _i64(units.units, units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride),
-    )
+    if _are_columns(units):
+        grid, nchunks, chunk = _column_chunks(mod, units)
+        part = xp.empty((units.units * nchunks * 2,), xp.float64)
+        mod.get_function(kernel_name("norm_stats_cols_partial", x.dtype))(
+            grid, COLS_BLOCK, (x, part) + _i64(units.length, units.units, chunk)
+        )
+    else:
+        nchunks, chunk = _chunks(mod, units.units, units.length)
+        part = xp.empty((units.units * nchunks * 2,), xp.float64)
+        mod.get_function(kernel_name("norm_stats_partial", x.dtype))(
+            _unit_grid(mod, units.units, nchunks), _block(chunk),
+            (x, part) + _i64(units.units, units.length, chunk, units.gstride) + divisor(units.runlen)
+            + _i64(units.rstride),
+        )
     mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
     mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
         grid_1d(mod, units.units), (BLOCK,),
@@ -234,7 +258,7 @@ def _column_sums(mod, part, nparts, length, dtype):
     xp = array_namespace(part)
     sg, sgx = xp.empty((length,), dtype), xp.empty((length,), dtype)
     mod.get_function(kernel_name("norm_cols_finalize", dtype))(
-        grid_1d(mod, length), (BLOCK,), (part, sg, sgx) + _i64(nparts, length)
+        (-(-length // COLS_BLOCK[0]),), COLS_BLOCK, (part, sg, sgx) + _i64(nparts, length)
     )
     return sg, sgx
 
@@ -249,16 +273,24 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         """Means of h, h xhat (per group) and, unless vec, sums of g, g xhat per affine
         element (x's dtype; None with vec)."""
         u = geom.bwd
-        nchunks, chunk = _chunks(mod, u.units, u.length)
         nsum = 2 if geom.vec else 4
-        part = xp.empty((u.units * nchunks * nsum,), xp.float64)
-        mod.get_function(kernel_name("norm_backward_partial", x.dtype))(
-            _unit_grid(mod, u.units, nchunks), _block(chunk),
-            (x, dy, scale, bias, mean, rstd, part)
-            + _i64(u.units, u.length, chunk, u.gstride) + divisor(u.runlen) + _i64(u.rstride) + divisor(geom.sdiv)
-            + divisor(geom.amod)
-            + (np.int32(geom.vec), np.int32(act.id), p),
-        )
+        if not geom.vec and _are_columns(u):  # batchnorm of (N, C): unit = group = channel
+            grid, nchunks, chunk = _column_chunks(mod, u)
+            part = xp.empty((u.units * nchunks * nsum,), xp.float64)
+            mod.get_function(kernel_name("norm_backward_cols_partial", x.dtype))(
+                grid, COLS_BLOCK,
+                (x, dy, scale, bias, mean, rstd, part) + _i64(u.length, u.units, chunk) + (np.int32(act.id), p),
+            )
+        else:
+            nchunks, chunk = _chunks(mod, u.units, u.length)
+            part = xp.empty((u.units * nchunks * nsum,), xp.float64)
+            mod.get_function(kernel_name("norm_backward_partial", x.dtype))(
+                _unit_grid(mod, u.units, nchunks), _block(chunk),
+                (x, dy, scale, bias, mean, rstd, part)
+                + _i64(u.units, u.length, chunk, u.gstride) + divisor(u.runlen) + _i64(u.rstride)
+                + divisor(geom.sdiv) + divisor(geom.amod)
+                + (np.int32(geom.vec), np.int32(act.id), p),
+            )
         mh, mhx = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
         sg, sgx = xp.empty((geom.amod,), x.dtype), xp.empty((geom.amod,), x.dtype)  # not written with vec
         mod.get_function(kernel_name("norm_backward_finalize", x.dtype))(

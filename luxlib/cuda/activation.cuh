@@ -139,4 +139,24 @@ template <typename C> __device__ __forceinline__ C lx_dact(int act, C src, C p)
     return LX_OUTPUT_ONLY(act) ? lx_dact_from_output(act, src, p) : lx_dact_from_input(act, src, p);
 }
 
+/* f(lx_act_id<act>()) for an activation id known at run time: f's body sees the id as a
+   compile-time constant (decltype(id)::value), so that lx_act/lx_dact fold to one
+   activation and a loop inside f evaluates its elements without a switch each (a switch per
+   element, an indirect branch, keeps the elements of a thread from overlapping: the
+   transcendental activations ran at half the memory bandwidth). */
+template <int ID> struct lx_act_id { static constexpr int value = ID; };
+
+#define LX_ACT_CASE(k) case k: f(lx_act_id<k>()); break;
+template <typename F> __device__ __forceinline__ void lx_with_act(int act, F f)
+{
+    switch (act) {
+    LX_ACT_CASE(0) LX_ACT_CASE(1) LX_ACT_CASE(2) LX_ACT_CASE(3) LX_ACT_CASE(4) LX_ACT_CASE(5) LX_ACT_CASE(6)
+    LX_ACT_CASE(7) LX_ACT_CASE(8) LX_ACT_CASE(9) LX_ACT_CASE(10) LX_ACT_CASE(11) LX_ACT_CASE(12)
+    LX_ACT_CASE(13) LX_ACT_CASE(14) LX_ACT_CASE(15) LX_ACT_CASE(16) LX_ACT_CASE(17) LX_ACT_CASE(18)
+    LX_ACT_CASE(19) LX_ACT_CASE(20) LX_ACT_CASE(21) LX_ACT_CASE(22) LX_ACT_CASE(23) LX_ACT_CASE(24)
+    default: f(lx_act_id<25>()); break;
+    }
+}
+#undef LX_ACT_CASE
+
 #endif

@@ -58,9 +58,11 @@ __global__ void bias_act_forward(const T* x, const T* __restrict__ bias, T* y, l
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> b;
             lx_channel ch(i, LX_DIVISOR(lx_u64, C), LX_DIVISOR(lx_u64, inner), has_bias);
+            lx_with_act(act, [&](auto id) {
 #pragma unroll
-            for (int j = 0; j < W; j++, ch.next())
-                lx_store(b.v + j, lx_act(act, lx_biased(a.v + j, bias, ch.c, has_bias), p));
+                for (int j = 0; j < W; j++, ch.next())
+                    lx_store(b.v + j, lx_act(decltype(id)::value, lx_biased(a.v + j, bias, ch.c, has_bias), p));
+            });
             lx_store_pack<T, W>(y + i, b);
         });
 }
@@ -80,9 +82,12 @@ __global__ void bias_act_backward(const T* __restrict__ dy, const T* __restrict_
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> d;
             lx_channel ch(i, LX_DIVISOR(lx_u64, C), LX_DIVISOR(lx_u64, inner), add_bias);
+            lx_with_act(act, [&](auto id) {
 #pragma unroll
-            for (int j = 0; j < W; j++, ch.next())
-                lx_store(d.v + j, lx_load(in.a.v + j) * lx_dact(act, lx_biased(in.b.v + j, bias, ch.c, add_bias), p));
+                for (int j = 0; j < W; j++, ch.next())
+                    lx_store(d.v + j, lx_load(in.a.v + j)
+                             * lx_dact(decltype(id)::value, lx_biased(in.b.v + j, bias, ch.c, add_bias), p));
+            });
             lx_store_pack<T, W>(dz + i, d);
         });
 }

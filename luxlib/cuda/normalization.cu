@@ -39,6 +39,15 @@ template <typename T> struct lx_norm_ops {
     }
 };
 
+/* The sum of squared deviations sum(d^2) - sum(d) * mean(d) from shifted sums: rounding may
+   leave it below 0 (then 0); NaN stays NaN (an infinity among the values: inf - inf), so that
+   the statistics are NaN as the formulas make them (fmax would return 0) */
+__device__ __forceinline__ double lx_shifted_m2(double s, double ss, double dm)
+{
+    const double m2 = ss - s * dm;
+    return m2 < 0.0 ? 0.0 : m2;
+}
+
 __device__ __forceinline__ lx_i64 lx_chunk_end(lx_i64 k0, lx_i64 chunk, lx_i64 len)
 {
     return len - k0 < chunk ? len : k0 + chunk;
@@ -96,7 +105,7 @@ __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__
         if (threadIdx.x == 0) {
             const double n = (double)(k1 - k0), dm = sums[0] / n;
             part[2 * (u * gridDim.y + c)] = shift + dm;
-            part[2 * (u * gridDim.y + c) + 1] = fmax(sums[1] - sums[0] * dm, 0.0);  /* rounding may leave it below 0 */
+            part[2 * (u * gridDim.y + c) + 1] = lx_shifted_m2(sums[0], sums[1], dm);
         }
     }
 }
@@ -339,23 +348,6 @@ __global__ void norm_backward_finalize(const double* __restrict__ part, double* 
     }
 }
 
-/* layernorm's per-column sums from the blocks' partials part[(r * length + j) * 2 + k]:
-   sg[j] = sum over r of part[.. + 0], sgx[j] of part[.. + 1], in order of r, in T */
-template <typename T>
-__global__ void norm_cols_finalize(const double* __restrict__ part, T* __restrict__ sg, T* __restrict__ sgx,
-                                   lx_i64 nparts, lx_i64 length)
-{
-    for (lx_i64 j = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; j < length; j += (lx_i64)gridDim.x * blockDim.x) {
-        double s0 = 0, s1 = 0;
-        for (lx_i64 r = 0; r < nparts; r++) {
-            s0 += part[(r * length + j) * 2];
-            s1 += part[(r * length + j) * 2 + 1];
-        }
-        sg[j] = lx_from_double<T>(s0);
-        sgx[j] = lx_from_double<T>(s1);
-    }
-}
-
 /* Backward pass 2, elementwise (grid-stride): dx */
 template <typename T>
 __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
@@ -374,10 +366,115 @@ __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ 
         });
 }
 
+// ---- columns: x as (rows, C), a reduction per column -----------------------------------
+// Blocks of (LX_WARP, LX_NORM_ROWS) threads, threadIdx.x along the columns (each row's
+// loads coalesced), threadIdx.y over the rows of the block's chunk of rows (blockIdx.y).
+#define LX_NORM_ROWS 8
+
+/* v[k] summed over threadIdx.y in order of y, into thread y == 0's v (every thread calls it) */
+template <int N>
+__device__ __forceinline__ void lx_cols_sum(double (&v)[N], double (&acc)[N][LX_NORM_ROWS][LX_WARP + 1])
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) acc[k][threadIdx.y][threadIdx.x] = v[k];
+    __syncthreads();
+    if (threadIdx.y == 0)
+        for (int r = 1; r < LX_NORM_ROWS; r++)
+#pragma unroll
+            for (int k = 0; k < N; k++) v[k] += acc[k][r][threadIdx.x];
+}
+
+/* norm_stats_partial for units that are the columns of x as (rows, C) (batchnorm of (N, C)
+   inputs: runs of one element, which the per-unit kernel reads a sector per element): the
+   same results at the same places, unit = column, chunk = blockIdx.y of rchunk rows. */
+template <typename T>
+__global__ void norm_stats_cols_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 rows,
+                                        lx_i64 C, lx_i64 rchunk)
+{
+    __shared__ double acc[2][LX_NORM_ROWS][LX_WARP + 1];
+    const lx_i64 col = (lx_i64)blockIdx.x * LX_WARP + threadIdx.x, c = blockIdx.y;
+    const lx_i64 r0 = c * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
+    double v[2] = {0, 0}, shift = 0;  /* sum(d), sum(d^2) */
+    if (col < C) {
+        shift = (double)lx_load(x + r0 * C + col);
+#pragma unroll 4
+        for (lx_i64 row = r0 + threadIdx.y; row < r1; row += LX_NORM_ROWS) {
+            const double d = (double)lx_load(x + row * C + col) - shift;
+            v[0] += d;
+            v[1] += d * d;
+        }
+    }
+    lx_cols_sum(v, acc);
+    if (threadIdx.y == 0 && col < C) {
+        const double n = (double)(r1 - r0), dm = v[0] / n;
+        part[2 * (col * gridDim.y + c)] = shift + dm;
+        part[2 * (col * gridDim.y + c) + 1] = lx_shifted_m2(v[0], v[1], dm);
+    }
+}
+
+/* norm_backward_partial (not vec) for units that are the columns of x as (rows, C): the
+   unit's group and affine index are its column; results as there, chunk = blockIdx.y. */
+template <typename T>
+__global__ void norm_backward_cols_partial(const T* __restrict__ x, const T* __restrict__ dy,
+                                           const T* __restrict__ scale, const T* __restrict__ bias,
+                                           const double* __restrict__ mean, const double* __restrict__ rstd,
+                                           double* __restrict__ part, lx_i64 rows, lx_i64 C, lx_i64 rchunk,
+                                           int act, typename lx_acc<T>::type p)
+{
+    typedef lx_norm_ops<T> O;
+    typedef typename O::A A;
+    __shared__ double acc[4][LX_NORM_ROWS][LX_WARP + 1];
+    const lx_i64 col = (lx_i64)blockIdx.x * LX_WARP + threadIdx.x, c = blockIdx.y;
+    const lx_i64 r0 = c * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
+    double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h * xhat), sum(g), sum(g * xhat) */
+    if (col < C) {
+        const A m = (A)mean[col], r = (A)rstd[col], s = lx_load(scale + col), b = lx_load(bias + col);
+#pragma unroll 4
+        for (lx_i64 row = r0 + threadIdx.y; row < r1; row += LX_NORM_ROWS) {
+            const lx_i64 i = row * C + col;
+            const A xh = O::xhat(lx_load(x + i), m, r);
+            const A g = O::g(lx_load(dy + i), O::z(xh, s, b), act, p);
+            const double h = (double)lx_mul(g, s);
+            v[0] += h;
+            v[1] += h * (double)xh;
+            v[2] += (double)g;
+            v[3] += (double)g * (double)xh;
+        }
+    }
+    lx_cols_sum(v, acc);
+    if (threadIdx.y == 0 && col < C)
+#pragma unroll
+        for (int k = 0; k < 4; k++) part[4 * (col * gridDim.y + c) + k] = v[k];
+}
+
+/* layernorm's per-column sums from the blocks' partials part[(r * length + j) * 2 + k]:
+   sg[j] = sum over r of part[.. + 0], sgx[j] of part[.. + 1], in T. Blocks of (LX_WARP,
+   LX_NORM_ROWS) threads, threadIdx.x along the columns: thread y adds the parts r = y, y +
+   LX_NORM_ROWS, ... in order, then lx_cols_sum adds the threads' sums in order of y (a fixed
+   order for given nparts). */
+template <typename T>
+__global__ void norm_cols_finalize(const double* __restrict__ part, T* __restrict__ sg, T* __restrict__ sgx,
+                                   lx_i64 nparts, lx_i64 length)
+{
+    __shared__ double acc[2][LX_NORM_ROWS][LX_WARP + 1];
+    const lx_i64 j = (lx_i64)blockIdx.x * LX_WARP + threadIdx.x;
+    double v[2] = {0, 0};
+    if (j < length)
+#pragma unroll 4
+        for (lx_i64 r = threadIdx.y; r < nparts; r += LX_NORM_ROWS) {
+            v[0] += part[(r * length + j) * 2];
+            v[1] += part[(r * length + j) * 2 + 1];
+        }
+    lx_cols_sum(v, acc);
+    if (threadIdx.y == 0 && j < length) {
+        sg[j] = lx_from_double<T>(v[0]);
+        sgx[j] = lx_from_double<T>(v[1]);
+    }
+}
+
 /* Backward pass 2 of layernorm, x as (rows, L): dx, and per column (affine element) the
    sums of g and g * xhat over the rows of chunk blockIdx.y, at part[2 * (blockIdx.y * L + col)
-   + {0, 1}]. Blocks of (32, LX_NORM_ROWS) threads, threadIdx.x along columns (coalesced). */
-#define LX_NORM_ROWS 8
+   + {0, 1}]. */
 template <typename T>
 __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restrict__ dy,
                                       const T* __restrict__ scale, const T* __restrict__ bias,
@@ -390,7 +487,7 @@ __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restri
     __shared__ double acc[2][LX_NORM_ROWS][LX_WARP + 1];
     const lx_i64 col = (lx_i64)blockIdx.x * LX_WARP + threadIdx.x;
     const lx_i64 r0 = (lx_i64)blockIdx.y * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
-    double sg = 0, sgx = 0;
+    double v[2] = {0, 0};  /* sum(g), sum(g * xhat) */
     if (col < L) {
         const A s = lx_load(scale + col), b = lx_load(bias + col);
         for (lx_i64 row = r0 + threadIdx.y; row < r1; row += LX_NORM_ROWS) {
@@ -398,20 +495,14 @@ __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restri
             A g, xh;
             lx_store(dx + i, lx_norm_dx<T>(x[i], dy[i], s, b, (A)mean[row], (A)rstd[row], mh, mhx, row, 1, act, p,
                                            &g, &xh));
-            sg += (double)g;
-            sgx += (double)g * (double)xh;
+            v[0] += (double)g;
+            v[1] += (double)g * (double)xh;
         }
     }
-    acc[0][threadIdx.y][threadIdx.x] = sg;
-    acc[1][threadIdx.y][threadIdx.x] = sgx;
-    __syncthreads();
+    lx_cols_sum(v, acc);
     if (threadIdx.y == 0 && col < L) {
-        for (int k = 1; k < LX_NORM_ROWS; k++) {
-            sg += acc[0][k][threadIdx.x];
-            sgx += acc[1][k][threadIdx.x];
-        }
-        part[2 * ((lx_i64)blockIdx.y * L + col)] = sg;
-        part[2 * ((lx_i64)blockIdx.y * L + col) + 1] = sgx;
+        part[2 * ((lx_i64)blockIdx.y * L + col)] = v[0];
+        part[2 * ((lx_i64)blockIdx.y * L + col) + 1] = v[1];
     }
 }
 
@@ -447,9 +538,10 @@ template <typename T> struct lx_row_cols {
     }
 };
 
-/* Fused layernorm forward: per row, mean and biased var in double (the row's sum, then the
-   sum of squared deviations from its mean, both over the registers), rstd = 1 / sqrt(var +
-   eps) in double (as the launch code of the general path computes it), and y. */
+/* Fused layernorm forward: per row, mean and biased var in double from the shifted sums of
+   d = x - K and d * d over the registers (K the row's first element, as norm_stats_partial
+   does for a chunk: one block reduction a tile), rstd = 1 / sqrt(var + eps) in double (as
+   norm_stats_finalize computes it), and y. */
 template <typename T>
 __global__ void __launch_bounds__(LX_ROWS_THREADS)
     norm_rows_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,
@@ -458,45 +550,40 @@ __global__ void __launch_bounds__(LX_ROWS_THREADS)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
-    __shared__ double scratch[LX_ROWS_TILE][LX_WARP];
-    __shared__ double sums[LX_ROWS_TILE], sqsums[LX_ROWS_TILE];
+    __shared__ double scratch[2 * LX_ROWS_TILE][LX_WARP];
+    __shared__ double sums[2 * LX_ROWS_TILE];
     const lx_row_cols<T> rc(scale, bias, L);
     const lx_i64 r0 = (lx_i64)blockIdx.x * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
     const double n = (double)L;
     for (lx_i64 t0 = r0; t0 < r1; t0 += LX_ROWS_TILE) {
         A v[LX_ROWS_TILE][LX_ROWS_COLS];
-        double part[LX_ROWS_TILE];
+        double part[2 * LX_ROWS_TILE];  /* sum(d), sum(d^2) of each row */
 #pragma unroll
         for (int k = 0; k < LX_ROWS_TILE; k++) {
-            part[k] = 0.0;
+            const bool row = t0 + k < r1;
+            const double shift = row ? (double)lx_load(x + (t0 + k) * L) : 0.0;
+            part[2 * k] = part[2 * k + 1] = 0.0;
 #pragma unroll
             for (int c = 0; c < LX_ROWS_COLS; c++) {
-                v[k][c] = rc.in[c] && t0 + k < r1 ? lx_load(x + (t0 + k) * L + rc.col[c]) : (A)0;
-                part[k] += (double)v[k][c];
+                v[k][c] = rc.in[c] && row ? lx_load(x + (t0 + k) * L + rc.col[c]) : (A)0;
+                const double d = rc.in[c] && row ? (double)v[k][c] - shift : 0.0;
+                part[2 * k] += d;
+                part[2 * k + 1] += d * d;
             }
         }
         lx_block_sums(part, scratch, sums);
 #pragma unroll
         for (int k = 0; k < LX_ROWS_TILE; k++) {
-            const double m = sums[k] / n;
-            part[k] = 0.0;
-#pragma unroll
-            for (int c = 0; c < LX_ROWS_COLS; c++) {
-                const double d = (double)v[k][c] - m;
-                if (rc.in[c]) part[k] += d * d;
-            }
-        }
-        lx_block_sums(part, scratch, sqsums);
-#pragma unroll
-        for (int k = 0; k < LX_ROWS_TILE; k++) {
-            const double m = sums[k] / n, r = 1.0 / sqrt(sqsums[k] / n + eps);
-            if (threadIdx.x == 0 && t0 + k < r1) {
+            if (t0 + k >= r1) continue;
+            const double dm = sums[2 * k] / n, m = (double)lx_load(x + (t0 + k) * L) + dm;
+            const double r = 1.0 / sqrt(lx_shifted_m2(sums[2 * k], sums[2 * k + 1], dm) / n + eps);
+            if (threadIdx.x == 0) {
                 mean[t0 + k] = m;
                 rstd[t0 + k] = r;
             }
 #pragma unroll
             for (int c = 0; c < LX_ROWS_COLS; c++) {
-                if (t0 + k < r1 && rc.in[c]) {
+                if (rc.in[c]) {
                     const A xh = O::xhat(v[k][c], (A)m, (A)r);
                     lx_store(y + (t0 + k) * L + rc.col[c], lx_act(act, O::z(xh, rc.s[c], rc.b[c]), p));
                 }

@@ -220,6 +220,31 @@ def test_two_stage_cases_are_chunked():
         assert _normalization._chunks(mod, geom.stats.units, geom.stats.length)[0] > 1, shape
 
 
+# batchnorm of (N, C) inputs (and (N, C, 1, 1)): columns of 1, 31, 33 and 70 channels, a
+# row or rows over several chunks (chunks of at least 2 rows with min_chunk=64)
+COLUMN_CASES = [("none", (1, 33)), ("train", (9, 1)), ("train", (300, 31)), ("none", (77, 70)),
+                ("train", (40, 33, 1, 1))]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("variant, shape", COLUMN_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_batchnorm_columns(dtype, variant, shape, schedule):
+    """batchnorm whose channels are the columns of x (one element per channel and sample)
+    takes the column kernels, for the statistics and the backward sums, one chunk or
+    several, and matches the generic path."""
+    for min_chunk in (None, 64):
+        mod = recorded(emu(schedule, min_chunk=min_chunk))
+        for act in (activations.identity, activations.gelu):
+            check(mod, "batchnorm", variant, act, shape, dtype, seed=shape[0])
+        launched = set(mod.names)
+        assert {"norm_stats_cols_partial", "norm_backward_cols_partial"} <= launched, launched
+        assert not {"norm_stats_partial", "norm_backward_partial"} & launched, launched
+        if min_chunk and shape[0] >= 40:
+            units = _normalization._channel_geometry(shape, "batch").stats
+            assert _normalization._column_chunks(mod, units)[1] > 1, shape
+
+
 class recorded:
     """A kernel module that records the names of the kernels launched through it."""
 
@@ -310,8 +335,7 @@ def test_double_results_are_rounded_once(dtype):
         (1,), (32,), (part, mh, mhx, sums[0], sums[1]) + tuple(np.int64([n, 1, 1])) + (np.int32(4),)
         + tuple(np.int64([n, n])) + (np.float64(1),))
     np.testing.assert_array_equal(sums, [want, -want])
-    mod.get_function(kernel_name("norm_cols_finalize", dtype))(
-        (1,), (32,), (np.stack([v, -v], axis=1).ravel(), sums[0], sums[1], np.int64(1), np.int64(n)))
+    sums = _normalization._column_sums(mod, np.stack([v, -v], axis=1).ravel(), 1, n, dtype)
     np.testing.assert_array_equal(sums, [want, -want])
 
 
@@ -332,6 +356,36 @@ def test_statistics_of_offset_data():
         f, args, kwargs = call(op, variant, activations.relu, x, scale, bias, rm, rv)
         got, want = run_emulated(mod, f, args, kwargs, dy), reference(f, args, kwargs, dy)
         assert_close(got[:1], want[:1], dtype, f"{op} {shape}")
+
+
+# an infinity in x at the first element of its reduction (the kernels' shift) or after it
+INFINITE_CASES = [("layernorm", (-1,), (3, 7), 1), ("layernorm", (-1,), (3, 7), 0),
+                  ("layernorm", (-1,), (2, 1100), 5), ("batchnorm", "none", (6, 3), 1),
+                  ("batchnorm", "none", (4, 3, 5), 1), ("groupnorm", 1, (2, 2, 3), 1)]
+
+
+@pytest.mark.parametrize("op, variant, shape, at", INFINITE_CASES, ids=str)
+def test_infinities_follow_the_formulas(op, variant, shape, at):
+    """An infinite x makes its group's mean infinite and its variance NaN, as the formulas
+    (and the generic path) do: every output is NaN where the reference's is, +-Inf where
+    its is, and close elsewhere. (The shifted one-pass sums give inf - inf there; a clamp
+    of that to 0 would leave a finite rstd and silently finite outputs.)"""
+    dtype = np.float32
+    mod = emu("shuffle")
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, True, 3)
+    x.flat[at] = np.inf
+    for act in (activations.identity, activations.relu):
+        f, args, kwargs = call(op, variant, act, x, scale, bias, rm, rv)
+        with np.errstate(all="ignore"):
+            got, want = run_emulated(mod, f, args, kwargs, dy), reference(f, args, kwargs, dy)
+        for k, (g, w) in enumerate(zip(got, want)):
+            g = g.astype(np.float64)
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"{op} {shape} output {k}")
+            np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=f"{op} {shape} output {k}")
+            np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=f"{op} {shape} output {k}")
+            fin = np.isfinite(w)
+            assert_close([g[fin].astype(dtype)], [w[fin]], dtype, f"{op} {shape} output {k}")
+    assert np.isnan(got[0]).any()
 
 
 def test_rows_constants_match_the_kernels():

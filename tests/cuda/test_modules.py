@@ -22,15 +22,25 @@ class _RawModule:
 
 
 def test_get_module_keeps_the_kernels(monkeypatch):
+    """One module per element type, compiled with that type's name expressions on the first
+    launch of one of its kernels; kernels kept."""
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=_RawModule))
     monkeypatch.setattr(_modules, "_MODULES", {})
     mod = _modules.get_module("dropout")
     assert _modules.get_module("dropout") is mod
-    assert mod.raw.kwargs["name_expressions"] == _modules.name_expressions("dropout")
+    assert mod.raw == {}  # nothing compiled before a launch
     first = mod.get_function("multiply<float>")
     assert mod.get_function("multiply<float>") is first
+    assert set(mod.raw) == {"float"}
+    assert mod.raw["float"].kwargs["name_expressions"] == _modules.name_expressions("dropout", "float")
+    assert "multiply<double>" not in mod.raw["float"].kwargs["name_expressions"]
+    mod.get_function("dropout_mask<float>")
     assert mod.get_function("multiply<double>") is not first
-    assert mod.raw.calls == ["multiply<float>", "multiply<double>"]
+    assert set(mod.raw) == {"float", "double"}
+    assert mod.raw["float"].calls == ["multiply<float>", "dropout_mask<float>"]
+    assert mod.raw["double"].calls == ["multiply<double>"]
+    assert sorted(sum((_modules.name_expressions("dropout", t) for t in _modules.TYPES.values()), [])) == sorted(
+        _modules.name_expressions("dropout"))
 
 
 @pytest.mark.parametrize("n, per_thread, blocks", [(0, 1, 1), (1, 1, 1), (256, 1, 1), (257, 1, 2),
