@@ -194,7 +194,7 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
    again and stores nothing. Indices stay below n + LX_UNROLL * the grid's threads, which the
    host keeps within the index type (_normalization._index_args). */
 template <typename Load, typename Store>
-__device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, Load load, Store store)
+__device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, int act, Load load, Store store)
 {
     auto run = [&](auto zero) {
         typedef decltype(zero) I;
@@ -209,11 +209,13 @@ __device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, Load load
                 const I i = i0 + (I)u * stride;
                 in[u] = load(i < (I)n ? i : i0);
             }
+            lx_with_act(act, [&](auto id) {  /* one switch for the LX_UNROLL elements */
 #pragma unroll
-            for (int u = 0; u < LX_UNROLL; u++) {
-                const I i = i0 + (I)u * stride;
-                if (i < (I)n) store(i, ng.mod(qd.div(i)), am.mod(ad.div(i)), in[u]);
-            }
+                for (int u = 0; u < LX_UNROLL; u++) {
+                    const I i = i0 + (I)u * stride;
+                    if (i < (I)n) store(i, ng.mod(qd.div(i)), am.mod(ad.div(i)), in[u], id);
+                }
+            });
         }
     };
     if (wide) run((lx_u64)0);
@@ -229,10 +231,10 @@ __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scal
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
     lx_norm_elements(
-        LX_NORM_INDEX_ARGS, [&](auto i) { return x[i]; },
-        [&](auto i, auto q, auto a, T xv) {
+        LX_NORM_INDEX_ARGS, act, [&](auto i) { return x[i]; },
+        [&](auto i, auto q, auto a, T xv, auto id) {
             const A xh = O::xhat(lx_load(&xv), (A)mean[q], (A)rstd[q]);
-            lx_store(y + i, lx_act(act, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
+            lx_store(y + i, lx_act(decltype(id)::value, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
         });
 }
 
@@ -358,11 +360,11 @@ __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ 
 {
     typedef typename lx_acc<T>::type A;
     lx_norm_elements(
-        LX_NORM_INDEX_ARGS, [&](auto i) { return lx_two<T>{x[i], dy[i]}; },
-        [&](auto i, auto q, auto a, const lx_two<T>& in) {
+        LX_NORM_INDEX_ARGS, act, [&](auto i) { return lx_two<T>{x[i], dy[i]}; },
+        [&](auto i, auto q, auto a, const lx_two<T>& in, auto id) {
             A g, xh;
             lx_store(dx + i, lx_norm_dx<T>(in.a, in.b, lx_load(scale + a), lx_load(bias + a), (A)mean[q],
-                                           (A)rstd[q], mh, mhx, q, batch, act, p, &g, &xh));
+                                           (A)rstd[q], mh, mhx, q, batch, decltype(id)::value, p, &g, &xh));
         });
 }
 
@@ -555,40 +557,60 @@ __global__ void __launch_bounds__(LX_ROWS_THREADS)
     const lx_row_cols<T> rc(scale, bias, L);
     const lx_i64 r0 = (lx_i64)blockIdx.x * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
     const double n = (double)L;
+    /* the tile's elements, loaded while the previous tile was reduced and stored (A: T
+       widened, so that the loads issue before any use) */
+    A v[LX_ROWS_TILE][LX_ROWS_COLS];
+    auto load_tile = [&](lx_i64 t) {
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++)
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++)
+                v[k][c] = rc.in[c] && t + k < r1 ? lx_load(x + (t + k) * L + rc.col[c]) : (A)0;
+    };
+    if (r0 < r1) load_tile(r0);
     for (lx_i64 t0 = r0; t0 < r1; t0 += LX_ROWS_TILE) {
-        A v[LX_ROWS_TILE][LX_ROWS_COLS];
         double part[2 * LX_ROWS_TILE];  /* sum(d), sum(d^2) of each row */
+        double shift[LX_ROWS_TILE];
 #pragma unroll
         for (int k = 0; k < LX_ROWS_TILE; k++) {
             const bool row = t0 + k < r1;
-            const double shift = row ? (double)lx_load(x + (t0 + k) * L) : 0.0;
+            shift[k] = row ? (double)lx_load(x + (t0 + k) * L) : 0.0;
             part[2 * k] = part[2 * k + 1] = 0.0;
 #pragma unroll
             for (int c = 0; c < LX_ROWS_COLS; c++) {
-                v[k][c] = rc.in[c] && row ? lx_load(x + (t0 + k) * L + rc.col[c]) : (A)0;
-                const double d = rc.in[c] && row ? (double)v[k][c] - shift : 0.0;
+                const double d = rc.in[c] && row ? (double)v[k][c] - shift[k] : 0.0;
                 part[2 * k] += d;
                 part[2 * k + 1] += d * d;
             }
         }
+        A cur[LX_ROWS_TILE][LX_ROWS_COLS];
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++)
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) cur[k][c] = v[k][c];
+        if (t0 + LX_ROWS_TILE < r1) load_tile(t0 + LX_ROWS_TILE);  /* in flight across the reduction */
         lx_block_sums(part, scratch, sums);
+        A m[LX_ROWS_TILE], r[LX_ROWS_TILE];
 #pragma unroll
         for (int k = 0; k < LX_ROWS_TILE; k++) {
-            if (t0 + k >= r1) continue;
-            const double dm = sums[2 * k] / n, m = (double)lx_load(x + (t0 + k) * L) + dm;
-            const double r = 1.0 / sqrt(lx_shifted_m2(sums[2 * k], sums[2 * k + 1], dm) / n + eps);
-            if (threadIdx.x == 0) {
-                mean[t0 + k] = m;
-                rstd[t0 + k] = r;
+            const double dm = sums[2 * k] / n, md = shift[k] + dm;
+            const double rd = 1.0 / sqrt(lx_shifted_m2(sums[2 * k], sums[2 * k + 1], dm) / n + eps);
+            if (threadIdx.x == 0 && t0 + k < r1) {
+                mean[t0 + k] = md;
+                rstd[t0 + k] = rd;
             }
-#pragma unroll
-            for (int c = 0; c < LX_ROWS_COLS; c++) {
-                if (rc.in[c]) {
-                    const A xh = O::xhat(v[k][c], (A)m, (A)r);
-                    lx_store(y + (t0 + k) * L + rc.col[c], lx_act(act, O::z(xh, rc.s[c], rc.b[c]), p));
-                }
-            }
+            m[k] = (A)md;
+            r[k] = (A)rd;
         }
+        lx_with_act(act, [&](auto id) {  /* one switch a tile */
+#pragma unroll
+            for (int k = 0; k < LX_ROWS_TILE; k++)
+#pragma unroll
+                for (int c = 0; c < LX_ROWS_COLS; c++)
+                    if (t0 + k < r1 && rc.in[c])
+                        lx_store(y + (t0 + k) * L + rc.col[c],
+                                 lx_act(decltype(id)::value, O::z(O::xhat(cur[k][c], m[k], r[k]), rc.s[c], rc.b[c]), p));
+        });
     }
 }
 
@@ -609,21 +631,47 @@ __global__ void __launch_bounds__(LX_ROWS_THREADS)
     const lx_row_cols<T> rc(scale, bias, L);
     const lx_i64 r0 = (lx_i64)blockIdx.x * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
     double sg[LX_ROWS_COLS] = {}, sgx[LX_ROWS_COLS] = {};
+    /* the tile's x and dy, loaded while the previous tile was reduced and stored */
+    A xv[LX_ROWS_TILE][LX_ROWS_COLS], dv[LX_ROWS_TILE][LX_ROWS_COLS];
+    auto load_tile = [&](lx_i64 t) {
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++)
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                const bool in = rc.in[c] && t + k < r1;
+                xv[k][c] = in ? lx_load(x + (t + k) * L + rc.col[c]) : (A)0;
+                dv[k][c] = in ? lx_load(dy + (t + k) * L + rc.col[c]) : (A)0;
+            }
+    };
+    if (r0 < r1) load_tile(r0);
     for (lx_i64 t0 = r0; t0 < r1; t0 += LX_ROWS_TILE) {
-        A g[LX_ROWS_TILE][LX_ROWS_COLS], xh[LX_ROWS_TILE][LX_ROWS_COLS];
+        A g[LX_ROWS_TILE][LX_ROWS_COLS], xh[LX_ROWS_TILE][LX_ROWS_COLS], r[LX_ROWS_TILE];
         double hs[2 * LX_ROWS_TILE];
 #pragma unroll
         for (int k = 0; k < LX_ROWS_TILE; k++) {
-            hs[2 * k] = hs[2 * k + 1] = 0.0;
             const bool row = t0 + k < r1;
-            const A m = row ? (A)mean[t0 + k] : (A)0, r = row ? (A)rstd[t0 + k] : (A)0;
+            r[k] = row ? (A)rstd[t0 + k] : (A)0;
+            const A m = row ? (A)mean[t0 + k] : (A)0;
 #pragma unroll
             for (int c = 0; c < LX_ROWS_COLS; c++) {
-                g[k][c] = xh[k][c] = (A)0;
-                if (row && rc.in[c]) {
-                    const lx_i64 i = (t0 + k) * L + rc.col[c];
-                    xh[k][c] = O::xhat(lx_load(x + i), m, r);
-                    g[k][c] = O::g(lx_load(dy + i), O::z(xh[k][c], rc.s[c], rc.b[c]), act, p);
+                xh[k][c] = O::xhat(xv[k][c], m, r[k]);
+                g[k][c] = dv[k][c];  /* dy until the activation's derivative multiplies it */
+            }
+        }
+        if (t0 + LX_ROWS_TILE < r1) load_tile(t0 + LX_ROWS_TILE);  /* in flight across the reduction */
+        lx_with_act(act, [&](auto id) {  /* one switch a tile */
+#pragma unroll
+            for (int k = 0; k < LX_ROWS_TILE; k++)
+#pragma unroll
+                for (int c = 0; c < LX_ROWS_COLS; c++)
+                    g[k][c] = O::g(g[k][c], O::z(xh[k][c], rc.s[c], rc.b[c]), decltype(id)::value, p);
+        });
+#pragma unroll
+        for (int k = 0; k < LX_ROWS_TILE; k++) {
+            hs[2 * k] = hs[2 * k + 1] = 0.0;
+#pragma unroll
+            for (int c = 0; c < LX_ROWS_COLS; c++) {
+                if (t0 + k < r1 && rc.in[c]) {
                     const double h = (double)lx_mul(g[k][c], rc.s[c]);
                     hs[2 * k] += h;
                     hs[2 * k + 1] += h * (double)xh[k][c];
@@ -638,7 +686,7 @@ __global__ void __launch_bounds__(LX_ROWS_THREADS)
             for (int c = 0; c < LX_ROWS_COLS; c++) {
                 if (t0 + k < r1 && rc.in[c]) {
                     lx_store(dx + (t0 + k) * L + rc.col[c],
-                             lx_norm_dx_batch(lx_mul(g[k][c], rc.s[c]), xh[k][c], (A)rstd[t0 + k], mh, mhx));
+                             lx_norm_dx_batch(lx_mul(g[k][c], rc.s[c]), xh[k][c], r[k], mh, mhx));
                     sg[c] += (double)g[k][c];
                     sgx[c] += (double)g[k][c] * (double)xh[k][c];
                 }
