@@ -1,9 +1,9 @@
 """Kernel sources and their lazily compiled CuPy modules.
 
 Each op family has one ``.cu`` file in this package (shipped as package data),
-compiled on first use into one ``cupy.RawModule`` holding every kernel of the
-family for float, double and __half (``name_expressions``). Nothing here imports
-CuPy at import time.
+compiled on first use into a ``cupy.RawModule`` per element type (float, double,
+__half) holding every kernel of the family for that type (``name_expressions``).
+Nothing here imports CuPy at import time.
 """
 
 import functools
