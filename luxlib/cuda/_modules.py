@@ -47,8 +47,9 @@ FAMILIES = {
     "normalization": (
         "normalization.cu",
         ("norm_stats_partial", "norm_stats_cols_partial", "norm_stats_finalize", "norm_forward",
-         "norm_backward_partial", "norm_backward_cols_partial", "norm_backward_dx", "norm_backward_dx_cols", "norm_rows_forward", "norm_rows_backward", "norm_given_stats",
-         "norm_running_update", "norm_backward_finalize", "norm_cols_finalize"),
+         "norm_backward_partial", "norm_backward_cols_partial", "norm_backward_dx", "norm_backward_dx_cols",
+         "norm_rows_forward", "norm_rows_backward", "norm_given_stats", "norm_running_update",
+         "norm_backward_finalize", "norm_cols_finalize"),
     ),
 }
 
