@@ -150,6 +150,12 @@ def _column_chunks(mod, units):
     return (tiles, nchunks), nchunks, rchunk
 
 
+def _finalize_grid(mod, n):
+    """Grid of the finalize kernels over ``n`` units (or groups): COLS_BLOCK blocks of 32 of
+    them, at most ``max_blocks`` (MAX_BLOCKS), looping over the rest."""
+    return (max(1, min(-(-n // COLS_BLOCK[0]), getattr(mod, "max_blocks", MAX_BLOCKS))),)
+
+
 def _statistics(mod, x, units, epsilon):
     """Float64 mean, biased variance and ``1 / sqrt(var + epsilon)`` of every unit
     (two-stage: chunks, then Chan merges)."""
@@ -170,7 +176,7 @@ def _statistics(mod, x, units, epsilon):
         )
     mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
     mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
-        grid_1d(mod, units.units), (BLOCK,),
+        _finalize_grid(mod, units.units), COLS_BLOCK,
         (part, mean, var, rstd) + _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),),
     )
     return mean, var, rstd
@@ -294,7 +300,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         mh, mhx = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
         sg, sgx = xp.empty((geom.amod,), x.dtype), xp.empty((geom.amod,), x.dtype)  # not written with vec
         mod.get_function(kernel_name("norm_backward_finalize", x.dtype))(
-            grid_1d(mod, max(geom.groups, geom.amod)), (BLOCK,),
+            _finalize_grid(mod, max(geom.groups, geom.amod)), COLS_BLOCK,
             (part, mh, mhx, sg, sgx) + _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),)
             + _i64(geom.amod, u.units) + (np.float64(geom.count),),
         )

@@ -53,6 +53,26 @@ __device__ __forceinline__ lx_i64 lx_chunk_end(lx_i64 k0, lx_i64 chunk, lx_i64 l
     return len - k0 < chunk ? len : k0 + chunk;
 }
 
+// ---- blocks of (LX_WARP, LX_NORM_ROWS) threads --------------------------------------------
+// The column kernels (x as (rows, C): threadIdx.x along the columns, so each row's loads are
+// coalesced; threadIdx.y over the rows of the block's chunk, blockIdx.y) and the finalize
+// kernels (threadIdx.x along the units or groups, threadIdx.y over their partial results).
+#define LX_NORM_ROWS 8
+
+/* v[k] summed over threadIdx.y in order of y, into thread y == 0's v (every thread calls it;
+   acc is free again after the block's next barrier) */
+template <int N>
+__device__ __forceinline__ void lx_cols_sum(double (&v)[N], double (&acc)[N][LX_NORM_ROWS][LX_WARP + 1])
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) acc[k][threadIdx.y][threadIdx.x] = v[k];
+    __syncthreads();
+    if (threadIdx.y == 0)
+        for (int r = 1; r < LX_NORM_ROWS; r++)
+#pragma unroll
+            for (int k = 0; k < N; k++) v[k] += acc[k][r][threadIdx.x];
+}
+
 /* out[k] = the sum over the block of every thread's v[k] (k < N), visible to every thread
    on return, for two barriers (the same sums as lx_block_sum, common.cuh, k by k, which takes
    two barriers for each); every thread calls it. out is overwritten by the next call with the same out:
@@ -110,28 +130,48 @@ __global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__
     }
 }
 
-/* mean[u] and the biased var[u] from the chunks' partial results, merged with Chan's
-   formula in chunk order, and rstd[u] = 1 / sqrt(var[u] + eps) (one thread per unit; each
-   double operation rounded on its own, as in the emulation and on the host). T is unused (one name per element
+/* Chan's merge of a partial result (count nb, mean mb, sum of squared deviations m2b) into
+   v = (count, mean, M2); an empty one (nb == 0) changes nothing. Each double operation
+   rounded on its own (never contracted into FMAs), as in the emulation and on the host. */
+__device__ __forceinline__ void lx_chan_merge(double (&v)[3], double nb, double mb, double m2b)
+{
+    if (nb == 0) return;
+    const double nn = v[0] + nb, d = mb - v[1];
+    v[1] = lx_add(v[1], lx_mul(d, nb / nn));
+    v[2] = lx_add(v[2], lx_add(m2b, lx_mul(lx_mul(d, d), v[0] * nb / nn)));
+    v[0] = nn;
+}
+
+/* mean[u] and the biased var[u] from the chunks' partial results, and rstd[u] = 1 / sqrt(var[u]
+   + eps). Blocks of (LX_WARP, LX_NORM_ROWS) threads, 32 units a block (grid-stride): thread y
+   merges chunks y, y + LX_NORM_ROWS, ... in order, then thread 0 merges the LX_NORM_ROWS
+   results in order of y (with at most LX_NORM_ROWS chunks: the chunks in order, one thread's
+   loop of before; a fixed order for given shapes always). T is unused (one name per element
    type, like every kernel of the family). */
 template <typename T>
 __global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
                                     double* __restrict__ var, double* __restrict__ rstd, lx_i64 units,
                                     lx_i64 nchunks, lx_i64 len, lx_i64 chunk, double eps)
 {
-    for (lx_i64 u = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; u < units; u += (lx_i64)gridDim.x * blockDim.x) {
-        double n = 0, m = 0, m2 = 0;
-        for (lx_i64 c = 0; c < nchunks; c++) {
-            const double nb = (double)(lx_chunk_end(c * chunk, chunk, len) - c * chunk);
-            const double mb = part[2 * (u * nchunks + c)], m2b = part[2 * (u * nchunks + c) + 1];
-            const double nn = n + nb, d = mb - m;
-            m = lx_add(m, lx_mul(d, nb / nn));  /* never contracted into FMAs */
-            m2 = lx_add(m2, lx_add(m2b, lx_mul(lx_mul(d, d), n * nb / nn)));
-            n = nn;
+    __shared__ double acc[3][LX_NORM_ROWS][LX_WARP + 1];
+    for (lx_i64 u0 = (lx_i64)blockIdx.x * LX_WARP; u0 < units; u0 += (lx_i64)gridDim.x * LX_WARP) {
+        const lx_i64 u = u0 + threadIdx.x;
+        double v[3] = {0, 0, 0};
+        if (u < units)
+            for (lx_i64 c = threadIdx.y; c < nchunks; c += LX_NORM_ROWS)
+                lx_chan_merge(v, (double)(lx_chunk_end(c * chunk, chunk, len) - c * chunk), part[2 * (u * nchunks + c)],
+                              part[2 * (u * nchunks + c) + 1]);
+#pragma unroll
+        for (int k = 0; k < 3; k++) acc[k][threadIdx.y][threadIdx.x] = v[k];
+        __syncthreads();
+        if (threadIdx.y == 0 && u < units) {
+            for (int r = 1; r < LX_NORM_ROWS; r++)
+                lx_chan_merge(v, acc[0][r][threadIdx.x], acc[1][r][threadIdx.x], acc[2][r][threadIdx.x]);
+            mean[u] = v[1];
+            var[u] = v[2] / v[0];
+            rstd[u] = 1.0 / sqrt(v[2] / v[0] + eps);
         }
-        mean[u] = m;
-        var[u] = m2 / n;
-        rstd[u] = 1.0 / sqrt(m2 / n + eps);
+        __syncthreads();  /* acc is read before the next tile writes it */
     }
 }
 
@@ -308,45 +348,46 @@ __device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
 /* Backward pass 1's results from its partials part[(u * nchunks + c) * nsum + k]: per
    group g (units g sdiv ... g sdiv + sdiv - 1), mh[g] = sum(h) / count and mhx[g] = sum(h
    xhat) / count; and with nsum == 4, per affine element a (units r amod + a), sg[a] =
-   sum(g) and sgx[a] = sum(g xhat) in T. Double sums, chunks innermost (one thread per
-   group, then per affine element). */
+   sum(g) and sgx[a] = sum(g xhat) in T. Double sums; blocks of (LX_WARP, LX_NORM_ROWS)
+   threads, 32 groups (and affine elements) a block (grid-stride): thread y adds the
+   partials y, y + LX_NORM_ROWS, ... of the list (unit, chunk) in order, then lx_cols_sum
+   adds the threads' sums in order of y (a fixed order for given shapes). */
 template <typename T>
 __global__ void norm_backward_finalize(const double* __restrict__ part, double* __restrict__ mh,
                                        double* __restrict__ mhx, T* __restrict__ sg, T* __restrict__ sgx,
                                        lx_i64 groups, lx_i64 sdiv, lx_i64 nchunks, int nsum, lx_i64 amod,
                                        lx_i64 units, double count)
 {
-    const lx_i64 first = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x, stride = (lx_i64)gridDim.x * blockDim.x;
-    for (lx_i64 g = first; g < groups; g += stride) {
-        double h = 0, hx = 0;
-        for (lx_i64 s = 0; s < sdiv; s++) {
-            const double* p = part + (g * sdiv + s) * nchunks * nsum;
-            double uh = 0, uhx = 0;
-            for (lx_i64 c = 0; c < nchunks; c++) {
-                uh += p[c * nsum];
-                uhx += p[c * nsum + 1];
+    __shared__ double acc[4][LX_NORM_ROWS][LX_WARP + 1];
+    const lx_i64 n = groups > amod ? groups : amod, per_group = sdiv * nchunks, per_affine = units / amod * nchunks;
+    for (lx_i64 j0 = (lx_i64)blockIdx.x * LX_WARP; j0 < n; j0 += (lx_i64)gridDim.x * LX_WARP) {
+        const lx_i64 j = j0 + threadIdx.x;
+        double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h xhat) of group j; sum(g), sum(g xhat) of affine element j */
+        if (j < groups)
+            for (lx_i64 i = threadIdx.y; i < per_group; i += LX_NORM_ROWS) {
+                const double* p = part + (j * per_group + i) * nsum;  /* unit j sdiv + i / nchunks */
+                v[0] += p[0];
+                v[1] += p[1];
             }
-            h += uh;
-            hx += uhx;
-        }
-        mh[g] = h / count;
-        mhx[g] = hx / count;
-    }
-    if (nsum < 4) return;
-    for (lx_i64 a = first; a < amod; a += stride) {
-        double s0 = 0, s1 = 0;
-        for (lx_i64 u = a; u < units; u += amod) {
-            const double* p = part + u * nchunks * nsum;
-            double us0 = 0, us1 = 0;
-            for (lx_i64 c = 0; c < nchunks; c++) {
-                us0 += p[c * nsum + 2];
-                us1 += p[c * nsum + 3];
+        if (nsum == 4 && j < amod)
+            for (lx_i64 i = threadIdx.y; i < per_affine; i += LX_NORM_ROWS) {
+                const lx_i64 r = i / nchunks, c = i - r * nchunks;
+                const double* p = part + ((r * amod + j) * nchunks + c) * nsum;
+                v[2] += p[2];
+                v[3] += p[3];
             }
-            s0 += us0;
-            s1 += us1;
+        lx_cols_sum(v, acc);
+        if (threadIdx.y == 0) {
+            if (j < groups) {
+                mh[j] = v[0] / count;
+                mhx[j] = v[1] / count;
+            }
+            if (nsum == 4 && j < amod) {
+                sg[j] = lx_from_double<T>(v[2]);
+                sgx[j] = lx_from_double<T>(v[3]);
+            }
         }
-        sg[a] = lx_from_double<T>(s0);
-        sgx[a] = lx_from_double<T>(s1);
+        __syncthreads();  /* acc is read before the next tile writes it */
     }
 }
 
@@ -368,23 +409,7 @@ __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ 
         });
 }
 
-// ---- columns: x as (rows, C), a reduction per column -----------------------------------
-// Blocks of (LX_WARP, LX_NORM_ROWS) threads, threadIdx.x along the columns (each row's
-// loads coalesced), threadIdx.y over the rows of the block's chunk of rows (blockIdx.y).
-#define LX_NORM_ROWS 8
-
-/* v[k] summed over threadIdx.y in order of y, into thread y == 0's v (every thread calls it) */
-template <int N>
-__device__ __forceinline__ void lx_cols_sum(double (&v)[N], double (&acc)[N][LX_NORM_ROWS][LX_WARP + 1])
-{
-#pragma unroll
-    for (int k = 0; k < N; k++) acc[k][threadIdx.y][threadIdx.x] = v[k];
-    __syncthreads();
-    if (threadIdx.y == 0)
-        for (int r = 1; r < LX_NORM_ROWS; r++)
-#pragma unroll
-            for (int k = 0; k < N; k++) v[k] += acc[k][r][threadIdx.x];
-}
+// ---- columns: x as (rows, C), a reduction per column (blocks of LX_WARP x LX_NORM_ROWS) ----
 
 /* norm_stats_partial for units that are the columns of x as (rows, C) (batchnorm of (N, C)
    inputs: runs of one element, which the per-unit kernel reads a sector per element): the

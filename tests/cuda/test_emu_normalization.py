@@ -165,7 +165,7 @@ def test_matches_generic(dtype, op, variant, shape, schedule):
 
 
 # two-stage reductions: chunks of at least 64 elements (2 rows of layernorm's column
-# kernel), grids of elementwise kernels capped at 2 blocks (grid-stride loops)
+# kernel), grids of elementwise and finalize kernels capped at 2 blocks (grid-stride loops)
 CHUNKED = [
     ("batchnorm", "train", (5, 2, 40)),
     ("batchnorm", "none", (300, 2)),
@@ -173,6 +173,10 @@ CHUNKED = [
     ("groupnorm", 2, (2, 4, 50)),
     ("layernorm", "default", (40, 3, 11)),
     ("layernorm", (1,), (3, 200)),
+    # more partials than the finalize kernels' LX_NORM_ROWS threads a unit: 16 chunks a unit;
+    # groupnorm's backward, 2 units of 5 chunks a group and 2 samples of 5 an affine element
+    ("instancenorm", "train", (1, 2, 1000)),
+    ("groupnorm", 2, (2, 4, 300)),
 ]
 
 
@@ -202,6 +206,24 @@ MANY_CHANNELS = [
 def test_per_group_kernels_stride(dtype, op, variant, shape):
     mod = emu("shuffle", max_blocks=2)
     check(mod, op, variant, activations.relu, shape, dtype, seed=2)
+
+
+# more units than a grid of 2 finalize blocks covers at once (64), each of several chunks
+FINALIZE_STRIDES = [("instancenorm", "train", (2, 300, 200)), ("batchnorm", "train", (300, 70)),
+                    ("groupnorm", 100, (1, 200, 300))]
+
+
+@pytest.mark.parametrize("op, variant, shape", FINALIZE_STRIDES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_finalize_kernels_stride_over_chunked_units(dtype, op, variant, shape):
+    """The finalize kernels (32 units a block, the partials split over threadIdx.y) loop
+    over the units with the grid capped at 2 blocks, every unit of several chunks: a tile's
+    shared sums must be read before the next tile writes them (shuffled schedule)."""
+    mod = emu("shuffle", max_blocks=2, min_chunk=64)
+    units = _normalization._channel_geometry(shape, {"instancenorm": "instance", "batchnorm": "batch",
+                                                     "groupnorm": "group"}[op], variant if op == "groupnorm" else 1)
+    assert units.stats.units > 64 or _normalization._are_columns(units.stats)
+    check(mod, op, variant, activations.gelu, shape, dtype, seed=4)
 
 
 def test_two_stage_cases_are_chunked():
@@ -332,7 +354,7 @@ def test_double_results_are_rounded_once(dtype):
     part = np.stack([np.zeros(n), np.zeros(n), v, -v], axis=1).ravel()
     mh, mhx = np.empty(n), np.empty(n)
     mod.get_function(kernel_name("norm_backward_finalize", dtype))(
-        (1,), (32,), (part, mh, mhx, sums[0], sums[1]) + tuple(np.int64([n, 1, 1])) + (np.int32(4),)
+        (1,), _normalization.COLS_BLOCK, (part, mh, mhx, sums[0], sums[1]) + tuple(np.int64([n, 1, 1])) + (np.int32(4),)
         + tuple(np.int64([n, n])) + (np.float64(1),))
     np.testing.assert_array_equal(sums, [want, -want])
     sums = _normalization._column_sums(mod, np.stack([v, -v], axis=1).ravel(), 1, n, dtype)
