@@ -9,10 +9,10 @@
 // x is C-contiguous. Reductions run over *units*: unit u has `len` elements in runs of
 // `runlen` contiguous elements, run r of unit u starting at u * gstride + r * rstride.
 // A unit is cut into chunks of `chunk` elements, one block per (unit, chunk) (grid
-// (units, chunks)): every block writes double partial results, and a second kernel (or the
-// launch code, for plain sums) combines them in chunk order, so results do not depend on
-// the schedule (layernorm rows of at most 1024 elements take the fused rows kernels at the
-// end of this file instead). The elementwise kernels find the statistics group of element i as
+// (units, chunks); units that are the columns of an (N, C) x take the column kernels):
+// every block writes double partial results, and a finalize kernel combines them in a fixed
+// order, so results do not depend on the schedule (layernorm rows of at most 1024 elements
+// take the fused rows kernels at the end of this file instead). The elementwise kernels find the statistics group of element i as
 // (i / qdiv) % ngroups and its affine (scale/bias) index as (i / adiv) % amod.
 // No kernel divides per element: divisions by these launch constants are multiply-shifts
 // (lx_divisor, common.cuh; in 32 bits when every index is below 2^31), and the reductions
@@ -641,7 +641,7 @@ __global__ void __launch_bounds__(LX_ROWS_THREADS)
 
 /* Fused layernorm backward: per row, mean(h) and mean(h * xhat) (double sums over the
    registers), dx; and per column the sums of g and g * xhat over the block's rows, at
-   part[2 * (blockIdx.x * L + col) + {0, 1}] (the launch code adds the chunks in order). */
+   part[2 * (blockIdx.x * L + col) + {0, 1}] (norm_cols_finalize adds the chunks). */
 template <typename T>
 __global__ void __launch_bounds__(LX_ROWS_THREADS)
     norm_rows_backward(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
