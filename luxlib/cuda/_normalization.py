@@ -142,11 +142,11 @@ def _are_columns(units):
     return units.runlen == 1 and units.gstride == 1 and units.rstride == units.units
 
 
-def _column_chunks(mod, units):
-    """``(grid, nchunks, rchunk)`` of a column kernel over ``units`` (see :func:`_are_columns`):
-    a block per 32 columns and chunk of ``rchunk`` rows."""
-    tiles = -(-units.units // COLS_BLOCK[0])
-    nchunks, rchunk = _chunks(mod, tiles, units.length, COLS_BLOCK[0])
+def _column_chunks(mod, columns, rows):
+    """``(grid, nchunks, rchunk)`` of a column kernel over x as ``(rows, columns)``: a block
+    per 32 columns and chunk of ``rchunk`` rows."""
+    tiles = -(-columns // COLS_BLOCK[0])
+    nchunks, rchunk = _chunks(mod, tiles, rows, COLS_BLOCK[0])
     return (tiles, nchunks), nchunks, rchunk
 
 
@@ -161,7 +161,7 @@ def _statistics(mod, x, units, epsilon):
     (two-stage: chunks, then Chan merges)."""
     xp = array_namespace(x)
     if _are_columns(units):
-        grid, nchunks, chunk = _column_chunks(mod, units)
+        grid, nchunks, chunk = _column_chunks(mod, units.units, units.length)
         part = xp.empty((units.units * nchunks * 2,), xp.float64)
         mod.get_function(kernel_name("norm_stats_cols_partial", x.dtype))(
             grid, COLS_BLOCK, (x, part) + _i64(units.length, units.units, chunk)
@@ -281,7 +281,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         u = geom.bwd
         nsum = 2 if geom.vec else 4
         if not geom.vec and _are_columns(u):  # batchnorm of (N, C): unit = group = channel
-            grid, nchunks, chunk = _column_chunks(mod, u)
+            grid, nchunks, chunk = _column_chunks(mod, u.units, u.length)
             part = xp.empty((u.units * nchunks * nsum,), xp.float64)
             mod.get_function(kernel_name("norm_backward_cols_partial", x.dtype))(
                 grid, COLS_BLOCK,
@@ -329,11 +329,10 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
             mh = mhx = mean  # not read
         if geom.vec:  # layernorm: dx with the per-column sums (always batch statistics)
             rows, length = geom.groups, geom.count
-            tiles = -(-length // COLS_BLOCK[0])
-            nchunks, rchunk = _chunks(mod, tiles, rows, COLS_BLOCK[0])
+            grid, nchunks, rchunk = _column_chunks(mod, length, rows)
             part = xp.empty((nchunks * length * 2,), xp.float64)
             mod.get_function(kernel_name("norm_backward_dx_cols", x.dtype))(
-                (tiles, nchunks), COLS_BLOCK,
+                grid, COLS_BLOCK,
                 (x, dy, scale, bias, mean, rstd, mh, mhx, dx, part) + _i64(rows, length, rchunk)
                 + (np.int32(act.id), p),
             )
