@@ -69,6 +69,27 @@ LARGE = [
     ("layernorm", "default", (40, 3, 341)),
 ]
 
+# groups of fewer than 64 elements stored back to back go through the kernels block by
+# block (the tiny-groups path), above the serial threshold here: runs of 3 (the last
+# block short), 63, two and four runs per group; then 64 elements, the per-group kernels
+TINY = [
+    ("instancenorm", "train", (2731, 4, 3)),
+    ("instancenorm", "infer", (600, 3, 63)),
+    ("groupnorm", 3, (1200, 6, 5)),
+    ("groupnorm", 2, (900, 8, 1, 4)),
+    ("groupnorm", 4, (600, 8, 32)),
+    ("instancenorm", "train", (600, 3, 64)),
+]
+
+
+def _geometry(op, variant, shape):
+    """The kernels' geometry of an instancenorm or groupnorm call (as the glue builds it)."""
+    n, c, s = shape[0], shape[1], int(np.prod(shape[2:]))
+    if op == "instancenorm":
+        return (n * c, 1, s, s, s, s, c, 1, 0, False)
+    cg = c // variant
+    return (n * variant, cg, cg * s, s, s, s, variant, cg, 1, False)
+
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"threads={n}")
 def threads(request):
@@ -118,11 +139,19 @@ def test_matches_generic_small(dtype, act, op, variant, shape):
     check(op, variant, act, shape, dtype)
 
 
-@pytest.mark.parametrize("op, variant, shape", LARGE, ids=str)
+@pytest.mark.parametrize("op, variant, shape", LARGE + TINY, ids=str)
 @pytest.mark.parametrize("act", [activations.relu, activations.gelu], ids=["relu", "gelu"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 def test_matches_generic_large(dtype, act, op, variant, shape, threads):
     check(op, variant, act, shape, dtype, seed=1)
+
+
+@pytest.mark.parametrize("op, variant, shape", TINY, ids=str)
+def test_tiny_groups_path(op, variant, shape, threads):
+    """The TINY shapes take the path they are listed for: groups under 64 elements."""
+    size = int(np.prod(shape))
+    group = size // _geometry(op, variant, shape)[0]
+    assert kernels.tiny_groups(_geometry(op, variant, shape), size) == (group < 64)
 
 
 @pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
@@ -170,7 +199,7 @@ def split_on_two_threads(op, variant, shape):
     return groups < 8 and runs > 1
 
 
-@pytest.mark.parametrize("op, variant, shape", LARGE, ids=str)
+@pytest.mark.parametrize("op, variant, shape", LARGE + TINY, ids=str)
 def test_thread_counts(op, variant, shape):
     """Unsplit groups: identical results whatever the thread count; split groups and
     per-thread affine sums: deterministic for a thread count, otherwise within rounding."""
@@ -362,6 +391,8 @@ NONFINITE = [
     ("batchnorm", (300, 3), "scale"),
     ("batchnorm", (5, 2, 4095), "x"),
     ("batchnorm", (300, 3), "x"),
+    ("instancenorm", (4000, 3, 5), "x"),  # tiny groups
+    ("instancenorm", (3, 4, 7), "running_mean"),
 ]
 
 
@@ -460,6 +491,7 @@ STREAM_CASES = [
     ("batchnorm", lambda n: (5, -(-n // 5 // 4099), 4099), activations.relu),  # one unit per group
     ("batchnorm-split", lambda n: (2, 1, -(-n // 2)), activations.identity),  # 1 group: chunks
     ("layernorm", lambda n: (-(-n // 1027), 1027), activations.gelu),
+    ("instancenorm", lambda n: (-(-n // 21), 3, 7), activations.gelu),  # tiny groups
 ]
 
 
@@ -477,6 +509,10 @@ def test_streamed_outputs_match(dtype, case, threads):
         rows, length = shape_of(n)
         geom = (rows, 1, length, length, length, length, 1, 0, length, True)
         ngroups, naffine = rows, length
+    elif name == "instancenorm":
+        nb, c, s = shape_of(n)
+        geom = _geometry(name, None, (nb, c, s))
+        ngroups, naffine = nb * c, c
     else:
         nb, c, s = shape_of(n)
         geom = (c, nb, s, c * s, s, s, c, 1, 0, False)

@@ -46,7 +46,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt
 
-from ._activation cimport N_ACTIVATIONS as _N_IDS, _output_only, act_backward_n
+from ._activation cimport N_ACTIVATIONS as _N_IDS, _output_only, act_backward_n, act_forward_n
 from ._openmp_helpers cimport num_threads_for
 
 #: number of activation ids the kernels implement (ids 0 .. N_ACTIVATIONS - 1)
@@ -73,6 +73,9 @@ cdef enum:
     # prefetch x (and dy) ahead in groups up to this size (measured: faster up to 16384
     # elements, slower at 65536)
     PREFETCH_MAX = 1 << 14
+    # groups of fewer elements than this, stored back to back, take the tiny-groups path
+    # (measured: 3x faster at 32 elements, even at 64, slower from 128)
+    TINY = 64
 
 
 cdef struct Geom:
@@ -398,6 +401,102 @@ cdef extern from *:
 
     LXN_COLS_DEFINE(float, f)
     LXN_COLS_DEFINE(double, d)
+
+    /* The tiny groups' statistics (``_tiny_stats``): ng groups of n elements back to */
+    /* back, LXN_TG of them side by side, so that their sums' dependency chains overlap */
+    /* (one group at a time, each addition waited on the previous one); each group's */
+    /* sums run in element order (as in lxn_moments's last lane below LXN_LANES). */
+    #define LXN_TG 8
+    #define LXN_TINY_STATS(T, S) \
+    static LX_CLONES void lxn_tiny_stats_##S(const T* x, ptrdiff_t ng, ptrdiff_t n, \
+                                             ptrdiff_t shift_len, double* mean, \
+                                             double* var) { \
+        ptrdiff_t ns = n < shift_len ? n : shift_len, q, w, i, j; \
+        for (q = 0; q < ng; q += w) { \
+            double c[LXN_TG], s1[LXN_TG], s2[LXN_TG], d, m2; \
+            const T* xq = x + q * n; \
+            w = ng - q < LXN_TG ? ng - q : LXN_TG; \
+            for (j = 0; j < LXN_TG; j++) { c[j] = 0; s1[j] = 0; s2[j] = 0; } \
+            if (w == LXN_TG) { \
+                for (i = 0; i < ns; i++) for (j = 0; j < LXN_TG; j++) c[j] += xq[j * n + i]; \
+            } else { \
+                for (i = 0; i < ns; i++) for (j = 0; j < w; j++) c[j] += xq[j * n + i]; \
+            } \
+            for (j = 0; j < LXN_TG; j++) { \
+                c[j] /= ns; \
+                if (!(c[j] - c[j] == 0)) c[j] = 0; /* an Inf or NaN: shift by 0 */ \
+            } \
+            if (w == LXN_TG) { \
+                for (i = 0; i < n; i++) for (j = 0; j < LXN_TG; j++) { \
+                    d = xq[j * n + i] - c[j]; s1[j] += d; s2[j] += d * d; } \
+            } else { \
+                for (i = 0; i < n; i++) for (j = 0; j < w; j++) { \
+                    d = xq[j * n + i] - c[j]; s1[j] += d; s2[j] += d * d; } \
+            } \
+            for (j = 0; j < w; j++) { \
+                mean[q + j] = c[j] + s1[j] / n; \
+                m2 = s2[j] - s1[j] * (s1[j] / n); \
+                var[q + j] = (0.0 > m2 ? 0.0 : m2) / n; /* NaN stays */ \
+            } \
+        } \
+    }
+    /* The tiny groups' other loops: ng groups from group q0 on, each of nruns runs of */
+    /* runlen elements back to back, run k of group q with the affine index */
+    /* (q % amod) * agstride + k * astep. lxn_tiny_affine: z = (x - m) * a + b as */
+    /* lxn_affine (the activation follows over the whole block). lxn_tiny_dx: from */
+    /* g = dy * act', each run's sums in element order (run_g, and run_gx times rstd, */
+    /* indexed by run; as lxn_pass1) and dx as lxn_dx. */
+    #define LXN_TINY_RUNS \\
+        for (ptrdiff_t q = q0; q < q0 + ng; q++) \\
+            for (ptrdiff_t k = 0, a = (q % amod) * agstride; k < nruns; k++, a += astep, e += runlen)
+    #define LXN_TINY_DEFINE(T, S) \\
+    static LX_CLONES void lxn_tiny_affine_##S(const T* x, const T* scale, const T* bias, \\
+                                              ptrdiff_t q0, ptrdiff_t ng, ptrdiff_t nruns, \\
+                                              ptrdiff_t runlen, ptrdiff_t amod, \\
+                                              ptrdiff_t agstride, ptrdiff_t astep, \\
+                                              const double* mean, const double* rstd, \\
+                                              T* restrict z) { \\
+        ptrdiff_t e = 0; \\
+        LXN_TINY_RUNS { \\
+            T m = (T)mean[q], a_ = (T)rstd[q] * scale[a], b = bias[a]; \\
+            for (ptrdiff_t i = e; i < e + runlen; i++) z[i] = (x[i] - m) * a_ + b; \\
+        } \\
+    } \\
+    static LX_CLONES LXN_NO_CONTRACT void lxn_tiny_dx_##S( \\
+            const T* x, const T* g, const T* scale, ptrdiff_t q0, ptrdiff_t ng, \\
+            ptrdiff_t nruns, ptrdiff_t runlen, ptrdiff_t amod, ptrdiff_t agstride, \\
+            ptrdiff_t astep, const double* mean, const double* rstd, double* restrict run_g, \\
+            double* restrict run_gx, T* restrict d, int batch) { \\
+        LXN_NO_CONTRACT_BODY \\
+        ptrdiff_t e = 0, n = nruns * runlen; \\
+        double sh = 0, shx = 0; \\
+        LXN_TINY_RUNS { \\
+            double sg = 0, sgx = 0, v; \\
+            if (k == 0) { sh = 0; shx = 0; } \\
+            for (ptrdiff_t i = e; i < e + runlen; i++) { \\
+                v = g[i]; sg += v; sgx += v * (x[i] - mean[q]); } \\
+            run_g[q * nruns + k] = sg; \\
+            run_gx[q * nruns + k] = sgx * rstd[q]; \\
+            sh += sg * scale[a]; \\
+            shx += sgx * scale[a]; \\
+            if (k < nruns - 1) continue; \\
+            /* the group's last run: its dx, from its first run on */ \\
+            T r = (T)rstd[q], m = (T)mean[q], hm = (T)(sh / n); \\
+            T cc = (T)(rstd[q] * rstd[q] * rstd[q] * (shx / n)); \\
+            ptrdiff_t a0 = (q % amod) * agstride, e0 = e + runlen - n; \\
+            for (ptrdiff_t j = 0; j < nruns; j++) { \\
+                T s = scale[a0 + j * astep]; \\
+                ptrdiff_t i0 = e0 + j * runlen, i1 = i0 + runlen; \\
+                if (batch) for (ptrdiff_t i = i0; i < i1; i++) d[i] = (g[i] * s - hm) * r - (x[i] - m) * cc; \\
+                else for (ptrdiff_t i = i0; i < i1; i++) d[i] = g[i] * s * r; \\
+            } \\
+        } \\
+    }
+
+    LXN_TINY_STATS(float, f)
+    LXN_TINY_STATS(double, d)
+    LXN_TINY_DEFINE(float, f)
+    LXN_TINY_DEFINE(double, d)
     """
     void lxn_moments_f(const float* x, Py_ssize_t n, double k, double* s1, double* s2,
                        bint pf) nogil
@@ -434,6 +533,28 @@ cdef extern from *:
                             double* s2) nogil
     void lxn_moments_cols_d(const double* x, Py_ssize_t n, const double* k, double* s1,
                             double* s2) nogil
+    void lxn_tiny_stats_f(const float* x, Py_ssize_t ng, Py_ssize_t n, Py_ssize_t shift_len,
+                          double* mean, double* var) nogil
+    void lxn_tiny_stats_d(const double* x, Py_ssize_t ng, Py_ssize_t n, Py_ssize_t shift_len,
+                          double* mean, double* var) nogil
+    void lxn_tiny_affine_f(const float* x, const float* scale, const float* bias, Py_ssize_t q0,
+                           Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
+                           Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
+                           const double* rstd, float* z) nogil
+    void lxn_tiny_affine_d(const double* x, const double* scale, const double* bias, Py_ssize_t q0,
+                           Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
+                           Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
+                           const double* rstd, double* z) nogil
+    void lxn_tiny_dx_f(const float* x, const float* g, const float* scale, Py_ssize_t q0,
+                       Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
+                       Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
+                       const double* rstd, double* run_g, double* run_gx, float* d,
+                       bint batch) nogil
+    void lxn_tiny_dx_d(const double* x, const double* g, const double* scale, Py_ssize_t q0,
+                       Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
+                       Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
+                       const double* rstd, double* run_g, double* run_gx, double* d,
+                       bint batch) nogil
     void lxn_affine_cols_f(int act, float p, const float* x, const float* mv, const float* av,
                            const float* bv, float* z, Py_ssize_t n) nogil
     void lxn_affine_cols_d(int act, double p, const double* x, const double* mv,
@@ -696,6 +817,109 @@ cdef void _unit_pass2(const floating* x, const floating* scale, const floating* 
             _stream(dx + off + b, zs, nb)
 
 
+# ---- tiny groups: blocks of whole groups ----------------------------------------------
+# Groups of fewer than TINY elements stored back to back (instancenorm with small spatial
+# sizes, groupnorm with small groups) spent most of their time in the per-unit calls above
+# (a 32-lane step and an activation switch per run: ~34 ns a group of 4). Here a thread
+# takes a block of whole groups (about BLOCK elements): their statistics (``lxn_tiny_stats``,
+# several groups side by side), ``z`` without the activation run by run
+# (``lxn_tiny_affine``), then the activation (or its derivative) once over the block, and
+# in the backward pass each run's sums and ``dx`` group by group (``lxn_tiny_dx``). The
+# expressions are the per-unit loops'; sums run in element order (the per-unit loops'
+# order too below 32 elements, except pass 1's, which puts its tail in lanes).
+
+cdef inline bint _tiny(const Geom* g) noexcept nogil:
+    """Whether the groups take the tiny-groups path."""
+    cdef Py_ssize_t n = _runs_count(g, 0, g.nruns)
+    return (not g.vec and g.nck == 1 and n < TINY and g.rstride == g.runlen
+            and g.lastlen == g.runlen and g.gstride == n)
+
+
+cdef inline Py_ssize_t _tiny_groups(const Geom* g) noexcept nogil:
+    """Groups per block."""
+    return max(1, <Py_ssize_t>BLOCK // g.gstride)
+
+
+cdef inline void _tiny_stats(const floating* x, Py_ssize_t ng, Py_ssize_t n, double* mean,
+                             double* var) noexcept nogil:
+    """Mean and biased variance of ``ng`` groups of ``n`` elements from ``x`` on, as
+    ``_unit_stats``."""
+    if floating is float:
+        lxn_tiny_stats_f(x, ng, n, SHIFT_LEN, mean, var)
+    else:
+        lxn_tiny_stats_d(x, ng, n, SHIFT_LEN, mean, var)
+
+
+cdef void _tiny_rstd(const double* var, double* rstd, Py_ssize_t q0, Py_ssize_t q1,
+                     double eps) noexcept nogil:
+    """``rstd = 1 / sqrt(var + eps)`` of groups ``[q0, q1)``: a loop of its own, where the
+    square roots and divisions of several groups overlap (after each group's statistics
+    they took half the forward's time, waiting on one another)."""
+    cdef Py_ssize_t q
+    for q in range(q0, q1):
+        rstd[q] = 1 / sqrt(var[q] + eps)
+
+
+cdef inline void _tiny_affine(const floating* x, const floating* scale, const floating* bias,
+                              floating* z, const Geom* g, Py_ssize_t q0, Py_ssize_t q1,
+                              const double* mean, const double* rstd) noexcept nogil:
+    """``z = (x - mean) * rstd * scale + bias`` (no activation) of groups ``[q0, q1)``, ``x``
+    and ``z`` from the first group's first element."""
+    if floating is float:
+        lxn_tiny_affine_f(x, scale, bias, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                          g.astep, mean, rstd, z)
+    else:
+        lxn_tiny_affine_d(x, scale, bias, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                          g.astep, mean, rstd, z)
+
+
+cdef void _tiny_forward(int act, floating p, const floating* x, const floating* scale,
+                        const floating* bias, floating* y, floating* zs, const Geom* g,
+                        Py_ssize_t q0, Py_ssize_t q1, double* mean, double* var, double* rstd,
+                        bint given, double eps) noexcept nogil:
+    """``y`` of groups ``[q0, q1)``, their statistics first unless ``given``, and their
+    ``rstd``; with a ``BLOCK``-long scratch ``zs``, computed there and streamed to ``y``."""
+    cdef Py_ssize_t o = q0 * g.gstride, e = (q1 - q0) * g.gstride
+    cdef floating* z = zs if zs != NULL else y + o
+    if not given:
+        _tiny_stats(x + o, q1 - q0, g.gstride, mean + q0, var + q0)
+    _tiny_rstd(var, rstd, q0, q1, eps)
+    _tiny_affine(x + o, scale, bias, z, g, q0, q1, mean, rstd)
+    if act != 0:
+        act_forward_n(act, p, z, z, e)
+    if zs != NULL:
+        _stream(y + o, zs, e)
+
+
+cdef void _tiny_backward(int act, floating p, const floating* x, const floating* scale,
+                         const floating* bias, const floating* dy, floating* dx, floating* buf,
+                         bint stream, const Geom* g, Py_ssize_t q0, Py_ssize_t q1,
+                         const double* mean, const double* var, double* rstd, double eps,
+                         double* run_g, double* run_gx, bint batch_stats) noexcept nogil:
+    """``dx`` and the per-run sums of groups ``[q0, q1)``, as ``_unit_pass1`` and
+    ``_unit_pass2`` (run sums in element order), and their ``rstd``. ``buf``: the thread's
+    ``3 BLOCK`` scratch (``z`` or ``y``, ``g``, then ``dx`` when ``stream``)."""
+    cdef Py_ssize_t o = q0 * g.gstride, e = (q1 - q0) * g.gstride
+    cdef const floating* gv = dy + o  # the identity's g
+    cdef floating* d = buf + 2 * BLOCK if stream else dx + o
+    _tiny_rstd(var, rstd, q0, q1, eps)
+    if act != 0:
+        # z, or y for output-only activations, bitwise as in the forward pass
+        _tiny_affine(x + o, scale, bias, buf, g, q0, q1, mean, rstd)
+        if _output_only(act):
+            act_forward_n(act, p, buf, buf, e)
+        act_backward_n(act, p, buf, dy + o, buf + BLOCK, e)
+        gv = buf + BLOCK
+    if floating is float:
+        lxn_tiny_dx_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                      g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
+    else:
+        lxn_tiny_dx_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                      g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
+    if stream:
+        _stream(dx + o, d, e)
+
+
 # ---- entry points ----------------------------------------------------------------
 
 cdef Geom _geometry(tuple geom, Py_ssize_t size, int nt) except *:
@@ -712,6 +936,13 @@ cdef Geom _geometry(tuple geom, Py_ssize_t size, int nt) except *:
         want = (UNITS_PER_THREAD * nt + g.ngroups - 1) // g.ngroups
         g.nck = max(1, min(g.nruns, want, count // MIN_CHUNK))
     return g
+
+
+def tiny_groups(tuple geom, Py_ssize_t size):
+    """Whether ``forward``/``backward`` take the groups of ``geom`` (over ``size``
+    elements) block by block, the tiny-groups path."""
+    cdef Geom g = _geometry(geom, size, num_threads_for(size))
+    return bool(_tiny(&g))
 
 
 def streams_output(floating[::1] out):
@@ -743,7 +974,9 @@ def forward(int act, double p, const floating[::1] x, const floating[::1] scale,
     _check(act, mean.shape[0], "mean", g.ngroups)
     _check(act, var.shape[0], "var", g.ngroups)
     cdef Py_ssize_t units = g.ngroups * g.nck, u, q
-    cdef double[:, ::1] chunk = np.empty((3, units))
+    cdef bint tiny = _tiny(&g)
+    cdef Py_ssize_t tg = _tiny_groups(&g)
+    cdef double[:, ::1] chunk = np.empty((3, 1 if tiny else units))
     cdef double[::1] rstd = np.empty(g.ngroups)
     # not with a per-element affine (layernorm): there the extra pass through the scratch
     # cost more than the stores saved (doc/normalization.md)
@@ -761,16 +994,25 @@ def forward(int act, double p, const floating[::1] x, const floating[::1] scale,
     cdef double* c1 = &chunk[1, 0]
     cdef double* c2 = &chunk[2, 0]
     with nogil:
-        if given:
+        if given and not tiny:  # (the tiny path: block by block)
             for q in range(g.ngroups):
                 rstd[q] = 1 / sqrt(var[q] + eps)
-        elif g.nck > 1:  # chunked statistics, merged, then the normalize phase
-            for u in prange(units, num_threads=nt, schedule="static"):
-                _unit_stats(px, &g, u, c0, c1, c2)
-            _merge(&g, c0, c1, c2, &mean[0], &var[0])
-            for q in range(g.ngroups):
-                rstd[q] = 1 / sqrt(var[q] + eps)
-        if given or g.nck > 1:
+        if tiny:
+            with parallel(num_threads=nt):
+                zs = &scratch[threadid(), 0] if stream else NULL
+                for u in prange((g.ngroups + tg - 1) // tg, schedule="static"):
+                    _tiny_forward(act, fp, px, ps, pb, py, zs, &g, u * tg,
+                                  min(g.ngroups, (u + 1) * tg), &mean[0], &var[0], &rstd[0],
+                                  given, eps)
+                if stream:
+                    lxn_fence()
+        elif given or g.nck > 1:
+            if not given:  # chunked statistics, merged, then the normalize phase
+                for u in prange(units, num_threads=nt, schedule="static"):
+                    _unit_stats(px, &g, u, c0, c1, c2)
+                _merge(&g, c0, c1, c2, &mean[0], &var[0])
+                for q in range(g.ngroups):
+                    rstd[q] = 1 / sqrt(var[q] + eps)
             with parallel(num_threads=nt):
                 zs = &scratch[threadid(), 0] if stream else NULL
                 for u in prange(units, schedule="static"):
@@ -817,6 +1059,8 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     cdef double[::1] usum = np.empty(2 * units)
     cdef double[::1] rstd = np.empty(g.ngroups)
     cdef double[::1] mh = np.zeros(g.ngroups), mhx = np.zeros(g.ngroups)
+    cdef bint tiny = _tiny(&g)
+    cdef Py_ssize_t tg = _tiny_groups(&g)
     cdef bint fused = g.nck == 1 and batch_stats  # pass 1 and pass 2 back to back per group
     cdef bint stream = lxn_stream_pays(&dx[0], dx.shape[0] * sizeof(floating), STREAM_BYTES)
     # g of a whole group in a per-thread buffer that stays in cache (not in dx, which
@@ -826,7 +1070,8 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     dt = np.float32 if floating is float else np.float64
     # per thread: z (pass 1), the streaming block (pass 2), g of one group
     cdef floating[:, ::1] scratch = np.empty(
-        (nt, BLOCK + (BLOCK if stream else 0) + (gsize if use_gb else 0)), dt)
+        (nt, 2 * BLOCK + (BLOCK if stream else 0) if tiny else
+         BLOCK + (BLOCK if stream else 0) + (gsize if use_gb else 0)), dt)
     cdef floating* zs = NULL
     cdef floating* gb = NULL
     cdef floating fp = <floating>p
@@ -841,9 +1086,18 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     cdef double* pu = &usum[0]
     cdef double s, sx, cnt
     with nogil:
-        for q in range(g.ngroups):
-            rstd[q] = 1 / sqrt(var[q] + eps)
-        if not fused:  # pass 1, group sums, pass 2
+        if not tiny:  # (the tiny path: block by block)
+            for q in range(g.ngroups):
+                rstd[q] = 1 / sqrt(var[q] + eps)
+        if tiny:
+            with parallel(num_threads=nt):
+                t = threadid()
+                for u in prange((g.ngroups + tg - 1) // tg, schedule="static"):
+                    _tiny_backward(act, fp, px, ps, pb, pdy, pdx, &scratch[t, 0], stream, &g, u * tg, min(g.ngroups, (u + 1) * tg), &mean[0],
+                                   &var[0], &rstd[0], eps, prg, prgx, batch_stats)
+                if stream:
+                    lxn_fence()
+        elif not fused:  # pass 1, group sums, pass 2
             for u in prange(units, num_threads=nt, schedule="static"):
                 t = threadid()
                 _unit_pass1(act, fp, px, ps, pb, pdy, pdx, NULL, &scratch[t, 0], &g, u,
