@@ -13,7 +13,7 @@ def _check(fname, act, x, bias):
         if x.ndim == 0:
             raise ValueError(f"{fname}: x must have at least 1 dimension when bias is given, got shape ()")
         channels = x.shape[0] if x.ndim == 1 else x.shape[1]
-        check_shape(fname, "bias", bias, (channels,), f"the length of x's channel axis, x has shape {tuple(x.shape)}")
+        check_shape(fname, "bias", bias, (channels,), lambda: f"the length of x's channel axis, x has shape {tuple(x.shape)}")
     x, bias = promote(x, bias)
     return act, x, bias
 

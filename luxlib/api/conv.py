@@ -234,7 +234,7 @@ def _check(act, weight, x, bias, cdims):
             f"{_NAME}: cdims was built for x_shape {cdims.x_shape} and w_shape {cdims.w_shape} "
             f"(any batch size), got x of shape {tuple(x.shape)} and weight of shape {tuple(weight.shape)}"
         )
-    check_shape(_NAME, "bias", bias, (weight.shape[0],), f"weight's C_out, weight has shape {tuple(weight.shape)}")
+    check_shape(_NAME, "bias", bias, (weight.shape[0],), lambda: f"weight's C_out, weight has shape {tuple(weight.shape)}")
     weight, x, bias = promote(weight, x, bias)
     return act, weight, x, bias, cdims
 

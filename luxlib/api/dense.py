@@ -20,7 +20,7 @@ def _check(act, weight, x, bias):
         )
     bias = check_array(_NAME, "bias", bias, ndim=1, allow_none=True)
     check_shape(
-        _NAME, "bias", bias, (weight.shape[0],), f"weight's out_features, weight has shape {tuple(weight.shape)}"
+        _NAME, "bias", bias, (weight.shape[0],), lambda: f"weight's out_features, weight has shape {tuple(weight.shape)}"
     )
     weight, x, bias = promote(weight, x, bias)
     return act, weight, x, bias

@@ -138,7 +138,7 @@ def dropout(rng, x, p, training, invp=None, dims=None, *, mask=None, update_mask
     elif mask is None:
         raise ValueError(f"{fname}: update_mask=False needs the mask to reuse, got mask=None")
     else:
-        check_shape(fname, "mask", mask, shape, f"x has shape {tuple(x.shape)}, dims={dims!r}")
+        check_shape(fname, "mask", mask, shape, lambda: f"x has shape {tuple(x.shape)}, dims={dims!r}")
     training = resolve_training(fname, training)
     if training and mask is not None:
         x, mask = promote(x, mask)

@@ -56,7 +56,7 @@ def _channel_vectors(fname, x, **vectors):
     out = []
     for name, v in vectors.items():
         v = check_array(fname, name, v, ndim=1, allow_none=True)
-        check_shape(fname, name, v, (x.shape[1],), f"the length of x's channel axis, x has shape {tuple(x.shape)}")
+        check_shape(fname, name, v, (x.shape[1],), lambda: f"the length of x's channel axis, x has shape {tuple(x.shape)}")
         out.append(v)
     return out
 
