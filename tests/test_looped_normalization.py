@@ -71,19 +71,27 @@ LARGE = [
 
 # groups of fewer than 64 elements stored back to back go through the kernels block by
 # block (the tiny-groups path), above the serial threshold here: runs of 3 (the last
-# block short), 63, two and four runs per group; then 64 elements, the per-group kernels
+# block short), 63, two and four runs per group, layernorm rows of 8 and 63; then 64
+# elements, the per-group kernels
 TINY = [
     ("instancenorm", "train", (2731, 4, 3)),
     ("instancenorm", "infer", (600, 3, 63)),
     ("groupnorm", 3, (1200, 6, 5)),
     ("groupnorm", 2, (900, 8, 1, 4)),
+    ("layernorm", "default", (4100, 2, 4)),
+    ("layernorm", (-1,), (700, 3, 63)),
     ("groupnorm", 4, (600, 8, 32)),
     ("instancenorm", "train", (600, 3, 64)),
+    ("layernorm", (-1,), (600, 64)),
 ]
 
 
 def _geometry(op, variant, shape):
-    """The kernels' geometry of an instancenorm or groupnorm call (as the glue builds it)."""
+    """The kernels' geometry of an instancenorm, groupnorm or layernorm call (as the glue
+    builds it; layernorm: rows of at most 4096 elements over the trailing axes)."""
+    if op == "layernorm":
+        length = int(np.prod(shape[1:] if variant == "default" else shape[-1:]))
+        return (int(np.prod(shape)) // length, 1, length, length, length, length, 1, 0, length, True)
     n, c, s = shape[0], shape[1], int(np.prod(shape[2:]))
     if op == "instancenorm":
         return (n * c, 1, s, s, s, s, c, 1, 0, False)
@@ -163,8 +171,9 @@ def test_every_activation(dtype, op, variant, act):
 
 # layernorm rows with one scale/bias per element: the backward's sums prefetch dy and x
 # ahead in groups of at most 16384 elements (PREFETCH_MAX), not in longer ones; odd lengths
-# around its 32 lanes, 1024-element blocks and 4096-element runs; 40 rows of one element
-LAYERNORM_ROWS = [(40, 1), (3, 17), (9, 1023), (5, 4097), (3, 16384), (2, 16385), (1, 40001)]
+# around its 32 lanes, 1024-element blocks and 4096-element runs; 40 rows of one element;
+# rows under 64 elements take the tiny-groups path (2000 rows of 17: on two threads)
+LAYERNORM_ROWS = [(40, 1), (3, 17), (2000, 17), (9, 1023), (5, 4097), (3, 16384), (2, 16385), (1, 40001)]
 
 
 @pytest.mark.parametrize("rows, length", LAYERNORM_ROWS, ids=str)

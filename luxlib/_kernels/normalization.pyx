@@ -455,11 +455,14 @@ cdef extern from *:
                                               ptrdiff_t runlen, ptrdiff_t amod, \\
                                               ptrdiff_t agstride, ptrdiff_t astep, \\
                                               const double* mean, const double* rstd, \\
-                                              T* restrict z) { \\
+                                              int vec, T* restrict z) { \\
         ptrdiff_t e = 0; \\
         LXN_TINY_RUNS { \\
-            T m = (T)mean[q], a_ = (T)rstd[q] * scale[a], b = bias[a]; \\
-            for (ptrdiff_t i = e; i < e + runlen; i++) z[i] = (x[i] - m) * a_ + b; \\
+            T m = (T)mean[q], r = (T)rstd[q], a_ = r * scale[a], b = bias[a]; \\
+            const T *xe = x + e, *sc = scale + a, *bi = bias + a; \\
+            T* ze = z + e; \\
+            if (vec) for (ptrdiff_t j = 0; j < runlen; j++) ze[j] = (xe[j] - m) * r * sc[j] + bi[j]; \\
+            else for (ptrdiff_t j = 0; j < runlen; j++) ze[j] = (xe[j] - m) * a_ + b; \\
         } \\
     } \\
     static LX_CLONES LXN_NO_CONTRACT void lxn_tiny_dx_##S( \\
@@ -489,6 +492,37 @@ cdef extern from *:
                 ptrdiff_t i0 = e0 + j * runlen, i1 = i0 + runlen; \\
                 if (batch) for (ptrdiff_t i = i0; i < i1; i++) d[i] = (g[i] * s - hm) * r - (x[i] - m) * cc; \\
                 else for (ptrdiff_t i = i0; i < i1; i++) d[i] = g[i] * s * r; \\
+            } \\
+        } \\
+    } \\
+    /* with one scale/bias per element (layernorm): the per-element sums go to cg, cgx */ \\
+    /* (the thread's rows, as lxn_sum_cols), the group's in element order */ \\
+    static LX_CLONES LXN_NO_CONTRACT void lxn_tiny_dx_vec_##S( \\
+            const T* x, const T* g, const T* scale, ptrdiff_t q0, ptrdiff_t ng, \\
+            ptrdiff_t nruns, ptrdiff_t runlen, ptrdiff_t amod, ptrdiff_t agstride, \\
+            ptrdiff_t astep, const double* mean, const double* rstd, double* restrict cg, \\
+            double* restrict cgx, T* restrict d, int batch) { \\
+        LXN_NO_CONTRACT_BODY \\
+        ptrdiff_t e = 0, n = nruns * runlen; \\
+        double sh = 0, shx = 0; \\
+        LXN_TINY_RUNS { \\
+            double v, t; \\
+            const T *ge = g + e, *xe = x + e, *w = scale + a; \\
+            if (k == 0) { sh = 0; shx = 0; } \\
+            for (ptrdiff_t j = 0; j < runlen; j++) { \\
+                v = ge[j]; t = v * (xe[j] - mean[q]); \\
+                cg[a + j] += v; cgx[a + j] += t * rstd[q]; \\
+                sh += v * w[j]; shx += t * w[j]; } \\
+            if (k < nruns - 1) continue; \\
+            T r = (T)rstd[q], m = (T)mean[q], hm = (T)(sh / n); \\
+            T cc = (T)(rstd[q] * rstd[q] * rstd[q] * (shx / n)); \\
+            ptrdiff_t a0 = (q % amod) * agstride, e0 = e + runlen - n; \\
+            for (ptrdiff_t j = 0; j < nruns; j++) { \\
+                const T *s = scale + a0 + j * astep, *gj = g + e0 + j * runlen; \\
+                const T* xj = x + e0 + j * runlen; \\
+                T* dj = d + e0 + j * runlen; \\
+                if (batch) for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = (gj[i] * s[i] - hm) * r - (xj[i] - m) * cc; \\
+                else for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = gj[i] * s[i] * r; \\
             } \\
         } \\
     }
@@ -540,11 +574,11 @@ cdef extern from *:
     void lxn_tiny_affine_f(const float* x, const float* scale, const float* bias, Py_ssize_t q0,
                            Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
                            Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
-                           const double* rstd, float* z) nogil
+                           const double* rstd, bint vec, float* z) nogil
     void lxn_tiny_affine_d(const double* x, const double* scale, const double* bias, Py_ssize_t q0,
                            Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
                            Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
-                           const double* rstd, double* z) nogil
+                           const double* rstd, bint vec, double* z) nogil
     void lxn_tiny_dx_f(const float* x, const float* g, const float* scale, Py_ssize_t q0,
                        Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
                        Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
@@ -555,6 +589,16 @@ cdef extern from *:
                        Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
                        const double* rstd, double* run_g, double* run_gx, double* d,
                        bint batch) nogil
+    void lxn_tiny_dx_vec_f(const float* x, const float* g, const float* scale, Py_ssize_t q0,
+                           Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
+                           Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
+                           const double* rstd, double* cg, double* cgx, float* d,
+                           bint batch) nogil
+    void lxn_tiny_dx_vec_d(const double* x, const double* g, const double* scale, Py_ssize_t q0,
+                           Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
+                           Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
+                           const double* rstd, double* cg, double* cgx, double* d,
+                           bint batch) nogil
     void lxn_affine_cols_f(int act, float p, const float* x, const float* mv, const float* av,
                            const float* bv, float* z, Py_ssize_t n) nogil
     void lxn_affine_cols_d(int act, double p, const double* x, const double* mv,
@@ -831,8 +875,8 @@ cdef void _unit_pass2(const floating* x, const floating* scale, const floating* 
 cdef inline bint _tiny(const Geom* g) noexcept nogil:
     """Whether the groups take the tiny-groups path."""
     cdef Py_ssize_t n = _runs_count(g, 0, g.nruns)
-    return (not g.vec and g.nck == 1 and n < TINY and g.rstride == g.runlen
-            and g.lastlen == g.runlen and g.gstride == n)
+    return (g.nck == 1 and n < TINY and g.rstride == g.runlen and g.lastlen == g.runlen
+            and g.gstride == n)
 
 
 cdef inline Py_ssize_t _tiny_groups(const Geom* g) noexcept nogil:
@@ -864,13 +908,13 @@ cdef inline void _tiny_affine(const floating* x, const floating* scale, const fl
                               floating* z, const Geom* g, Py_ssize_t q0, Py_ssize_t q1,
                               const double* mean, const double* rstd) noexcept nogil:
     """``z = (x - mean) * rstd * scale + bias`` (no activation) of groups ``[q0, q1)``, ``x``
-    and ``z`` from the first group's first element."""
+    and ``z`` from the first group's first element; per run or (``vec``) per element."""
     if floating is float:
         lxn_tiny_affine_f(x, scale, bias, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
-                          g.astep, mean, rstd, z)
+                          g.astep, mean, rstd, g.vec, z)
     else:
         lxn_tiny_affine_d(x, scale, bias, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
-                          g.astep, mean, rstd, z)
+                          g.astep, mean, rstd, g.vec, z)
 
 
 cdef void _tiny_forward(int act, floating p, const floating* x, const floating* scale,
@@ -895,10 +939,12 @@ cdef void _tiny_backward(int act, floating p, const floating* x, const floating*
                          const floating* bias, const floating* dy, floating* dx, floating* buf,
                          bint stream, const Geom* g, Py_ssize_t q0, Py_ssize_t q1,
                          const double* mean, const double* var, double* rstd, double eps,
-                         double* run_g, double* run_gx, bint batch_stats) noexcept nogil:
-    """``dx`` and the per-run sums of groups ``[q0, q1)``, as ``_unit_pass1`` and
-    ``_unit_pass2`` (run sums in element order), and their ``rstd``. ``buf``: the thread's
-    ``3 BLOCK`` scratch (``z`` or ``y``, ``g``, then ``dx`` when ``stream``)."""
+                         double* run_g, double* run_gx, double* col_g, double* col_gx,
+                         bint batch_stats) noexcept nogil:
+    """``dx`` and the per-run sums of groups ``[q0, q1)`` (``vec``: the per-element sums
+    added into the thread's ``col_g``, ``col_gx``), as ``_unit_pass1`` and ``_unit_pass2``
+    (sums in element order), and their ``rstd``. ``buf``: the thread's ``3 BLOCK`` scratch
+    (``z`` or ``y``, ``g``, then ``dx`` when ``stream``)."""
     cdef Py_ssize_t o = q0 * g.gstride, e = (q1 - q0) * g.gstride
     cdef const floating* gv = dy + o  # the identity's g
     cdef floating* d = buf + 2 * BLOCK if stream else dx + o
@@ -911,11 +957,19 @@ cdef void _tiny_backward(int act, floating p, const floating* x, const floating*
         act_backward_n(act, p, buf, dy + o, buf + BLOCK, e)
         gv = buf + BLOCK
     if floating is float:
-        lxn_tiny_dx_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
-                      g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
+        if g.vec:
+            lxn_tiny_dx_vec_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod,
+                              g.agstride, g.astep, mean, rstd, col_g, col_gx, d, batch_stats)
+        else:
+            lxn_tiny_dx_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                          g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
     else:
-        lxn_tiny_dx_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
-                      g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
+        if g.vec:
+            lxn_tiny_dx_vec_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod,
+                              g.agstride, g.astep, mean, rstd, col_g, col_gx, d, batch_stats)
+        else:
+            lxn_tiny_dx_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                          g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
     if stream:
         _stream(dx + o, d, e)
 
@@ -1094,7 +1148,8 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
                 t = threadid()
                 for u in prange((g.ngroups + tg - 1) // tg, schedule="static"):
                     _tiny_backward(act, fp, px, ps, pb, pdy, pdx, &scratch[t, 0], stream, &g, u * tg, min(g.ngroups, (u + 1) * tg), &mean[0],
-                                   &var[0], &rstd[0], eps, prg, prgx, batch_stats)
+                                   &var[0], &rstd[0], eps, prg, prgx, pcol + 2 * t * stride,
+                                   pcol + (2 * t + 1) * stride, batch_stats)
                 if stream:
                     lxn_fence()
         elif not fused:  # pass 1, group sums, pass 2

@@ -223,9 +223,10 @@ class _Norm(Case):
     act = "relu"
     param_axis = 1  # the axis scale and bias run along
 
-    def __init__(self, op, full=(32, 64, 56, 56), quick=(4, 8, 6, 6)):
+    def __init__(self, op, full=(32, 64, 56, 56), quick=(4, 8, 6, 6), label=None):
         name = f"{op} {self.act}" if self.act else op
-        super().__init__(name if len(full) > 2 else f"{name} (N, C)", [op], full, quick)
+        label = label or ("(N, C)" if len(full) == 2 else None)
+        super().__init__(f"{name} {label}" if label else name, [op], full, quick)
 
     def arrays(self, quick):
         rng = np.random.default_rng(0)
@@ -293,10 +294,11 @@ class GroupNorm(_Norm):
 
 
 class InstanceNorm(_Norm):
-    """``instancenorm`` in training mode without running statistics, fused relu."""
+    """``instancenorm`` in training mode without running statistics, fused relu; images,
+    or many small ones (the "8 pixels" case: groups of 8 elements)."""
 
-    def __init__(self):
-        super().__init__("instancenorm")
+    def __init__(self, full=(32, 64, 56, 56), quick=(4, 8, 6, 6), label=None):
+        super().__init__("instancenorm", full, quick, label)
 
     def luxlib_call(self, a):
         return luxlib.instancenorm, (a["x"], a["scale"], a["bias"], True, "relu", EPS), (0, 1, 2)
@@ -472,7 +474,8 @@ CASES = (
     + [Activation(act, bias=True) for act in ACTS]
     + [Activation("relu", inplace=True), Activation("relu", bias=True, inplace=True)]
     + [Dropout(), Dropout(alpha=True)]
-    + [BatchNorm(), BatchNorm((16384, 512), (16, 8)), GroupNorm(), InstanceNorm(), LayerNorm()]
+    + [BatchNorm(), BatchNorm((16384, 512), (16, 8)), GroupNorm(), InstanceNorm()]
+    + [InstanceNorm((4096, 64, 8), (16, 8, 8), "8 pixels"), LayerNorm()]
     + [Dense(1024, 1024, None, bias=False)]
     + [Dense(1024, n_out, act) for n_out in (1024, 4096) for act in ("relu", "gelu")]
     + [BatchedMatmul(64, 256, 256, 256), BatchedMatmul(512, 64, 64, 64), BatchedMatmul(4096, 16, 16, 16)]
