@@ -863,14 +863,15 @@ cdef void _unit_pass2(const floating* x, const floating* scale, const floating* 
 
 # ---- tiny groups: blocks of whole groups ----------------------------------------------
 # Groups of fewer than TINY elements stored back to back (instancenorm with small spatial
-# sizes, groupnorm with small groups) spent most of their time in the per-unit calls above
-# (a 32-lane step and an activation switch per run: ~34 ns a group of 4). Here a thread
-# takes a block of whole groups (about BLOCK elements): their statistics (``lxn_tiny_stats``,
-# several groups side by side), ``z`` without the activation run by run
-# (``lxn_tiny_affine``), then the activation (or its derivative) once over the block, and
-# in the backward pass each run's sums and ``dx`` group by group (``lxn_tiny_dx``). The
-# expressions are the per-unit loops'; sums run in element order (the per-unit loops'
-# order too below 32 elements, except pass 1's, which puts its tail in lanes).
+# sizes, groupnorm with small groups, short layernorm rows) spent most of their time in
+# the per-unit calls above (a 32-lane step and an activation switch per run: ~34 ns a
+# group of 4). Here a thread takes a block of whole groups (about BLOCK elements): their
+# statistics (``lxn_tiny_stats``, several groups side by side), ``z`` without the
+# activation run by run (``lxn_tiny_affine``), then the activation (or its derivative)
+# once over the block, and in the backward pass each run's sums and ``dx`` group by group
+# (``lxn_tiny_dx``, ``lxn_tiny_dx_vec`` for a per-element affine). The expressions are the
+# per-unit loops'; sums run in element order (the per-unit loops' order too below 32
+# elements, except pass 1's, which puts its tail in lanes).
 
 cdef inline bint _tiny(const Geom* g) noexcept nogil:
     """Whether the groups take the tiny-groups path."""
