@@ -444,8 +444,9 @@ cdef extern from *:
     /* runlen elements back to back, run k of group q with the affine index */
     /* (q % amod) * agstride + k * astep. lxn_tiny_affine: z = (x - m) * a + b as */
     /* lxn_affine (the activation follows over the whole block). lxn_tiny_dx: from */
-    /* g = dy * act', each run's sums in element order (run_g, and run_gx times rstd, */
-    /* indexed by run; as lxn_pass1) and dx as lxn_dx. */
+    /* g = dy * act', the sums in element order and dx as lxn_dx: with one scale/bias */
+    /* per run, each run's sums written to s1 = run_g and s2 = run_gx (times rstd; */
+    /* indexed by run), with one per element (vec) added into s1 = cg, s2 = cgx. */
     #define LXN_TINY_RUNS \\
         for (ptrdiff_t q = q0; q < q0 + ng; q++) \\
             for (ptrdiff_t k = 0, a = (q % amod) * agstride; k < nruns; k++, a += astep, e += runlen)
@@ -468,52 +469,30 @@ cdef extern from *:
     static LX_CLONES LXN_NO_CONTRACT void lxn_tiny_dx_##S( \\
             const T* x, const T* g, const T* scale, ptrdiff_t q0, ptrdiff_t ng, \\
             ptrdiff_t nruns, ptrdiff_t runlen, ptrdiff_t amod, ptrdiff_t agstride, \\
-            ptrdiff_t astep, const double* mean, const double* rstd, double* restrict run_g, \\
-            double* restrict run_gx, T* restrict d, int batch) { \\
+            ptrdiff_t astep, const double* mean, const double* rstd, int vec, \\
+            double* restrict s1, double* restrict s2, T* restrict d, int batch) { \\
         LXN_NO_CONTRACT_BODY \\
         ptrdiff_t e = 0, n = nruns * runlen; \\
-        double sh = 0, shx = 0; \\
+        double sh = 0, shx = 0, v, t, sg, sgx; \\
         LXN_TINY_RUNS { \\
-            double sg = 0, sgx = 0, v; \\
-            if (k == 0) { sh = 0; shx = 0; } \\
-            for (ptrdiff_t i = e; i < e + runlen; i++) { \\
-                v = g[i]; sg += v; sgx += v * (x[i] - mean[q]); } \\
-            run_g[q * nruns + k] = sg; \\
-            run_gx[q * nruns + k] = sgx * rstd[q]; \\
-            sh += sg * scale[a]; \\
-            shx += sgx * scale[a]; \\
-            if (k < nruns - 1) continue; \\
-            /* the group's last run: its dx, from its first run on */ \\
-            T r = (T)rstd[q], m = (T)mean[q], hm = (T)(sh / n); \\
-            T cc = (T)(rstd[q] * rstd[q] * rstd[q] * (shx / n)); \\
-            ptrdiff_t a0 = (q % amod) * agstride, e0 = e + runlen - n; \\
-            for (ptrdiff_t j = 0; j < nruns; j++) { \\
-                T s = scale[a0 + j * astep]; \\
-                ptrdiff_t i0 = e0 + j * runlen, i1 = i0 + runlen; \\
-                if (batch) for (ptrdiff_t i = i0; i < i1; i++) d[i] = (g[i] * s - hm) * r - (x[i] - m) * cc; \\
-                else for (ptrdiff_t i = i0; i < i1; i++) d[i] = g[i] * s * r; \\
-            } \\
-        } \\
-    } \\
-    /* with one scale/bias per element (layernorm): the per-element sums go to cg, cgx */ \\
-    /* (the thread's rows, as lxn_sum_cols), the group's in element order */ \\
-    static LX_CLONES LXN_NO_CONTRACT void lxn_tiny_dx_vec_##S( \\
-            const T* x, const T* g, const T* scale, ptrdiff_t q0, ptrdiff_t ng, \\
-            ptrdiff_t nruns, ptrdiff_t runlen, ptrdiff_t amod, ptrdiff_t agstride, \\
-            ptrdiff_t astep, const double* mean, const double* rstd, double* restrict cg, \\
-            double* restrict cgx, T* restrict d, int batch) { \\
-        LXN_NO_CONTRACT_BODY \\
-        ptrdiff_t e = 0, n = nruns * runlen; \\
-        double sh = 0, shx = 0; \\
-        LXN_TINY_RUNS { \\
-            double v, t; \\
             const T *ge = g + e, *xe = x + e, *w = scale + a; \\
             if (k == 0) { sh = 0; shx = 0; } \\
-            for (ptrdiff_t j = 0; j < runlen; j++) { \\
-                v = ge[j]; t = v * (xe[j] - mean[q]); \\
-                cg[a + j] += v; cgx[a + j] += t * rstd[q]; \\
-                sh += v * w[j]; shx += t * w[j]; } \\
+            if (vec) { /* per element, into the thread's rows (as lxn_sum_cols) */ \\
+                for (ptrdiff_t j = 0; j < runlen; j++) { \\
+                    v = ge[j]; t = v * (xe[j] - mean[q]); \\
+                    s1[a + j] += v; s2[a + j] += t * rstd[q]; \\
+                    sh += v * w[j]; shx += t * w[j]; } \\
+            } else { /* per run (as lxn_pass1) */ \\
+                sg = 0; sgx = 0; \\
+                for (ptrdiff_t j = 0; j < runlen; j++) { \\
+                    v = ge[j]; sg += v; sgx += v * (xe[j] - mean[q]); } \\
+                s1[q * nruns + k] = sg; \\
+                s2[q * nruns + k] = sgx * rstd[q]; \\
+                sh += sg * w[0]; \\
+                shx += sgx * w[0]; \\
+            } \\
             if (k < nruns - 1) continue; \\
+            /* the group's last run: its dx, from its first run on */ \\
             T r = (T)rstd[q], m = (T)mean[q], hm = (T)(sh / n); \\
             T cc = (T)(rstd[q] * rstd[q] * rstd[q] * (shx / n)); \\
             ptrdiff_t a0 = (q % amod) * agstride, e0 = e + runlen - n; \\
@@ -521,8 +500,11 @@ cdef extern from *:
                 const T *s = scale + a0 + j * astep, *gj = g + e0 + j * runlen; \\
                 const T* xj = x + e0 + j * runlen; \\
                 T* dj = d + e0 + j * runlen; \\
-                if (batch) for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = (gj[i] * s[i] - hm) * r - (xj[i] - m) * cc; \\
-                else for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = gj[i] * s[i] * r; \\
+                T s0 = s[0]; \\
+                if (batch && vec) for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = (gj[i] * s[i] - hm) * r - (xj[i] - m) * cc; \\
+                else if (batch) for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = (gj[i] * s0 - hm) * r - (xj[i] - m) * cc; \\
+                else if (vec) for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = gj[i] * s[i] * r; \\
+                else for (ptrdiff_t i = 0; i < runlen; i++) dj[i] = gj[i] * s0 * r; \\
             } \\
         } \\
     }
@@ -582,23 +564,13 @@ cdef extern from *:
     void lxn_tiny_dx_f(const float* x, const float* g, const float* scale, Py_ssize_t q0,
                        Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
                        Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
-                       const double* rstd, double* run_g, double* run_gx, float* d,
+                       const double* rstd, bint vec, double* s1, double* s2, float* d,
                        bint batch) nogil
     void lxn_tiny_dx_d(const double* x, const double* g, const double* scale, Py_ssize_t q0,
                        Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
                        Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
-                       const double* rstd, double* run_g, double* run_gx, double* d,
+                       const double* rstd, bint vec, double* s1, double* s2, double* d,
                        bint batch) nogil
-    void lxn_tiny_dx_vec_f(const float* x, const float* g, const float* scale, Py_ssize_t q0,
-                           Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
-                           Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
-                           const double* rstd, double* cg, double* cgx, float* d,
-                           bint batch) nogil
-    void lxn_tiny_dx_vec_d(const double* x, const double* g, const double* scale, Py_ssize_t q0,
-                           Py_ssize_t ng, Py_ssize_t nruns, Py_ssize_t runlen, Py_ssize_t amod,
-                           Py_ssize_t agstride, Py_ssize_t astep, const double* mean,
-                           const double* rstd, double* cg, double* cgx, double* d,
-                           bint batch) nogil
     void lxn_affine_cols_f(int act, float p, const float* x, const float* mv, const float* av,
                            const float* bv, float* z, Py_ssize_t n) nogil
     void lxn_affine_cols_d(int act, double p, const double* x, const double* mv,
@@ -869,7 +841,7 @@ cdef void _unit_pass2(const floating* x, const floating* scale, const floating* 
 # statistics (``lxn_tiny_stats``, several groups side by side), ``z`` without the
 # activation run by run (``lxn_tiny_affine``), then the activation (or its derivative)
 # once over the block, and in the backward pass each run's sums and ``dx`` group by group
-# (``lxn_tiny_dx``, ``lxn_tiny_dx_vec`` for a per-element affine). The expressions are the
+# (``lxn_tiny_dx``). The expressions are the
 # per-unit loops'; sums run in element order (the per-unit loops' order too below 32
 # elements, except pass 1's, which puts its tail in lanes).
 
@@ -957,20 +929,15 @@ cdef void _tiny_backward(int act, floating p, const floating* x, const floating*
             act_forward_n(act, p, buf, buf, e)
         act_backward_n(act, p, buf, dy + o, buf + BLOCK, e)
         gv = buf + BLOCK
+    # the sums: per element into the thread's rows (vec), else per run
+    cdef double* s1 = col_g if g.vec else run_g
+    cdef double* s2 = col_gx if g.vec else run_gx
     if floating is float:
-        if g.vec:
-            lxn_tiny_dx_vec_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod,
-                              g.agstride, g.astep, mean, rstd, col_g, col_gx, d, batch_stats)
-        else:
-            lxn_tiny_dx_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
-                          g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
+        lxn_tiny_dx_f(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                      g.astep, mean, rstd, g.vec, s1, s2, d, batch_stats)
     else:
-        if g.vec:
-            lxn_tiny_dx_vec_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod,
-                              g.agstride, g.astep, mean, rstd, col_g, col_gx, d, batch_stats)
-        else:
-            lxn_tiny_dx_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
-                          g.astep, mean, rstd, run_g, run_gx, d, batch_stats)
+        lxn_tiny_dx_d(x + o, gv, scale, q0, q1 - q0, g.nruns, g.runlen, g.amod, g.agstride,
+                      g.astep, mean, rstd, g.vec, s1, s2, d, batch_stats)
     if stream:
         _stream(dx + o, d, e)
 
