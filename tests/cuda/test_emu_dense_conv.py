@@ -376,7 +376,7 @@ def test_depthwise_weight_gradient_two_stage(monkeypatch):
 def gpu_dispatch(monkeypatch):
     """NumPy arrays dispatched to the registered GPU implementations, whose kernel modules
     are the emulated ones."""
-    monkeypatch.setattr(_dispatch, "internal_operation_mode", lambda arrays: _dispatch.GPUBroadcastOp(0))
+    monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
     monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: BLAS if family == "blas" else emu(family, "shuffle"))
 
 
