@@ -1078,12 +1078,14 @@ def backward(int act, double p, const floating[::1] x, const floating[::1] scale
     cdef Py_ssize_t stride = (ncol + PAD - 1) // PAD * PAD
     cdef double[::1] run_g = np.zeros(nrun), run_gx = np.zeros(nrun)
     cdef double[:, ::1] col = np.zeros((2 * nt, stride))
-    cdef double[::1] usum = np.empty(2 * units)
-    cdef double[::1] rstd = np.empty(g.ngroups)
-    cdef double[::1] mh = np.zeros(g.ngroups), mhx = np.zeros(g.ngroups)
     cdef bint tiny = _tiny(&g)
     cdef Py_ssize_t tg = _tiny_groups(&g)
     cdef bint fused = g.nck == 1 and batch_stats  # pass 1 and pass 2 back to back per group
+    # per-unit sums (not on the tiny path) and the group means of h (split passes only)
+    cdef double[::1] usum = np.empty(2 * (1 if tiny else units))
+    cdef double[::1] rstd = np.empty(g.ngroups)
+    cdef double[::1] mh = np.zeros(1 if tiny or fused else g.ngroups)
+    cdef double[::1] mhx = np.zeros(1 if tiny or fused else g.ngroups)
     cdef bint stream = lxn_stream_pays(&dx[0], dx.shape[0] * sizeof(floating), STREAM_BYTES)
     # g of a whole group in a per-thread buffer that stays in cache (not in dx, which
     # would be read for ownership, written twice and evicted to memory in between)
