@@ -9,6 +9,7 @@ last, per-element scale/bias vectors, results and gradients back in ``x``'s axes
 imports neither the Cython build nor CuPy, so both paths can import it.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -91,39 +92,57 @@ def layernorm_supports(supports, act, x, scale, bias, axes, **_):
     """``supports(act, x)``, and scale/bias constant along the kept (non-reduced) axes:
     otherwise one ``(length,)`` vector could not serve every row (the kernels would need
     a full-size affine per row)."""
-    kept = [i for i in range(x.ndim) if i not in axes]
-    return supports(act, x) and all(
-        v is None or all(_padded(v, x.ndim).shape[i] == 1 for i in kept) for v in (scale, bias)
-    )
+    return supports(act, x) and all(v is None or _constant_along_kept(v.shape, x.ndim, axes) for v in (scale, bias))
+
+
+@functools.lru_cache(maxsize=256)
+def _constant_along_kept(shape, ndim, axes):
+    padded = (1,) * (ndim - len(shape)) + tuple(shape)
+    return all(padded[i] == 1 for i in range(ndim) if i not in axes)
+
+
+def layernorm_rows(x, axes):
+    """The :class:`LayernormRows` of ``x`` and the reduced ``axes`` (one per shape and dtype:
+    the layout is worked out once, not on every call)."""
+    return _layernorm_rows(array_namespace(x), x.dtype, tuple(x.shape), tuple(sorted(axes)))
+
+
+@functools.lru_cache(maxsize=256)
+def _layernorm_rows(xp, dtype, shape, axes):
+    return LayernormRows(xp, dtype, shape, axes)
 
 
 class LayernormRows:
-    """layernorm's ``x`` as ``rows`` rows of ``length`` elements: the reduced ``axes``
-    moved last (``perm``), the kept ones first.
+    """layernorm's ``x`` (namespace ``xp``, ``dtype``, ``shape``) as ``rows`` rows of
+    ``length`` elements: the reduced ``axes`` (sorted) moved last (``perm``), the kept ones
+    first.
 
     Holds shapes only (no array), so the pullbacks built with it keep nothing alive.
     """
 
-    def __init__(self, x, axes):
-        kept = tuple(i for i in range(x.ndim) if i not in axes)
-        self.xp = array_namespace(x)
-        self.dtype = x.dtype
+    def __init__(self, xp, dtype, shape, axes):
+        kept = tuple(i for i in range(len(shape)) if i not in axes)
+        self.xp = xp
+        self.dtype = dtype
         self.perm = kept + tuple(axes)
         self.inverse = tuple(int(i) for i in np.argsort(self.perm))
-        self.rows = math.prod(x.shape[i] for i in kept)
-        self.length = math.prod(x.shape[i] for i in axes)
+        self.rows = math.prod(shape[i] for i in kept)
+        self.length = math.prod(shape[i] for i in axes)
         self._nkept = len(kept)
-        self._x_shape = tuple(x.shape)
-        self._t_shape = tuple(x.shape[i] for i in self.perm)
+        self._x_shape = tuple(shape)
+        self._t_shape = tuple(shape[i] for i in self.perm)
+        self._moves = self.perm != tuple(range(len(shape)))  # whether the reduced axes are not last already
         # per-element sums over the rows, shaped like x with the kept axes of length 1
-        self._col_shape = tuple(n if i in axes else 1 for i, n in enumerate(x.shape))
+        self._col_shape = tuple(n if i in axes else 1 for i, n in enumerate(shape))
 
     def to_rows(self, a):
         """``a`` (shaped like ``x``) transposed, C-contiguous (copied only when needed)."""
-        return self.xp.ascontiguousarray(a.transpose(self.perm))
+        return self.xp.ascontiguousarray(a.transpose(self.perm) if self._moves else a)
 
     def from_rows(self, a):
         """A kernel result in the rows layout (any shape of that size) as a view in ``x``'s axes."""
+        if not self._moves:
+            return a if a.shape == self._x_shape else a.reshape(self._x_shape)
         return a.reshape(self._t_shape).transpose(self.inverse)
 
     def vector(self, v, fill):
@@ -131,6 +150,9 @@ class LayernormRows:
         (``v`` broadcasts against ``x`` and is constant along the kept axes)."""
         if v is None:
             return self.xp.full((self.length,), fill, self.dtype)
+        if v.size == self.length:  # no axis to broadcast: v's C order is the rows' (sorted axes)
+            v = self.xp.ascontiguousarray(v, dtype=self.dtype)
+            return v if v.ndim == 1 else v.reshape(self.length)
         v = self.xp.broadcast_to(_padded(v, len(self._x_shape)), self._x_shape).transpose(self.perm)
         return self.xp.ascontiguousarray(v[(0,) * self._nkept], dtype=self.dtype).reshape(self.length)
 

@@ -131,3 +131,19 @@ def test_draw_key(bitgen, buffered):
     assert isinstance(new, np.random.Generator) and new is not rng
     assert _upcoming(new) == _upcoming(reference)
     assert draw_key(rng)[0] == key and draw_key(new)[0] != key
+    # the copy spawns the children the original's seed sequence would
+    assert [_upcoming(c) for c in new.spawn(2)] == [_upcoming(c) for c in reference.spawn(2)]
+
+
+def test_the_drawn_generator_spawns_like_a_deep_copy():
+    """The generator draw_key returns keeps the caller's seed sequence, as it was (children
+    spawned before included): differently seeded generators spawn different children."""
+    rng = np.random.default_rng(7)
+    rng.spawn(3)
+    deep, deep2 = copy.deepcopy(rng), copy.deepcopy(rng)
+    _, new = draw_key(rng)
+    _, other = draw_key(np.random.default_rng(8))
+    assert [_upcoming(c) for c in new.spawn(2)] == [_upcoming(c) for c in deep.spawn(2)]
+    # the copy's spawns leave the caller's sequence where it was
+    assert [_upcoming(c) for c in rng.spawn(2)] == [_upcoming(c) for c in deep2.spawn(2)]
+    assert _upcoming(new.spawn(1)[0]) != _upcoming(other.spawn(1)[0])

@@ -95,8 +95,31 @@ def draw_key(rng):
     return (seed & _LOW32, seed >> 32), rng
 
 
-#: NumPy bit generators with a small state, copied through it (a fifth of deepcopy's time)
+#: NumPy bit generators with a small state, copied through it (an eighth of deepcopy's time)
 _STATE_COPIED = (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)
+
+
+class _CopiedSeedSequence(np.random.bit_generator.ISpawnableSeedSequence):
+    """The seed sequence of a bit generator copied through its state (:func:`_copy`).
+
+    Its words for the bit generator's constructor are zeros: the state is overwritten at
+    once, and hashing a real ``SeedSequence`` would cost most of the copy. ``spawn`` gives
+    the children a deep copy would: those of the original's sequence as it was when copied.
+    """
+
+    def __init__(self, source):
+        self._source, self._spawned, self._sequence = source, source.n_children_spawned, None
+
+    def generate_state(self, n_words, dtype=np.uint32):
+        return np.zeros(n_words, dtype)
+
+    def spawn(self, n_children):
+        if self._sequence is None:
+            s = self._source
+            self._sequence = np.random.SeedSequence(
+                s.entropy, spawn_key=s.spawn_key, pool_size=s.pool_size, n_children_spawned=self._spawned
+            )
+        return self._sequence.spawn(n_children)
 
 
 def _copy(rng):
@@ -104,10 +127,12 @@ def _copy(rng):
 
     CuPy's bit generator holds a ``threading.Lock``, which ``copy.deepcopy`` cannot
     copy: the copy gets a lock of its own."""
-    if type(rng) is np.random.Generator and type(rng.bit_generator) in _STATE_COPIED:
-        bit_generator = type(rng.bit_generator)(0)  # its seed is overwritten at once
-        bit_generator.state = rng.bit_generator.state
-        return np.random.Generator(bit_generator)
+    if type(rng) is np.random.Generator:
+        source = rng.bit_generator
+        if type(source) in _STATE_COPIED and type(source.seed_seq) is np.random.SeedSequence:
+            bit_generator = type(source)(_CopiedSeedSequence(source.seed_seq))
+            bit_generator.state = source.state
+            return np.random.Generator(bit_generator)
     memo = {}
     if not isinstance(rng, np.random.Generator):
         lock = getattr(getattr(rng, "bit_generator", None), "lock", None)

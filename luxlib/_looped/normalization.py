@@ -156,7 +156,7 @@ def _groupnorm(with_vjp, act, x, scale, bias, groups, epsilon):
 
 
 def _layernorm(with_vjp, act, x, scale, bias, axes, epsilon):
-    rows = glue.LayernormRows(x, axes)
+    rows = glue.layernorm_rows(x, axes)
     xt = rows.to_rows(x)  # copies only when needed
     run = min(rows.length, _RUN)
     nruns = -(-rows.length // run)

@@ -6,6 +6,7 @@ CPU emulation of ``tests/cuda/emu`` in the tests. Arrays go in C-contiguous,
 scalars explicitly typed.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -22,13 +23,13 @@ DB_MIN_SPLIT_ROWS = 128
 DB_MIN_SPLIT_ELEMENTS = 16 * BLOCK
 
 
-def _geometry(x):
-    """x viewed as (outer, C, inner) around the bias axis."""
-    if x.ndim == 1:
-        return 1, x.shape[0], 1
-    if x.ndim == 0:
+def _geometry(shape):
+    """x of ``shape`` viewed as (outer, C, inner) around the bias axis."""
+    if len(shape) == 1:
+        return 1, shape[0], 1
+    if not shape:
         return 1, 1, 1
-    return x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    return shape[0], shape[1], math.prod(shape[2:])
 
 
 def supports(act, x, bias=None):
@@ -46,17 +47,23 @@ def forward(mod, act, x, bias=None, out=None):
     xp = array_namespace(x)
     x = xp.ascontiguousarray(x)
     y = xp.empty(x.shape, x.dtype) if out is None else out
-    n = x.size
-    if n:
-        _, C, inner = _geometry(x)
+    if x.size:
         has_bias = bias is not None
         b = xp.ascontiguousarray(bias) if has_bias else x  # not read without a bias
-        mod.get_function(kernel_name("bias_act_forward", x.dtype))(
-            grid_vectors(mod, n, x.itemsize), (BLOCK,),
-            (x, b, y, np.int64(n)) + divisor(C) + divisor(inner) + (np.int32(has_bias),
-             np.int32(act.id), act_param(act, x.dtype)),
-        )
+        name, grid, scalars = _forward_plan(mod, act, x.dtype, x.shape, has_bias)
+        mod.get_function(name)(grid, (BLOCK,), (x, b, y) + scalars)
     return y
+
+
+@functools.lru_cache(maxsize=512)  # launch overhead: the arguments take microseconds to build
+def _forward_plan(mod, act, dtype, shape, has_bias):
+    """``(kernel, grid, scalar arguments)`` of the forward kernel."""
+    n = math.prod(shape)
+    _, C, inner = _geometry(shape)
+    grid = grid_vectors(mod, n, np.dtype(dtype).itemsize)
+    return kernel_name("bias_act_forward", dtype), grid, (
+        (np.int64(n),) + divisor(C) + divisor(inner) + (np.int32(has_bias), np.int32(act.id), act_param(act, dtype))
+    )
 
 
 def vjp(mod, act, x, bias=None, inplace=False):
@@ -78,7 +85,7 @@ def pullback(mod, act, x, y, bias):
     activations (x, which it does not read then, may be y itself), else x and bias."""
     xp = array_namespace(x)
     has_bias = bias is not None
-    outer, C, inner = _geometry(x)
+    outer, C, inner = _geometry(x.shape)
     if act.output_only:
         src, add_bias = y, False
     else:

@@ -17,7 +17,7 @@ the arrays' namespace. The pieces the looped path does alike are in
 
 import math
 from collections import namedtuple
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -68,6 +68,31 @@ NARROW_LIMIT = 2**31
 # elements, run r of unit u at u * gstride + r * rstride (normalization.cu).
 Units = namedtuple("Units", "units length gstride runlen rstride")
 
+# The launch code below runs on every call, and its host time is most of what a small
+# normalization costs on a GPU; so each op's launches (grids and scalar arguments) are
+# planned once per shape, dtype and option values, by functions cached on those keys.
+
+#: a module's launch-shaping attributes (the test hooks above; the defaults on a GPU),
+#: named as on the module so that the planning functions take either
+Tuning = namedtuple("Tuning", "max_blocks norm_min_chunk norm_rows_max norm_wide_index")
+
+
+def _tuning(mod):
+    return Tuning(getattr(mod, "max_blocks", MAX_BLOCKS), getattr(mod, "norm_min_chunk", MIN_CHUNK),
+                  getattr(mod, "norm_rows_max", ROWS_MAX), getattr(mod, "norm_wide_index", False))
+
+
+@lru_cache(maxsize=256)
+def _act_args(act, dtype):
+    """The kernels' trailing activation arguments ``(id, parameter)``."""
+    return np.int32(act.id), act_param(act, dtype)
+
+
+def _launch(mod, plan, arrays):
+    """Launch ``plan`` = ``(kernel, grid, block, scalar arguments)`` on ``arrays``."""
+    name, grid, block, scalars = plan
+    mod.get_function(name)(grid, block, arrays + scalars)
+
 
 class Geometry(namedtuple("Geometry", "stats elem groups count bwd sdiv amod vec")):
     """How the kernels see one op on C-contiguous ``x``.
@@ -79,6 +104,7 @@ class Geometry(namedtuple("Geometry", "stats elem groups count bwd sdiv amod vec
     """
 
 
+@lru_cache(maxsize=512)
 def _channel_geometry(shape, kind, groups=1):
     """``kind``: "batch" (group = channel), "instance" (group = (n, c)), "group"."""
     n, c = shape[:2]
@@ -95,6 +121,7 @@ def _channel_geometry(shape, kind, groups=1):
                     Units(n * c, s, s, s, 0), cg, c, False)
 
 
+@lru_cache(maxsize=512)
 def _rows_geometry(rows, length):
     units = Units(rows, length, length, length, 0)
     return Geometry(units, (length, 1), rows, length, units, 1, length, True)
@@ -156,29 +183,34 @@ def _finalize_grid(mod, n):
     return (max(1, min(-(-n // COLS_BLOCK[0]), getattr(mod, "max_blocks", MAX_BLOCKS))),)
 
 
+@lru_cache(maxsize=512)
+def _stats_plan(tun, units, dtype, epsilon):
+    """The launches of :func:`_statistics`: ``(partial sums, length of their float64
+    partials, finalize)``."""
+    if _are_columns(units):
+        grid, nchunks, chunk = _column_chunks(tun, units.units, units.length)
+        partial_sums = (kernel_name("norm_stats_cols_partial", dtype), grid, COLS_BLOCK,
+                        _i64(units.length, units.units, chunk))
+    else:
+        nchunks, chunk = _chunks(tun, units.units, units.length)
+        partial_sums = (kernel_name("norm_stats_partial", dtype), _unit_grid(tun, units.units, nchunks),
+                        _block(chunk), _i64(units.units, units.length, chunk, units.gstride)
+                        + divisor(units.runlen) + _i64(units.rstride))
+    finalize = (kernel_name("norm_stats_finalize", dtype), _finalize_grid(tun, units.units), COLS_BLOCK,
+                _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),))
+    return partial_sums, units.units * nchunks * 2, finalize
+
+
 def _statistics(mod, x, units, epsilon):
     """Float64 mean, biased variance and ``1 / sqrt(var + epsilon)`` of every unit
     (two-stage: chunks, then Chan merges)."""
     xp = array_namespace(x)
-    if _are_columns(units):
-        grid, nchunks, chunk = _column_chunks(mod, units.units, units.length)
-        part = xp.empty((units.units * nchunks * 2,), xp.float64)
-        mod.get_function(kernel_name("norm_stats_cols_partial", x.dtype))(
-            grid, COLS_BLOCK, (x, part) + _i64(units.length, units.units, chunk)
-        )
-    else:
-        nchunks, chunk = _chunks(mod, units.units, units.length)
-        part = xp.empty((units.units * nchunks * 2,), xp.float64)
-        mod.get_function(kernel_name("norm_stats_partial", x.dtype))(
-            _unit_grid(mod, units.units, nchunks), _block(chunk),
-            (x, part) + _i64(units.units, units.length, chunk, units.gstride) + divisor(units.runlen)
-            + _i64(units.rstride),
-        )
-    mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
-    mod.get_function(kernel_name("norm_stats_finalize", x.dtype))(
-        _finalize_grid(mod, units.units), COLS_BLOCK,
-        (part, mean, var, rstd) + _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),),
-    )
+    partial_sums, nparts, finalize = _stats_plan(_tuning(mod), units, x.dtype, epsilon)
+    part = xp.empty((nparts,), xp.float64)
+    _launch(mod, partial_sums, (x, part))
+    mean, var, rstd = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64), \
+        xp.empty((units.units,), xp.float64)
+    _launch(mod, finalize, (part, mean, var, rstd))
     return mean, var, rstd
 
 
@@ -200,16 +232,21 @@ def _given_stats(mod, running_mean, running_var, shape, per_sample, epsilon):
 def _running_update(mod, mean, var, shape, per_sample, running_mean, running_var, momentum):
     """The new running statistics, as ``glue.updated_stats`` defines them, by one kernel."""
     xp = array_namespace(mean)
+    rm, rv = xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
+    c = shape[1]
+    new_mean, new_var = xp.empty((c,), rm.dtype), xp.empty((c,), rm.dtype)
+    _launch(mod, _running_plan(_tuning(mod), tuple(shape), per_sample, rm.dtype, momentum),
+            (mean, var, rm, rv, new_mean, new_var))
+    return new_mean, new_var
+
+
+@lru_cache(maxsize=256)
+def _running_plan(tun, shape, per_sample, dtype, momentum):
     n, c = shape[:2]
     count = math.prod(shape[2:]) * (1 if per_sample else n)
-    rm, rv = xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
-    new_mean, new_var = xp.empty((c,), rm.dtype), xp.empty((c,), rm.dtype)
-    mod.get_function(kernel_name("norm_running_update", rm.dtype))(
-        grid_1d(mod, c), (BLOCK,),
-        (mean, var, rm, rv, new_mean, new_var, np.int64(c), np.int64(n if per_sample else 1),
-         acc_scalar(rm.dtype, 1 - momentum), np.float64(momentum), np.float64(momentum * count / (count - 1))),
-    )
-    return new_mean, new_var
+    return (kernel_name("norm_running_update", dtype), grid_1d(tun, c), (BLOCK,),
+            (np.int64(c), np.int64(n if per_sample else 1), acc_scalar(dtype, 1 - momentum), np.float64(momentum),
+             np.float64(momentum * count / (count - 1))))
 
 
 def _rows_path(mod, geom):
@@ -229,32 +266,38 @@ def _row_launch(mod, rows, length):
     return (-(-rows // rchunk),), (32 * -(-length // (32 * cols)),), rchunk
 
 
+@lru_cache(maxsize=512)
+def _elementwise_plan(tun, kernel, dtype, n, geom):
+    """``(kernel, grid, block, index arguments)`` of an elementwise kernel over ``n`` elements."""
+    grid = grid_1d(tun, n, per_thread=UNROLL)
+    return kernel_name(kernel, dtype), grid, (BLOCK,), _index_args(tun, n, grid, geom)
+
+
+@lru_cache(maxsize=512)
+def _rows_plan(tun, kernel, dtype, rows, length, scalar):
+    """``(kernel, grid, block, (rows, length, rows per block, scalar))`` of a rows kernel."""
+    grid, block, rchunk = _row_launch(tun, rows, length)
+    return kernel_name(kernel, dtype), grid, block, _i64(rows, length, rchunk) + (np.float64(scalar),)
+
+
 def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     """``(y, mean, var, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
     float64 ``(mean, rstd)`` per group); ``var`` is None with given statistics and from
     layernorm's rows kernels, which compute ``rstd`` themselves."""
     xp = array_namespace(x)
-    if stats is None and _rows_path(mod, geom):
-        rows, length = geom.groups, geom.count
-        grid, block, rchunk = _row_launch(mod, rows, length)
-        y, mean, rstd = xp.empty(x.shape, x.dtype), xp.empty((rows,), xp.float64), xp.empty((rows,), xp.float64)
-        mod.get_function(kernel_name("norm_rows_forward", x.dtype))(
-            grid, block,
-            (x, scale, bias, y, mean, rstd) + _i64(rows, length, rchunk)
-            + (np.float64(epsilon), np.int32(act.id), act_param(act, x.dtype)),
-        )
+    tun = _tuning(mod)
+    y = xp.empty(x.shape, x.dtype)
+    if stats is None and _rows_path(tun, geom):
+        name, grid, block, scalars = _rows_plan(tun, "norm_rows_forward", x.dtype, geom.groups, geom.count, epsilon)
+        mean, rstd = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
+        mod.get_function(name)(grid, block, (x, scale, bias, y, mean, rstd) + scalars + _act_args(act, x.dtype))
         return y, mean, None, rstd
     if stats is None:
         mean, var, rstd = _statistics(mod, x, geom.stats, epsilon)
     else:
         (mean, rstd), var = stats, None
-    y = xp.empty(x.shape, x.dtype)
-    grid = grid_1d(mod, x.size, per_thread=UNROLL)
-    mod.get_function(kernel_name("norm_forward", x.dtype))(
-        grid, (BLOCK,),
-        (x, scale, bias, mean, rstd, y) + _index_args(mod, x.size, grid, geom)
-        + (np.int32(act.id), act_param(act, x.dtype)),
-    )
+    name, grid, block, index = _elementwise_plan(tun, "norm_forward", x.dtype, x.size, geom)
+    mod.get_function(name)(grid, block, (x, scale, bias, mean, rstd, y) + index + _act_args(act, x.dtype))
     return y, mean, var, rstd
 
 
@@ -269,83 +312,81 @@ def _column_sums(mod, part, nparts, length, dtype):
     return sg, sgx
 
 
+@lru_cache(maxsize=512)
+def _pass1_plan(tun, dtype, geom):
+    """The launches of backward pass 1: ``(partial sums, length of their float64 partials,
+    finalize)``."""
+    u = geom.bwd
+    nsum = 2 if geom.vec else 4
+    if not geom.vec and _are_columns(u):  # batchnorm of (N, C): unit = group = channel
+        grid, nchunks, chunk = _column_chunks(tun, u.units, u.length)
+        partial_sums = (kernel_name("norm_backward_cols_partial", dtype), grid, COLS_BLOCK,
+                        _i64(u.length, u.units, chunk))
+    else:
+        nchunks, chunk = _chunks(tun, u.units, u.length)
+        partial_sums = (kernel_name("norm_backward_partial", dtype), _unit_grid(tun, u.units, nchunks),
+                        _block(chunk), _i64(u.units, u.length, chunk, u.gstride) + divisor(u.runlen)
+                        + _i64(u.rstride) + divisor(geom.sdiv) + divisor(geom.amod) + (np.int32(geom.vec),))
+    finalize = (kernel_name("norm_backward_finalize", dtype), _finalize_grid(tun, max(geom.groups, geom.amod)),
+                COLS_BLOCK, _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),) + _i64(geom.amod, u.units)
+                + (np.float64(geom.count),))
+    return partial_sums, u.units * nchunks * nsum, finalize
+
+
+@lru_cache(maxsize=512)
+def _dx_cols_plan(tun, dtype, rows, length):
+    """``(launch, chunks)`` of layernorm's general dx kernel, which also writes per-column
+    partial sums for each of its chunks of rows."""
+    grid, nchunks, rchunk = _column_chunks(tun, length, rows)
+    return (kernel_name("norm_backward_dx_cols", dtype), grid, COLS_BLOCK, _i64(rows, length, rchunk)), nchunks
+
+
 def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
     """``pullback(dy) -> (dx, sum(g), sum(g * xhat))``: the sums per channel (channel ops)
     or per affine element (layernorm), None when ``affine_sums`` is false."""
     xp = array_namespace(x)
-    p = act_param(act, x.dtype)
+    tun, dtype = _tuning(mod), x.dtype
+    act_args = _act_args(act, dtype)
+    rows, length = geom.groups, geom.count  # layernorm's
 
     def pass1(dy):
         """Means of h, h xhat (per group) and, unless vec, sums of g, g xhat per affine
         element (x's dtype; None with vec)."""
-        u = geom.bwd
-        nsum = 2 if geom.vec else 4
-        if not geom.vec and _are_columns(u):  # batchnorm of (N, C): unit = group = channel
-            grid, nchunks, chunk = _column_chunks(mod, u.units, u.length)
-            part = xp.empty((u.units * nchunks * nsum,), xp.float64)
-            mod.get_function(kernel_name("norm_backward_cols_partial", x.dtype))(
-                grid, COLS_BLOCK,
-                (x, dy, scale, bias, mean, rstd, part) + _i64(u.length, u.units, chunk) + (np.int32(act.id), p),
-            )
-        else:
-            nchunks, chunk = _chunks(mod, u.units, u.length)
-            part = xp.empty((u.units * nchunks * nsum,), xp.float64)
-            mod.get_function(kernel_name("norm_backward_partial", x.dtype))(
-                _unit_grid(mod, u.units, nchunks), _block(chunk),
-                (x, dy, scale, bias, mean, rstd, part)
-                + _i64(u.units, u.length, chunk, u.gstride) + divisor(u.runlen) + _i64(u.rstride)
-                + divisor(geom.sdiv) + divisor(geom.amod)
-                + (np.int32(geom.vec), np.int32(act.id), p),
-            )
+        (name, grid, block, scalars), nparts, finalize = _pass1_plan(tun, dtype, geom)
+        part = xp.empty((nparts,), xp.float64)
+        mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, part) + scalars + act_args)
         mh, mhx = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
-        sg, sgx = xp.empty((geom.amod,), x.dtype), xp.empty((geom.amod,), x.dtype)  # not written with vec
-        mod.get_function(kernel_name("norm_backward_finalize", x.dtype))(
-            _finalize_grid(mod, max(geom.groups, geom.amod)), COLS_BLOCK,
-            (part, mh, mhx, sg, sgx) + _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),)
-            + _i64(geom.amod, u.units) + (np.float64(geom.count),),
-        )
+        sg, sgx = xp.empty((geom.amod,), dtype), xp.empty((geom.amod,), dtype)  # not written with vec
+        _launch(mod, finalize, (part, mh, mhx, sg, sgx))
         return (mh, mhx) + ((None, None) if geom.vec else (sg, sgx))
 
     def rows_pullback(dy):
         """layernorm's rows kernel: dx and the per-column sums in one pass over x and dy."""
-        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-        dx = xp.empty(x.shape, x.dtype)
-        rows, length = geom.groups, geom.count
-        grid, block, rchunk = _row_launch(mod, rows, length)
+        dy = xp.ascontiguousarray(dy, dtype=dtype)
+        dx = xp.empty(x.shape, dtype)
+        name, grid, block, scalars = _rows_plan(tun, "norm_rows_backward", dtype, rows, length, 1.0 / length)
         part = xp.empty((grid[0] * length * 2,), xp.float64)
-        mod.get_function(kernel_name("norm_rows_backward", x.dtype))(
-            grid, block,
-            (x, dy, scale, bias, mean, rstd, dx, part) + _i64(rows, length, rchunk)
-            + (np.float64(1.0 / length), np.int32(act.id), p),
-        )
-        return (dx,) + _column_sums(mod, part, grid[0], length, x.dtype)
+        mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, dx, part) + scalars + act_args)
+        return (dx,) + _column_sums(mod, part, grid[0], length, dtype)
 
     def pullback(dy):
-        dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-        dx = xp.empty(x.shape, x.dtype)
+        dy = xp.ascontiguousarray(dy, dtype=dtype)
+        dx = xp.empty(x.shape, dtype)
         if batch or (affine_sums and not geom.vec):
             mh, mhx, sg, sgx = pass1(dy)
         else:
             mh = mhx = mean  # not read
         if geom.vec:  # layernorm: dx with the per-column sums (always batch statistics)
-            rows, length = geom.groups, geom.count
-            grid, nchunks, rchunk = _column_chunks(mod, length, rows)
+            (name, grid, block, scalars), nchunks = _dx_cols_plan(tun, dtype, rows, length)
             part = xp.empty((nchunks * length * 2,), xp.float64)
-            mod.get_function(kernel_name("norm_backward_dx_cols", x.dtype))(
-                grid, COLS_BLOCK,
-                (x, dy, scale, bias, mean, rstd, mh, mhx, dx, part) + _i64(rows, length, rchunk)
-                + (np.int32(act.id), p),
-            )
-            return (dx,) + _column_sums(mod, part, nchunks, length, x.dtype)
-        grid = grid_1d(mod, x.size, per_thread=UNROLL)
-        mod.get_function(kernel_name("norm_backward_dx", x.dtype))(
-            grid, (BLOCK,),
-            (x, dy, scale, bias, mean, rstd, mh, mhx, dx) + _index_args(mod, x.size, grid, geom)
-            + (np.int32(batch), np.int32(act.id), p),
-        )
+            mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, mh, mhx, dx, part) + scalars + act_args)
+            return (dx,) + _column_sums(mod, part, nchunks, length, dtype)
+        name, grid, block, index = _elementwise_plan(tun, "norm_backward_dx", dtype, x.size, geom)
+        mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, mh, mhx, dx) + index
+                               + (np.int32(batch),) + act_args)
         return (dx, sg, sgx) if affine_sums else (dx, None, None)
 
-    return rows_pullback if _rows_path(mod, geom) else pullback
+    return rows_pullback if _rows_path(tun, geom) else pullback
 
 
 def _supports(act, x, **_):
@@ -395,7 +436,7 @@ def _groupnorm(mod, with_vjp, act, x, scale, bias, groups, epsilon):
 
 
 def _layernorm(mod, with_vjp, act, x, scale, bias, axes, epsilon):
-    rows = glue.LayernormRows(x, axes)
+    rows = glue.layernorm_rows(x, axes)
     xt = rows.to_rows(x)  # copies only when needed
     geom = _rows_geometry(rows.rows, rows.length)
     sv, bv = rows.vector(scale, 1), rows.vector(bias, 0)
