@@ -183,19 +183,25 @@ def _finalize_grid(mod, n):
     return (max(1, min(-(-n // COLS_BLOCK[0]), getattr(mod, "max_blocks", MAX_BLOCKS))),)
 
 
+def _partial_sums(tun, kernel, dtype, units, columns, extra=()):
+    """``(launch, nchunks, chunk)`` of a chunked reduction over ``units``: the column kernel
+    ``kernel + "_cols_partial"`` when ``columns``, else ``kernel + "_partial"``, whose scalar
+    arguments end with ``extra``."""
+    if columns:
+        grid, nchunks, chunk = _column_chunks(tun, units.units, units.length)
+        return (kernel_name(kernel + "_cols_partial", dtype), grid, COLS_BLOCK,
+                _i64(units.length, units.units, chunk)), nchunks, chunk
+    nchunks, chunk = _chunks(tun, units.units, units.length)
+    return (kernel_name(kernel + "_partial", dtype), _unit_grid(tun, units.units, nchunks), _block(chunk),
+            _i64(units.units, units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride)
+            + extra), nchunks, chunk
+
+
 @lru_cache(maxsize=512)
 def _stats_plan(tun, units, dtype, epsilon):
     """The launches of :func:`_statistics`: ``(partial sums, length of their float64
     partials, finalize)``."""
-    if _are_columns(units):
-        grid, nchunks, chunk = _column_chunks(tun, units.units, units.length)
-        partial_sums = (kernel_name("norm_stats_cols_partial", dtype), grid, COLS_BLOCK,
-                        _i64(units.length, units.units, chunk))
-    else:
-        nchunks, chunk = _chunks(tun, units.units, units.length)
-        partial_sums = (kernel_name("norm_stats_partial", dtype), _unit_grid(tun, units.units, nchunks),
-                        _block(chunk), _i64(units.units, units.length, chunk, units.gstride)
-                        + divisor(units.runlen) + _i64(units.rstride))
+    partial_sums, nchunks, chunk = _partial_sums(tun, "norm_stats", dtype, units, _are_columns(units))
     finalize = (kernel_name("norm_stats_finalize", dtype), _finalize_grid(tun, units.units), COLS_BLOCK,
                 _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),))
     return partial_sums, units.units * nchunks * 2, finalize
@@ -208,8 +214,7 @@ def _statistics(mod, x, units, epsilon):
     partial_sums, nparts, finalize = _stats_plan(_tuning(mod), units, x.dtype, epsilon)
     part = xp.empty((nparts,), xp.float64)
     _launch(mod, partial_sums, (x, part))
-    mean, var, rstd = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64), \
-        xp.empty((units.units,), xp.float64)
+    mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
     _launch(mod, finalize, (part, mean, var, rstd))
     return mean, var, rstd
 
@@ -318,15 +323,9 @@ def _pass1_plan(tun, dtype, geom):
     finalize)``."""
     u = geom.bwd
     nsum = 2 if geom.vec else 4
-    if not geom.vec and _are_columns(u):  # batchnorm of (N, C): unit = group = channel
-        grid, nchunks, chunk = _column_chunks(tun, u.units, u.length)
-        partial_sums = (kernel_name("norm_backward_cols_partial", dtype), grid, COLS_BLOCK,
-                        _i64(u.length, u.units, chunk))
-    else:
-        nchunks, chunk = _chunks(tun, u.units, u.length)
-        partial_sums = (kernel_name("norm_backward_partial", dtype), _unit_grid(tun, u.units, nchunks),
-                        _block(chunk), _i64(u.units, u.length, chunk, u.gstride) + divisor(u.runlen)
-                        + _i64(u.rstride) + divisor(geom.sdiv) + divisor(geom.amod) + (np.int32(geom.vec),))
+    # columns: batchnorm of (N, C), unit = group = channel
+    partial_sums, nchunks, _ = _partial_sums(tun, "norm_backward", dtype, u, not geom.vec and _are_columns(u),
+                                             divisor(geom.sdiv) + divisor(geom.amod) + (np.int32(geom.vec),))
     finalize = (kernel_name("norm_backward_finalize", dtype), _finalize_grid(tun, max(geom.groups, geom.amod)),
                 COLS_BLOCK, _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),) + _i64(geom.amod, u.units)
                 + (np.float64(geom.count),))
