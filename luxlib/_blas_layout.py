@@ -21,6 +21,18 @@ def _leading(n_lead, stride_lead, n_unit, stride_unit, item):
     return stride_lead // item
 
 
+def matrix_layout(rows, cols, srow, scol, item):
+    """``(trans, ld)`` of a ``rows x cols`` matrix with these byte strides as BLAS reads it
+    as stored (see :func:`blas_operand`), or None when it must be copied."""
+    ld = _leading(rows, srow, cols, scol, item)
+    if ld is not None:
+        return False, ld
+    ld = _leading(cols, scol, rows, srow, item)
+    if ld is not None:
+        return True, ld
+    return None
+
+
 def blas_operand(a):
     """``(a, trans, ld)``: how BLAS reads the matrices in ``a``'s last two axes.
 
@@ -30,12 +42,8 @@ def blas_operand(a):
     whole number of elements) are copied once to C order, in their own namespace.
     """
     item = a.itemsize
-    (rows, cols), (srow, scol) = a.shape[-2:], a.strides[-2:]
     if all(s % item == 0 for s in a.strides[:-2]):
-        ld = _leading(rows, srow, cols, scol, item)
-        if ld is not None:
-            return a, False, ld
-        ld = _leading(cols, scol, rows, srow, item)
-        if ld is not None:
-            return a, True, ld
-    return array_namespace(a).ascontiguousarray(a), False, max(1, cols)
+        layout = matrix_layout(*a.shape[-2:], *a.strides[-2:], item)
+        if layout is not None:
+            return (a,) + layout
+    return array_namespace(a).ascontiguousarray(a), False, max(1, a.shape[-1])

@@ -4,7 +4,7 @@
 on a batch of small matrices) before cuBLAS started. :func:`matmul` makes one cuBLAS call
 per product itself, with every operand as it is stored: a transposed view (``w.T``,
 ``y.transpose(0, 2, 1)``) through the transpose flag, a batch of 1 through batch stride 0,
-never a copy for either.
+never a copy for either. The layouts come from shapes and strides, without views.
 
 cuBLAS is column-major. The memory of a row-major ``(r, c)`` matrix with row stride ``ld``
 is the column-major ``(c, r)`` matrix with leading dimension ``ld``: its transpose. So
@@ -21,7 +21,7 @@ arrays (``tests/cuda/emu/emu_blas.py``), so this module's layout logic runs in C
 
 import numpy as np
 
-from .._blas_layout import blas_operand
+from .._blas_layout import matrix_layout
 from .._validation import array_namespace
 
 __all__ = ["CuBLAS", "get_blas", "matmul"]
@@ -82,22 +82,32 @@ def get_blas():
     return _BLAS[0]
 
 
+def _batched(a):
+    """``(shape, strides)`` of the 2-D or 3-D ``a`` as a stack of matrices (a 2-D array is a
+    batch of 1). Shapes and strides only: on a GPU every view costs microseconds of host time."""
+    if a.ndim == 3:
+        return a.shape, a.strides
+    return (1,) + tuple(a.shape), (0,) + tuple(a.strides)
+
+
 def _operand(a):
-    """``(a, trans, ld, stride)``: :func:`blas_operand` of a 3-D array plus its batch stride
-    in elements (0 for a batch of 1); copied to C order when that stride is negative."""
-    a, trans, ld = blas_operand(a)
-    stride = 0 if a.shape[0] == 1 else a.strides[0] // a.itemsize
-    if stride < 0:
-        a, trans, ld = blas_operand(array_namespace(a).ascontiguousarray(a))
-        stride = a.strides[0] // a.itemsize
-    return a, trans, ld, stride
+    """``(a, trans, ld, stride)``: how cuBLAS reads the 2-D or 3-D ``a`` as it is stored
+    (:func:`luxlib._blas_layout.blas_operand`'s rules) plus its batch stride in elements (0
+    for a batch of 1); a copy in C order when it cannot be read as stored."""
+    item = a.itemsize
+    (batch, rows, cols), (sb, srow, scol) = _batched(a)
+    stride = 0 if batch == 1 else sb // item
+    layout = matrix_layout(rows, cols, srow, scol, item) if sb % item == 0 and stride >= 0 else None
+    if layout is not None:
+        return (a,) + layout + (stride,)
+    return array_namespace(a).ascontiguousarray(a), False, max(1, cols), 0 if batch == 1 else rows * cols
 
 
 def _output(c):
-    """``(ldc, stride)`` of a 3-D output whose rows have unit column stride and whose
-    matrices do not overlap (cuBLAS would write them concurrently), else None."""
+    """``(ldc, stride)`` of the 2-D or 3-D output ``c`` whose rows have unit column stride
+    and whose matrices do not overlap (cuBLAS would write them concurrently), else None."""
     item = c.itemsize
-    (batch, m, n), (sb, sm, sn) = c.shape, c.strides
+    (batch, m, n), (sb, sm, sn) = _batched(c)
     if (n > 1 and sn != item) or sm % item or sb % item or sb < 0 or sm < 0:
         return None
     ldc = sm // item if m > 1 else max(1, n)
@@ -140,29 +150,27 @@ def matmul(blas, a, b, out=None, accumulate=False):
     xp = array_namespace(a, b)
     if a.dtype != b.dtype:
         raise ValueError(f"cuda matmul: operand dtypes differ ({a.dtype}, {b.dtype})")
-    a3, b3 = (t if t.ndim == 3 else t[None] for t in (a, b))
-    batch = 0 if 0 in (a3.shape[0], b3.shape[0]) else max(a3.shape[0], b3.shape[0])
-    m, k, n = a3.shape[1], a3.shape[2], b3.shape[2]
+    (ba, m, k), (bb, _, n) = _batched(a)[0], _batched(b)[0]
+    batch = 0 if 0 in (ba, bb) else max(ba, bb)
     if out is None:
         out = xp.empty((batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n), a.dtype)
-    c3 = out if out.ndim == 3 else out[None]
-    if c3.shape != (batch, m, n):
+    if out.ndim not in (2, 3) or _batched(out)[0] != (batch, m, n):
         raise ValueError(f"cuda matmul: out has shape {out.shape}, the product {(batch, m, n)}")
-    if c3.size == 0:
+    if out.size == 0:
         return out
     if k == 0:  # empty sums, decided here rather than by cuBLAS's quick returns
         if not accumulate:
-            c3[...] = 0
+            out[...] = 0
         return out
-    layout = _output(c3) if out.dtype == a.dtype else None
+    layout = _output(out) if out.dtype == a.dtype else None
     if layout is None:  # e.g. float16 products into a float32 sum: a product, then its sum
         return _store(out, matmul(blas, a, b), accumulate)
     ldc, sc = layout
-    (a3, ta, lda, sa), (b3, tb, ldb, sb) = _operand(a3), _operand(b3)
+    (a, ta, lda, sa), (b, tb, ldb, sb) = _operand(a), _operand(b)
     rows, items = m, batch
     if batch > 1 and sb == 0 and not ta and sa == m * lda and sc == m * ldc:
         rows, items = batch * m, 1  # one gemm over the rows of every matrix of a
     if max(rows, n, k, lda, ldb, ldc, items) > INT_MAX:  # beyond cuBLAS's ints
         return _store(out, xp.matmul(a, b), accumulate)
-    blas.gemm_strided_batched(tb, ta, n, rows, k, b3, ldb, sb, a3, lda, sa, accumulate, c3, ldc, sc, items)
+    blas.gemm_strided_batched(tb, ta, n, rows, k, b, ldb, sb, a, lda, sa, accumulate, out, ldc, sc, items)
     return out
