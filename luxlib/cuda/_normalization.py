@@ -47,12 +47,15 @@ MAX_CHUNKS = 65535
 #: block of the column kernels (norm_*_cols*): (LX_WARP columns, LX_NORM_ROWS rows) of
 #: normalization.cu
 COLS_BLOCK = (32, 8)
-#: layernorm rows of at most this many elements run the rows kernels (LX_ROWS_COLS columns
-#: for each of at most LX_ROWS_THREADS threads, normalization.cu; a module may lower it:
+#: layernorm rows of at most this many elements run the rows kernels (normalization.cu: the
+#: backward's LX_ROWS_COLS columns for each of at most LX_ROWS_THREADS threads, the forward's
+#: LX_ROWS_LANE_COLS columns for each lane of a warp; a module may lower it:
 #: ``norm_rows_max``, for tests)
 ROWS_MAX = 1024
 ROWS_THREADS = 512
-#: rows per tile of the rows kernels (LX_ROWS_TILE). They launch a block per ROWS_CHUNK rows
+#: warps (rows at a time) of a block of the forward rows kernel (LX_ROWS_WARPS)
+ROWS_WARPS = 8
+#: rows per tile of the backward rows kernel (LX_ROWS_TILE). It launches a block per ROWS_CHUNK rows
 #: (each block writes one row of per-column partial sums: 1/8 of float32 x's bytes), or
 #: ROWS_MIN_BLOCKS blocks of fewer rows (2 per SM of an H100/H200) when that gives fewer
 #: (the module's ``max_blocks`` caps the count, for tests)
@@ -260,7 +263,7 @@ def _rows_path(mod, geom):
 
 
 def _row_launch(mod, rows, length):
-    """``(grid, block, rchunk)`` of the rows kernels: chunks of whole tiles of rows (see
+    """``(grid, block, rchunk)`` of the backward rows kernel: chunks of whole tiles of rows (see
     ROWS_CHUNK); the fewest threads (a multiple of 32, at most ROWS_THREADS) that cover a row
     with as many columns each."""
     tiles = -(-rows // ROWS_TILE)
@@ -279,10 +282,19 @@ def _elementwise_plan(tun, kernel, dtype, n, geom):
 
 
 @lru_cache(maxsize=512)
-def _rows_plan(tun, kernel, dtype, rows, length, scalar):
-    """``(kernel, grid, block, (rows, length, rows per block, scalar))`` of a rows kernel."""
+def _rows_forward_plan(tun, dtype, rows, length, epsilon):
+    """The launch of the forward rows kernel: a warp a row, ROWS_WARPS rows a block, at most
+    ``max_blocks`` blocks (striding over the rest)."""
+    grid = (max(1, min(-(-rows // ROWS_WARPS), tun.max_blocks)),)
+    return kernel_name("norm_rows_forward", dtype), grid, (ROWS_WARPS * 32,), _i64(rows, length) + (np.float64(epsilon),)
+
+
+@lru_cache(maxsize=512)
+def _rows_backward_plan(tun, dtype, rows, length):
+    """``(kernel, grid, block, (rows, length, rows per block, 1 / length))`` of the backward
+    rows kernel."""
     grid, block, rchunk = _row_launch(tun, rows, length)
-    return kernel_name(kernel, dtype), grid, block, _i64(rows, length, rchunk) + (np.float64(scalar),)
+    return kernel_name("norm_rows_backward", dtype), grid, block, _i64(rows, length, rchunk) + (np.float64(1.0 / length),)
 
 
 def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
@@ -293,7 +305,7 @@ def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
     tun = _tuning(mod)
     y = xp.empty(x.shape, x.dtype)
     if stats is None and _rows_path(tun, geom):
-        name, grid, block, scalars = _rows_plan(tun, "norm_rows_forward", x.dtype, geom.groups, geom.count, epsilon)
+        name, grid, block, scalars = _rows_forward_plan(tun, x.dtype, geom.groups, geom.count, epsilon)
         mean, rstd = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
         mod.get_function(name)(grid, block, (x, scale, bias, y, mean, rstd) + scalars + _act_args(act, x.dtype))
         return y, mean, None, rstd
@@ -363,7 +375,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         """layernorm's rows kernel: dx and the per-column sums in one pass over x and dy."""
         dy = xp.ascontiguousarray(dy, dtype=dtype)
         dx = xp.empty(x.shape, dtype)
-        name, grid, block, scalars = _rows_plan(tun, "norm_rows_backward", dtype, rows, length, 1.0 / length)
+        name, grid, block, scalars = _rows_backward_plan(tun, dtype, rows, length)
         part = xp.empty((grid[0] * length * 2,), xp.float64)
         mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, dx, part) + scalars + act_args)
         return (dx,) + _column_sums(mod, part, grid[0], length, dtype)

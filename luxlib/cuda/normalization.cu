@@ -534,7 +534,8 @@ __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restri
 }
 
 // ---- layernorm rows of at most 1024 elements (`_normalization.ROWS_MAX`) ----------------
-// x as (rows, L): one block per chunk of rows (grid (nchunks,)) of min(L, 512) threads
+// The forward takes a warp a row (norm_rows_forward). The backward, which also sums per
+// column over its rows, takes x as (rows, L): one block per chunk of rows (grid (nchunks,)) of min(L, 512) threads
 // rounded up to a warp, thread t owning columns t and t + blockDim.x (reads and writes
 // coalesced along the row), the rows of a chunk taken LX_ROWS_TILE at a time. A tile's
 // elements stay in registers between its row reductions, so x (and dy) are read once; each
@@ -565,77 +566,81 @@ template <typename T> struct lx_row_cols {
     }
 };
 
-/* Fused layernorm forward: per row, mean and biased var in double from the shifted sums of
-   d = x - K and d * d over the registers (K the row's first element, as norm_stats_partial
-   does for a chunk: one block reduction a tile), rstd = 1 / sqrt(var + eps) in double (as
-   norm_stats_finalize computes it), and y. */
+/* w = v[4 s], ..., v[4 s + 3] for a run-time s (registers are indexed at compile time) */
+template <typename A, int N>
+__device__ __forceinline__ void lx_quad(const A (&v)[N], int s, A (&w)[4])
+{
+#pragma unroll
+    for (int k = 0; k < N / 4; k++)
+        if (k == s)
+#pragma unroll
+            for (int j = 0; j < 4; j++) w[j] = v[4 * k + j];
+}
+
+/* Fused layernorm forward, one warp a row (LX_ROWS_WARPS warps a block, striding over the
+   rows; no shared memory, no barrier): lane l holds columns l + 32 c (c < LX_ROWS_LANE_COLS),
+   all loaded before any is used, so a row's loads are in flight together. Per row, mean and
+   biased var in double from the shifted sums of d = x - K and d * d (K the row's first
+   element, as norm_stats_partial does for a chunk; each lane adds its columns in order, then
+   a warp-shuffle tree: a fixed order for a given L, whatever the grid), rstd = 1 / sqrt(var
+   + eps) in double (as norm_stats_finalize computes it), and y, with the activation's switch
+   once per 4 columns of a lane (the columns' loop is not unrolled there: 4 inlined
+   activations per case, not LX_ROWS_LANE_COLS). */
+#define LX_ROWS_WARPS 8
+#define LX_ROWS_LANE_COLS 32
 template <typename T>
-__global__ void __launch_bounds__(LX_ROWS_THREADS)
+__global__ void __launch_bounds__(LX_ROWS_WARPS * LX_WARP)
     norm_rows_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,
                       T* __restrict__ y, double* __restrict__ mean, double* __restrict__ rstd, lx_i64 rows,
-                      lx_i64 L, lx_i64 rchunk, double eps, int act, typename lx_acc<T>::type p)
+                      lx_i64 L, double eps, int act, typename lx_acc<T>::type p)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
-    __shared__ double scratch[2 * LX_ROWS_TILE][LX_WARP];
-    __shared__ double sums[2 * LX_ROWS_TILE];
-    const lx_row_cols<T> rc(scale, bias, L);
-    const lx_i64 r0 = (lx_i64)blockIdx.x * rchunk, r1 = lx_chunk_end(r0, rchunk, rows);
+    const int lane = threadIdx.x % LX_WARP;
     const double n = (double)L;
-    /* the tile's elements, loaded while the previous tile was reduced and stored (A: T
-       widened, so that the loads issue before any use) */
-    A v[LX_ROWS_TILE][LX_ROWS_COLS];
-    auto load_tile = [&](lx_i64 t) {
+    const int quads = (int)((L + 4 * LX_WARP - 1) / (4 * LX_WARP));  /* 4 columns of a lane each */
+    for (lx_i64 row = (lx_i64)blockIdx.x * LX_ROWS_WARPS + threadIdx.x / LX_WARP; row < rows;
+         row += (lx_i64)gridDim.x * LX_ROWS_WARPS) {  /* warp-uniform: the shuffles see every lane */
+        const T* xr = x + row * L;
+        A v[LX_ROWS_LANE_COLS];
 #pragma unroll
-        for (int k = 0; k < LX_ROWS_TILE; k++)
-#pragma unroll
-            for (int c = 0; c < LX_ROWS_COLS; c++)
-                v[k][c] = rc.in[c] && t + k < r1 ? lx_load(x + (t + k) * L + rc.col[c]) : (A)0;
-    };
-    if (r0 < r1) load_tile(r0);
-    for (lx_i64 t0 = r0; t0 < r1; t0 += LX_ROWS_TILE) {
-        double part[2 * LX_ROWS_TILE];  /* sum(d), sum(d^2) of each row */
-        double shift[LX_ROWS_TILE];
-#pragma unroll
-        for (int k = 0; k < LX_ROWS_TILE; k++) {
-            const bool row = t0 + k < r1;
-            shift[k] = row ? (double)lx_load(x + (t0 + k) * L) : 0.0;
-            part[2 * k] = part[2 * k + 1] = 0.0;
-#pragma unroll
-            for (int c = 0; c < LX_ROWS_COLS; c++) {
-                const double d = rc.in[c] && row ? (double)v[k][c] - shift[k] : 0.0;
-                part[2 * k] += d;
-                part[2 * k + 1] += d * d;
-            }
+        for (int c = 0; c < LX_ROWS_LANE_COLS; c++) {
+            const lx_i64 col = lane + (lx_i64)c * LX_WARP;
+            v[c] = col < L ? lx_load(xr + col) : (A)0;
         }
-        A cur[LX_ROWS_TILE][LX_ROWS_COLS];
+        const double shift = (double)lx_load(xr);
+        double s1 = 0.0, s2 = 0.0;
 #pragma unroll
-        for (int k = 0; k < LX_ROWS_TILE; k++)
-#pragma unroll
-            for (int c = 0; c < LX_ROWS_COLS; c++) cur[k][c] = v[k][c];
-        if (t0 + LX_ROWS_TILE < r1) load_tile(t0 + LX_ROWS_TILE);  /* in flight across the reduction */
-        lx_block_sums(part, scratch, sums);
-        A m[LX_ROWS_TILE], r[LX_ROWS_TILE];
-#pragma unroll
-        for (int k = 0; k < LX_ROWS_TILE; k++) {
-            const double dm = sums[2 * k] / n, md = shift[k] + dm;
-            const double rd = 1.0 / sqrt(lx_shifted_m2(sums[2 * k], sums[2 * k + 1], dm) / n + eps);
-            if (threadIdx.x == 0 && t0 + k < r1) {
-                mean[t0 + k] = md;
-                rstd[t0 + k] = rd;
-            }
-            m[k] = (A)md;
-            r[k] = (A)rd;
+        for (int c = 0; c < LX_ROWS_LANE_COLS; c++) {
+            const double d = lane + (lx_i64)c * LX_WARP < L ? (double)v[c] - shift : 0.0;
+            s1 += d;
+            s2 += d * d;
         }
-        lx_with_act(act, [&](auto id) {  /* one switch a tile */
+        /* lane 0's sums to every lane (each lane's own tree would round differently) */
+        s1 = __shfl_sync(0xffffffffu, lx_warp_sum(s1), 0);
+        s2 = __shfl_sync(0xffffffffu, lx_warp_sum(s2), 0);
+        const double dm = s1 / n, md = shift + dm;
+        const double rd = 1.0 / sqrt(lx_shifted_m2(s1, s2, dm) / n + eps);
+        if (lane == 0) {
+            mean[row] = md;
+            rstd[row] = rd;
+        }
+        const A m = (A)md, r = (A)rd;
+        T* yr = y + row * L;
+#pragma unroll 1
+        for (int q = 0; q < quads; q++) {
+            A w[4];
+            lx_quad(v, q, w);
+            lx_with_act(act, [&](auto id) {
 #pragma unroll
-            for (int k = 0; k < LX_ROWS_TILE; k++)
-#pragma unroll
-                for (int c = 0; c < LX_ROWS_COLS; c++)
-                    if (t0 + k < r1 && rc.in[c])
-                        lx_store(y + (t0 + k) * L + rc.col[c],
-                                 lx_act(decltype(id)::value, O::z(O::xhat(cur[k][c], m[k], r[k]), rc.s[c], rc.b[c]), p));
-        });
+                for (int j = 0; j < 4; j++) {
+                    const lx_i64 col = lane + (lx_i64)(4 * q + j) * LX_WARP;
+                    if (col < L)
+                        lx_store(yr + col, lx_act(decltype(id)::value, O::z(O::xhat(w[j], m, r), lx_load(scale + col),
+                                                                           lx_load(bias + col)), p));
+                }
+            });
+        }
     }
 }
 

@@ -281,10 +281,11 @@ class recorded:
         return self.mod.get_function(name)
 
 
-# layernorm rows: lengths around a warp and the rows kernels' block (512 threads of up to 2
-# columns), up to their limit (1024) and beyond it (the general kernels); 5 rows (an odd
-# last tile), 9 rows over blocks of several tiles (grid capped at 2)
-ROW_LENGTHS = [1, 31, 32, 33, 100, 257, 512, 513, 1024, 1025]
+# layernorm rows: lengths around a warp, a lane's 4 columns of the forward (128) and the
+# backward's block (512 threads of up to 2 columns), up to their limit (1024) and beyond it
+# (the general kernels); 5 rows (an odd last tile), 9 rows over blocks of several tiles (grid
+# capped at 2), 19 rows over one block (the forward's warps take 3 or 2 rows each)
+ROW_LENGTHS = [1, 31, 32, 33, 100, 128, 129, 257, 512, 513, 1024, 1025]
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -295,7 +296,7 @@ def test_layernorm_rows_kernels(dtype, length, schedule):
     ``norm_rows_max = 0``; rows beyond ROWS_MAX take them anyway), each against the generic
     path; the kernels launched are the expected ones."""
     rows_kernels = length <= _normalization.ROWS_MAX
-    for rows, max_blocks in ((5, None), (9, 2)):
+    for rows, max_blocks in ((5, None), (9, 2), (19, 1)):
         for general in (False, True):
             mod = recorded(emu(schedule, max_blocks=max_blocks, rows_max=0 if general else None))
             for act in (activations.identity, activations.gelu):
@@ -411,8 +412,8 @@ def test_infinities_follow_the_formulas(op, variant, shape, at):
 
 
 def test_rows_constants_match_the_kernels():
-    """The launch code's ROWS_TILE, ROWS_THREADS and ROWS_MAX are normalization.cu's tile,
-    __launch_bounds__ and columns a thread (a larger block would fail to launch on a GPU)."""
+    """The launch code's ROWS_TILE, ROWS_THREADS, ROWS_WARPS and ROWS_MAX are normalization.cu's
+    tile, __launch_bounds__ and columns a thread (a larger block would fail to launch on a GPU)."""
     import re
 
     from luxlib.cuda import _modules
@@ -422,7 +423,10 @@ def test_rows_constants_match_the_kernels():
     assert const["LX_ROWS_TILE"] == _normalization.ROWS_TILE
     assert const["LX_ROWS_THREADS"] == _normalization.ROWS_THREADS
     assert const["LX_ROWS_COLS"] * const["LX_ROWS_THREADS"] == _normalization.ROWS_MAX
-    assert src.count("__launch_bounds__(LX_ROWS_THREADS)") == 2
+    assert const["LX_ROWS_WARPS"] == _normalization.ROWS_WARPS
+    assert const["LX_ROWS_LANE_COLS"] * 32 == _normalization.ROWS_MAX
+    assert src.count("__launch_bounds__(LX_ROWS_THREADS)") == 1
+    assert src.count("__launch_bounds__(LX_ROWS_WARPS * LX_WARP)") == 1
 
 
 @pytest.mark.parametrize("act", ALL_ACTS, ids=ALL_ACT_IDS)
