@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 
+from luxlib._generic import philox
 from luxlib._generic.philox import draw_key, philox4x32, uniform
 
 # The "philox4x32" lines of Random123's tests/kat_vectors
@@ -147,3 +148,20 @@ def test_the_drawn_generator_spawns_like_a_deep_copy():
     # the copy's spawns leave the caller's sequence where it was
     assert [_upcoming(c) for c in rng.spawn(2)] == [_upcoming(c) for c in deep2.spawn(2)]
     assert _upcoming(new.spawn(1)[0]) != _upcoming(other.spawn(1)[0])
+
+
+@pytest.mark.parametrize("spawn_first", [False, True])
+def test_drawn_generators_chain_without_deep_copies(monkeypatch, spawn_first):
+    """A training loop passes the generator dropout returned back in: it is copied through its
+    state again (no deepcopy), with the same draws and children as deep copies."""
+    rng = np.random.default_rng(5)
+    _, g1 = draw_key(rng)
+    if spawn_first:
+        g1.spawn(2)
+    reference = copy.deepcopy(g1)
+    monkeypatch.setattr(philox.copy, "deepcopy", lambda *a: pytest.fail("deep copy of a PCG64 generator"))
+    key, g2 = draw_key(g1)
+    monkeypatch.undo()
+    assert key == draw_key(reference)[0]
+    assert _upcoming(g1) == _upcoming(reference)
+    assert [_upcoming(c) for c in g2.spawn(2)] == [_upcoming(c) for c in copy.deepcopy(g1).spawn(2)]

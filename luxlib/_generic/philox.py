@@ -104,21 +104,31 @@ class _CopiedSeedSequence(np.random.bit_generator.ISpawnableSeedSequence):
 
     Its words for the bit generator's constructor are zeros: the state is overwritten at
     once, and hashing a real ``SeedSequence`` would cost most of the copy. ``spawn`` gives
-    the children a deep copy would: those of the original's sequence as it was when copied.
+    the children a deep copy would: those of the original's sequence as it was when copied
+    (``SeedSequence`` arguments kept, the sequence made on the first spawn).
     """
 
-    def __init__(self, source):
-        self._source, self._spawned, self._sequence = source, source.n_children_spawned, None
+    def __init__(self, entropy, spawn_key, pool_size, n_children_spawned):
+        self._args, self._sequence = (entropy, spawn_key, pool_size, n_children_spawned), None
+
+    @classmethod
+    def of(cls, seq):
+        """One standing for a deep copy of ``seq`` (a ``SeedSequence`` or one of these, as
+        the generators dropout returns hold), else None."""
+        if type(seq) is cls:
+            return cls(*seq._args) if seq._sequence is None else cls.of(seq._sequence)
+        if type(seq) is np.random.SeedSequence:
+            return cls(seq.entropy, seq.spawn_key, seq.pool_size, seq.n_children_spawned)
+        return None
 
     def generate_state(self, n_words, dtype=np.uint32):
         return np.zeros(n_words, dtype)
 
     def spawn(self, n_children):
         if self._sequence is None:
-            s = self._source
-            self._sequence = np.random.SeedSequence(
-                s.entropy, spawn_key=s.spawn_key, pool_size=s.pool_size, n_children_spawned=self._spawned
-            )
+            entropy, spawn_key, pool_size, spawned = self._args
+            self._sequence = np.random.SeedSequence(entropy, spawn_key=spawn_key, pool_size=pool_size,
+                                                    n_children_spawned=spawned)
         return self._sequence.spawn(n_children)
 
 
@@ -127,10 +137,11 @@ def _copy(rng):
 
     CuPy's bit generator holds a ``threading.Lock``, which ``copy.deepcopy`` cannot
     copy: the copy gets a lock of its own."""
-    if type(rng) is np.random.Generator:
+    if type(rng) is np.random.Generator and type(rng.bit_generator) in _STATE_COPIED:
         source = rng.bit_generator
-        if type(source) in _STATE_COPIED and type(source.seed_seq) is np.random.SeedSequence:
-            bit_generator = type(source)(_CopiedSeedSequence(source.seed_seq))
+        seq = _CopiedSeedSequence.of(source.seed_seq)
+        if seq is not None:
+            bit_generator = type(source)(seq)
             bit_generator.state = source.state
             return np.random.Generator(bit_generator)
     memo = {}
