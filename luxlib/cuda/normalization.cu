@@ -535,14 +535,14 @@ __global__ void norm_backward_dx_cols(const T* __restrict__ x, const T* __restri
 
 // ---- layernorm rows of at most 1024 elements (`_normalization.ROWS_MAX`) ----------------
 // The forward takes a warp a row (norm_rows_forward). The backward, which also sums per
-// column over its rows, takes x as (rows, L): one block per chunk of rows (grid (nchunks,)) of min(L, 512) threads
-// rounded up to a warp, thread t owning columns t and t + blockDim.x (reads and writes
-// coalesced along the row), the rows of a chunk taken LX_ROWS_TILE at a time. A tile's
-// elements stay in registers between its row reductions, so x (and dy) are read once; each
-// row sum adds a thread's columns in order, then a warp-shuffle tree and a tree over the
-// warps' results (lx_block_sums): a fixed order for a given L, whatever the grid. Blocks of
-// at most 512 threads leave 128 registers a thread (a 1024-thread block would get 64 and
-// spill).
+// column over its rows, takes x as (rows, L): one block per chunk of rows (grid
+// (nchunks,)) of min(L, 512) threads rounded up to a warp, thread t owning columns t and
+// t + blockDim.x (reads and writes coalesced along the row), the rows of a chunk taken
+// LX_ROWS_TILE at a time. A tile's elements stay in registers between its row reductions,
+// so x and dy are read once; each row sum adds a thread's columns in order, then a
+// warp-shuffle tree and a tree over the warps' results (lx_block_sums): a fixed order for a
+// given L, whatever the grid. Blocks of at most 512 threads leave 128 registers a thread (a
+// 1024-thread block would get 64 and spill).
 #define LX_ROWS_TILE 2
 #define LX_ROWS_COLS 2
 #define LX_ROWS_THREADS 512
