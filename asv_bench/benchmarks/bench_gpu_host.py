@@ -1,0 +1,79 @@
+"""asv benchmarks: the Python host time of the GPU path's launch code, measured on the CPU.
+
+Small NumPy arrays go to the CUDA implementations (``luxlib.cuda``), whose kernel modules
+and cuBLAS are replaced by stand-ins that launch nothing. What is timed is luxlib's own
+Python per call (validation, dispatch, launch planning, the glue), without CuPy's launch
+and allocation costs, which only a GPU shows (doc/cuda.md, "Our own Python per call").
+On a GPU that Python is a large part of a small op's time, so it is tracked here, where
+asv runs.
+"""
+
+import numpy as np
+
+import luxlib
+import luxlib.cuda
+from luxlib import _dispatch
+
+
+class _Kernel:
+    def __call__(self, grid, block, args):
+        pass
+
+
+class _Module:
+    """Kernel modules and cuBLAS at once: every kernel and every gemm does nothing."""
+
+    def get_function(self, name):
+        return _Kernel()
+
+    def gemm_strided_batched(self, *args):
+        pass
+
+
+def _calls():
+    rng = np.random.default_rng(0)
+
+    def f32(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    x, b, s = f32(8, 16, 4, 4), f32(16), f32(16)
+    rm, rv = np.zeros(16, np.float32), np.ones(16, np.float32)
+    xl, sl, bl = f32(8, 16, 32), np.ones(32, np.float32), np.zeros(32, np.float32)
+    w, xd, bd = f32(32, 64), f32(16, 64), f32(32)
+    xc, wdw, w33 = f32(4, 16, 8, 8), f32(16, 1, 3, 3), f32(16, 16, 3, 3)
+    cdw = luxlib.ConvDims(xc.shape, wdw.shape, padding=1, groups=16)
+    c33 = luxlib.ConvDims(xc.shape, w33.shape, padding=1)
+    gen = np.random.default_rng(1)
+    return {
+        "fast_activation": lambda: luxlib.fast_activation("relu", x),
+        "bias_activation": lambda: luxlib.bias_activation("relu", x, b),
+        "dropout": lambda: luxlib.dropout(gen, x, 0.5, True),
+        "batchnorm": lambda: luxlib.batchnorm(x, s, b, rm, rv, True, "relu", 0.1, 1e-5),
+        "groupnorm": lambda: luxlib.groupnorm(x, s, b, 4, "relu", 1e-5),
+        "instancenorm": lambda: luxlib.instancenorm(x, s, b, True, "relu", 1e-5),
+        "layernorm": lambda: luxlib.layernorm(xl, sl, bl, None, (2,), 1e-5),
+        "fused_dense_bias_activation": lambda: luxlib.fused_dense_bias_activation("relu", w, xd, bd),
+        "batched_matmul": lambda: luxlib.batched_matmul(xl, xl.transpose(0, 2, 1)),
+        "fused_conv_bias_activation": lambda: luxlib.fused_conv_bias_activation("relu", w33, xc, b, c33),
+        "depthwise conv": lambda: luxlib.fused_conv_bias_activation("relu", wdw, xc, b, cdw),
+        "vjp batchnorm": lambda: luxlib.vjp(luxlib.batchnorm, x, s, b, rm, rv, True, "relu", 0.1, 1e-5),
+    }
+
+
+class GPUHostTime:
+    params = list(_calls())
+    param_names = ["call"]
+
+    def setup(self, name):
+        self._saved = _dispatch._kind, luxlib.cuda._mod
+        module = _Module()
+        _dispatch._kind = lambda arrays: "gpu"
+        luxlib.cuda._mod = lambda family: module
+        self.call = _calls()[name]
+        self.call()  # plans and caches made once, as in a training loop
+
+    def teardown(self, name):
+        _dispatch._kind, luxlib.cuda._mod = self._saved
+
+    def time_call(self, name):
+        self.call()

@@ -1,0 +1,37 @@
+"""The asv benchmark of the GPU launch code's host time (asv_bench/benchmarks/bench_gpu_host.py)
+times what it says: every call reaches the CUDA implementation, and teardown puts the
+dispatch back."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import luxlib
+from luxlib import _dispatch
+
+PATH = Path(__file__).resolve().parents[1] / "asv_bench" / "benchmarks" / "bench_gpu_host.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_gpu_host", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _module()
+
+
+@pytest.mark.parametrize("name", BENCH.GPUHostTime.params)
+def test_each_call_runs_the_gpu_implementation(name):
+    bench = BENCH.GPUHostTime()
+    kind, mod = _dispatch._kind, luxlib.cuda._mod
+    bench.setup(name)
+    try:
+        with _dispatch.trace() as record:
+            bench.time_call(name)
+    finally:
+        bench.teardown(name)
+    assert record and all(backend == "gpu" for _, backend in record), record
+    assert (_dispatch._kind, luxlib.cuda._mod) == (kind, mod)
