@@ -55,7 +55,7 @@ class Activation:
         do not know (they run on the generic path).
     """
 
-    __slots__ = ("name", "_forward", "_derivative", "output_only", "param_names", "params", "id")
+    __slots__ = ("name", "_forward", "_derivative", "output_only", "param_names", "params", "id", "_hash")
 
     def __init__(self, name, forward, derivative, output_only=False, param_names=(), params=(), id=-1):
         self.name = name
@@ -65,6 +65,8 @@ class Activation:
         self.param_names = tuple(param_names)
         self.params = tuple(float(p) for p in params)
         self.id = id
+        # hashed for every cached GPU launch plan (keys hold the activation): computed once
+        self._hash = hash((name, id, self.params))
 
     def __call__(self, x):
         """Evaluate the activation elementwise on array ``x``."""
@@ -117,7 +119,7 @@ class Activation:
         )
 
     def __hash__(self):
-        return hash((self.name, self.id, self.params))
+        return self._hash
 
     def __repr__(self):
         bound = ", ".join(f"{n}={v!r}" for n, v in zip(self.param_names, self.params))

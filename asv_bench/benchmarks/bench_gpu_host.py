@@ -23,6 +23,8 @@ class _Kernel:
 class _Module:
     """Kernel modules and cuBLAS at once: every kernel and every gemm does nothing."""
 
+    tuning = luxlib.cuda._modules.GPU_TUNING  # as the GPU's modules
+
     def get_function(self, name):
         return _Kernel()
 
@@ -57,6 +59,9 @@ def _calls():
         "fused_conv_bias_activation": lambda: luxlib.fused_conv_bias_activation("relu", w33, xc, b, c33),
         "depthwise conv": lambda: luxlib.fused_conv_bias_activation("relu", wdw, xc, b, cdw),
         "vjp batchnorm": lambda: luxlib.vjp(luxlib.batchnorm, x, s, b, rm, rv, True, "relu", 0.1, 1e-5),
+        # forward and backward
+        "pullback bias_activation": lambda: luxlib.vjp(luxlib.bias_activation, "relu", x, b)[1](x),
+        "pullback conv 3x3": lambda: luxlib.vjp(luxlib.fused_conv_bias_activation, "relu", w33, xc, b, c33)[1](xc),
     }
 
 

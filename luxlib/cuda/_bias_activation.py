@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, act_param, divisor, grid_1d, grid_vectors, kernel_name
+from ._modules import BLOCK, DTYPES, act_param, divisor, grid_1d, grid_vectors, kernel_name, launch, tuning
 
 #: the bias-gradient reduction splits each channel's reduction (two stages) until the grid
 #: has about this many blocks (a few per SM), each split keeping at least DB_MIN_SPLIT_ROWS
@@ -47,23 +47,31 @@ def forward(mod, act, x, bias=None, out=None):
     xp = array_namespace(x)
     x = xp.ascontiguousarray(x)
     y = xp.empty(x.shape, x.dtype) if out is None else out
-    if x.size:
-        has_bias = bias is not None
-        b = xp.ascontiguousarray(bias) if has_bias else x  # not read without a bias
-        name, grid, scalars = _forward_plan(mod, act, x.dtype, x.shape, has_bias)
-        mod.get_function(name)(grid, (BLOCK,), (x, b, y) + scalars)
+    if x.size == 0:
+        return y
+    if bias is None:
+        launch(mod, _act_plan(tuning(mod), "act_forward", act, x.dtype, x.size), (x, y))
+    else:
+        launch(mod, _bias_plan(tuning(mod), act, x.dtype, x.shape), (x, xp.ascontiguousarray(bias), y))
     return y
 
 
-@functools.lru_cache(maxsize=512)  # launch overhead: the arguments take microseconds to build
-def _forward_plan(mod, act, dtype, shape, has_bias):
-    """``(kernel, grid, scalar arguments)`` of the forward kernel."""
+# launch overhead: the arguments take microseconds to build, so the launches are planned once
+# per shape (``tun``: the module's :data:`~._modules.Tuning`)
+@functools.lru_cache(maxsize=512)
+def _act_plan(tun, kernel, act, dtype, n):
+    """The launch plan (:func:`~._modules.launch`) of ``act_forward`` or ``act_backward``."""
+    return (kernel_name(kernel, dtype), grid_vectors(tun, n, np.dtype(dtype).itemsize), (BLOCK,),
+            (np.int64(n), np.int32(act.id), act_param(act, dtype)))
+
+
+@functools.lru_cache(maxsize=512)
+def _bias_plan(tun, act, dtype, shape):
+    """The launch plan of ``bias_act_forward``."""
     n = math.prod(shape)
     _, C, inner = _geometry(shape)
-    grid = grid_vectors(mod, n, np.dtype(dtype).itemsize)
-    return kernel_name("bias_act_forward", dtype), grid, (
-        (np.int64(n),) + divisor(C) + divisor(inner) + (np.int32(has_bias), np.int32(act.id), act_param(act, dtype))
-    )
+    return (kernel_name("bias_act_forward", dtype), grid_vectors(tun, n, np.dtype(dtype).itemsize), (BLOCK,),
+            (np.int64(n),) + divisor(C) + divisor(inner) + (np.int32(act.id), act_param(act, dtype)))
 
 
 def vjp(mod, act, x, bias=None, inplace=False):
@@ -85,55 +93,62 @@ def pullback(mod, act, x, y, bias):
     activations (x, which it does not read then, may be y itself), else x and bias."""
     xp = array_namespace(x)
     has_bias = bias is not None
-    outer, C, inner = _geometry(x.shape)
-    if act.output_only:
-        src, add_bias = y, False
-    else:
-        src, add_bias = x, has_bias
-    p = act_param(act, x.dtype)
-    bias_arg = bias if has_bias else x  # not read when add_bias is false
+    src = y if act.output_only else x  # with a bias, the kernels add it to x again
+    tun, C = tuning(mod), _geometry(x.shape)[1]
 
     def backward(dy):
         dy = xp.ascontiguousarray(dy)
         dz = xp.empty(dy.shape, dy.dtype)
-        n = dy.size
         db = None
-        tail = (np.int32(add_bias), np.int32(act.id), p)
         if has_bias:
             db = xp.empty((C,), dy.dtype)
-            if n == 0:
+            if dy.size == 0:
                 db[...] = 0
             else:
-                _bias_gradient(mod, xp, (dy, src, bias_arg, dz, db), outer, C, inner, tail)
-        elif n:
-            mod.get_function(kernel_name("bias_act_backward", dy.dtype))(
-                grid_vectors(mod, n, dy.itemsize), (BLOCK,),
-                (dy, src, bias_arg, dz, np.int64(n)) + divisor(C) + divisor(inner) + tail,
-            )
+                reduce, partial_shape, finalize = _db_plan(tun, act, dy.dtype, dy.shape, _db_splits(dy.shape))
+                partial = xp.empty(partial_shape, np.float64 if db.dtype == np.float64 else np.float32)  # compute type
+                launch(mod, reduce, (dy, src, bias, dz, db, partial))
+                if finalize is not None:
+                    launch(mod, finalize, (partial, db))
+        elif dy.size:
+            launch(mod, _act_plan(tun, "act_backward", act, dy.dtype, dy.size), (dy, src, dz))
         return {"x": dz, "bias": db}
 
     return backward
 
 
-def _bias_gradient(mod, xp, arrays, outer, C, inner, tail):
-    """Launch the kernel that writes dz and reduces db (``arrays``: dy, src, bias, dz, db),
-    split in two stages when the channels alone give fewer than ``DB_TARGET_BLOCKS`` blocks."""
-    db = arrays[-1]
+def _db_splits(shape):
+    """The splits of each channel's reduction: until the grid has about ``DB_TARGET_BLOCKS``
+    blocks, each split keeping at least ``DB_MIN_SPLIT_ROWS`` rows (the (N, C) kernel: 32
+    channels a block) or ``DB_MIN_SPLIT_ELEMENTS`` elements (a block a channel). Not cached:
+    the tests lower the thresholds."""
+    outer, C, inner = _geometry(shape)
+    if inner == 1:
+        blocks, splits = -(-C // 32), outer // DB_MIN_SPLIT_ROWS
+    else:
+        blocks, splits = C, outer * inner // DB_MIN_SPLIT_ELEMENTS
+    return max(1, min(-(-DB_TARGET_BLOCKS // blocks), splits, 65535))
+
+
+@functools.lru_cache(maxsize=512)
+def _db_plan(tun, act, dtype, shape, splits):
+    """``(reduction, shape of its partials, finalize or None)``: the launch plan of the kernel
+    that writes dz and reduces db (arrays: dy, src, bias, dz, db, partials) with each
+    channel's reduction in ``splits`` parts over blockIdx.y, and with more than one the
+    second stage's (arrays: partials, db)."""
+    outer, C, inner = _geometry(shape)
+    # the kernels add the bias to src = x again; src = y for output-only activations
+    tail = (np.int32(not act.output_only), np.int32(act.id), act_param(act, dtype))
     if inner == 1:  # (outer, C): 32 channels per block, rows split over blockIdx.y
         name, blocks, block, inner_arg = "bias_act_backward_db_rows", -(-C // 32), (32, 8), ()
-        splits = outer // DB_MIN_SPLIT_ROWS
     else:  # one block per channel, its (outer, inner) elements split over blockIdx.y
         name, blocks, block, inner_arg = "bias_act_backward_db", C, (BLOCK,), divisor(inner)
-        splits = outer * inner // DB_MIN_SPLIT_ELEMENTS
-    splits = max(1, min(-(-DB_TARGET_BLOCKS // blocks), splits, 65535))
-    partial = xp.empty((splits, C), np.float64 if db.dtype == np.float64 else np.float32)  # compute type
-    mod.get_function(kernel_name(name, db.dtype))(
-        (blocks, splits), block, arrays + (partial, np.int64(outer), np.int64(C)) + inner_arg + tail
-    )
+    reduce = (kernel_name(name, dtype), (blocks, splits), block, (np.int64(outer), np.int64(C)) + inner_arg + tail)
+    finalize = None
     if splits > 1:
-        mod.get_function(kernel_name("bias_act_db_finalize", db.dtype))(
-            grid_1d(mod, C), (BLOCK,), (partial, db, np.int64(splits), np.int64(C))
-        )
+        finalize = (kernel_name("bias_act_db_finalize", dtype), grid_1d(tun, C), (BLOCK,),
+                    (np.int64(splits), np.int64(C)))
+    return reduce, (splits, C), finalize
 
 
 def epilogue(mod, act, z, bias):

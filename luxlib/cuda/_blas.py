@@ -19,6 +19,8 @@ emulation of the tests passes an object with the same ``gemm_strided_batched`` o
 arrays (``tests/cuda/emu/emu_blas.py``), so this module's layout logic runs in CI.
 """
 
+import functools
+
 import numpy as np
 
 from .._blas_layout import matrix_layout
@@ -43,9 +45,11 @@ class CuBLAS:
         self._gemm = {np.dtype(np.float32): cublas.sgemmStridedBatched,
                       np.dtype(np.float64): cublas.dgemmStridedBatched}
         # alpha = 1 and beta = 0 or 1 in host memory (the handle's default pointer mode), in
-        # the compute type: float64 for float64, float32 for float32 and float16
+        # the compute type: float64 for float64, float32 for float32 and float16; looked up by
+        # the output's dtype (comparing a dtype with a type costs microseconds a call)
         self._scalars = {t: (np.ones(1, t), np.zeros(1, t)) for t in (np.float32, np.float64)}
-        self._pointers = {np.dtype(t): (one.ctypes.data, zero.ctypes.data) for t, (one, zero) in self._scalars.items()}
+        self._pointers = {np.dtype(t): (self._scalars[c][0].ctypes.data, self._scalars[c][1].ctypes.data)
+                          for t, c in ((np.float16, np.float32), (np.float32, np.float32), (np.float64, np.float64))}
 
     def gemm_strided_batched(self, trans_a, trans_b, m, n, k, a, lda, stride_a, b, ldb, stride_b,
                              accumulate, c, ldc, stride_c, batch):
@@ -58,9 +62,10 @@ class CuBLAS:
         cublas = self._cublas
         op_a = cublas.CUBLAS_OP_T if trans_a else cublas.CUBLAS_OP_N
         op_b = cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N
-        one, zero = self._pointers[np.dtype(np.float64 if c.dtype == np.float64 else np.float32)]
+        one, zero = self._pointers[c.dtype]
         beta = one if accumulate else zero
-        if c.dtype == np.float16:
+        gemm = self._gemm.get(c.dtype)
+        if gemm is None:  # float16
             half = self._half
             cublas.gemmStridedBatchedEx(
                 self._handle(), op_a, op_b, m, n, k, one, a.data.ptr, half, lda, stride_a,
@@ -68,7 +73,7 @@ class CuBLAS:
                 cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT,
             )
         else:
-            self._gemm[c.dtype](self._handle(), op_a, op_b, m, n, k, one, a.data.ptr, lda, stride_a,
+            gemm(self._handle(), op_a, op_b, m, n, k, one, a.data.ptr, lda, stride_a,
                                 b.data.ptr, ldb, stride_b, beta, c.data.ptr, ldc, stride_c, batch)
 
 
@@ -82,32 +87,44 @@ def get_blas():
     return _BLAS[0]
 
 
-def _batched(a):
-    """``(shape, strides)`` of the 2-D or 3-D ``a`` as a stack of matrices (a 2-D array is a
+def _batched(shape, strides=None):
+    """``(shape, strides)`` of a 2-D or 3-D array as a stack of matrices (a 2-D array is a
     batch of 1). Shapes and strides only: on a GPU every view costs microseconds of host time."""
-    if a.ndim == 3:
-        return a.shape, a.strides
-    return (1,) + tuple(a.shape), (0,) + tuple(a.strides)
+    if len(shape) == 3:
+        return shape, strides
+    return (1,) + tuple(shape), None if strides is None else (0,) + tuple(strides)
+
+
+# The layouts depend on shapes, strides and the item size only: cached, as their Python
+# arithmetic costs microseconds a product.
+
+
+@functools.lru_cache(maxsize=1024)
+def _operand_layout(shape, strides, item):
+    """``(trans, ld, stride)``: how cuBLAS reads a 2-D or 3-D operand as it is stored
+    (:func:`luxlib._blas_layout.blas_operand`'s rules) plus its batch stride in elements (0
+    for a batch of 1), or None when it must be copied."""
+    (batch, rows, cols), (sb, srow, scol) = _batched(shape, strides)
+    stride = 0 if batch == 1 else sb // item
+    layout = matrix_layout(rows, cols, srow, scol, item) if sb % item == 0 and stride >= 0 else None
+    return None if layout is None else layout + (stride,)
 
 
 def _operand(a):
-    """``(a, trans, ld, stride)``: how cuBLAS reads the 2-D or 3-D ``a`` as it is stored
-    (:func:`luxlib._blas_layout.blas_operand`'s rules) plus its batch stride in elements (0
-    for a batch of 1); a copy in C order when it cannot be read as stored."""
-    item = a.itemsize
-    (batch, rows, cols), (sb, srow, scol) = _batched(a)
-    stride = 0 if batch == 1 else sb // item
-    layout = matrix_layout(rows, cols, srow, scol, item) if sb % item == 0 and stride >= 0 else None
+    """``(a, trans, ld, stride)`` (:func:`_operand_layout`); a copy in C order when ``a``
+    cannot be read as stored."""
+    layout = _operand_layout(a.shape, a.strides, a.itemsize)
     if layout is not None:
-        return (a,) + layout + (stride,)
+        return (a,) + layout
+    batch, rows, cols = _batched(a.shape)[0]
     return array_namespace(a).ascontiguousarray(a), False, max(1, cols), 0 if batch == 1 else rows * cols
 
 
-def _output(c):
-    """``(ldc, stride)`` of the 2-D or 3-D output ``c`` whose rows have unit column stride
-    and whose matrices do not overlap (cuBLAS would write them concurrently), else None."""
-    item = c.itemsize
-    (batch, m, n), (sb, sm, sn) = _batched(c)
+@functools.lru_cache(maxsize=1024)
+def _output(shape, strides, item):
+    """``(ldc, stride)`` of a 2-D or 3-D output whose rows have unit column stride and whose
+    matrices do not overlap (cuBLAS would write them concurrently), else None."""
+    (batch, m, n), (sb, sm, sn) = _batched(shape, strides)
     if (n > 1 and sn != item) or sm % item or sb % item or sb < 0 or sm < 0:
         return None
     ldc = sm // item if m > 1 else max(1, n)
@@ -150,11 +167,11 @@ def matmul(blas, a, b, out=None, accumulate=False):
     xp = array_namespace(a, b)
     if a.dtype != b.dtype:
         raise ValueError(f"cuda matmul: operand dtypes differ ({a.dtype}, {b.dtype})")
-    (ba, m, k), (bb, _, n) = _batched(a)[0], _batched(b)[0]
+    (ba, m, k), (bb, _, n) = _batched(a.shape)[0], _batched(b.shape)[0]
     batch = 0 if 0 in (ba, bb) else max(ba, bb)
     if out is None:
         out = xp.empty((batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n), a.dtype)
-    if out.ndim not in (2, 3) or _batched(out)[0] != (batch, m, n):
+    if out.ndim not in (2, 3) or _batched(out.shape)[0] != (batch, m, n):
         raise ValueError(f"cuda matmul: out has shape {out.shape}, the product {(batch, m, n)}")
     if out.size == 0:
         return out
@@ -162,7 +179,7 @@ def matmul(blas, a, b, out=None, accumulate=False):
         if not accumulate:
             out[...] = 0
         return out
-    layout = _output(out) if out.dtype == a.dtype else None
+    layout = _output(out.shape, out.strides, out.itemsize) if out.dtype == a.dtype else None
     if layout is None:  # e.g. float16 products into a float32 sum: a product, then its sum
         return _store(out, matmul(blas, a, b), accumulate)
     ldc, sc = layout

@@ -26,6 +26,7 @@ A 1x1 kernel with unit stride and no padding uses ``x`` itself as ``cols`` (and 
 
 import functools
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -51,12 +52,34 @@ def _is_depthwise(x, cdims):
     return cdims.groups == x.shape[1] > 1
 
 
-def _per_sample(weight, x, cdims):
-    """Elements per sample of the largest array a kernel indexes."""
-    c, k, p = x.shape[1], math.prod(weight.shape[2:]), math.prod(cdims.output_shape[2:])
-    if _is_depthwise(x, cdims):
-        return max(c * math.prod(x.shape[2:]), weight.shape[0] * p)
-    return c * max(k * p, math.prod(x.shape[2:]))
+class _Layout(namedtuple("_Layout", "n c g cg cog k p plane y_shape one_by_one per_sample workspace geometry "
+                                    "out_divisors in_divisors")):
+    """The geometry of one convolution, from the shapes and options alone (cached:
+    :func:`_layout`): ``Cg``/``Cog`` input/output channels of each of ``g`` groups, ``k``
+    taps, ``p`` output positions, ``plane`` input positions; ``per_sample``: elements of the
+    largest array a kernel indexes, per sample; ``workspace``: bytes of the im2col path's
+    workspace per sample (0 for depthwise, which needs none); the kernels' scalar arguments
+    (``LX_CONV_PARAMS`` as int32, the divisors of OW and OH, those of W, H and the strides)."""
+
+
+@functools.lru_cache(maxsize=256)  # host time: ~8 us of Python a call
+def _layout(cdims, n, itemsize, depthwise):
+    x_shape, w_shape, out = (n,) + cdims.x_shape[1:], cdims.w_shape, tuple(cdims.output_shape[2:])
+    c, g, c_out = x_shape[1], cdims.groups, w_shape[0]
+    k, p, plane = math.prod(w_shape[2:]), math.prod(out), math.prod(x_shape[2:])
+    if depthwise:
+        per_sample, workspace = max(c * plane, c_out * p), 0
+    else:
+        # the columns and their gradient (both alive in the reverse pass), dz transposed
+        per_sample, workspace = c * max(k * p, plane), (2 * c * k * p + c_out * p) * itemsize
+    one_by_one = k == 1 and all(s == 1 for s in cdims.stride) and all(lohi == (0, 0) for lohi in cdims.padding)
+    lo = tuple(lo for lo, _ in cdims.padding)
+    in3, out3, stride3 = _as_3d(x_shape[2:], 1), _as_3d(out, 1), _as_3d(cdims.stride, 1)
+    geometry = ((c,) + in3 + out3 + _as_3d(w_shape[2:], 1) + stride3 + _as_3d(cdims.dilation, 1) + _as_3d(lo, 0)
+                + (int(cdims.flipkernel),))
+    return _Layout(n, c, g, c // g, c_out // g, k, p, plane, (n, c_out) + out, one_by_one, per_sample, workspace,
+                   tuple(np.int32(v) for v in geometry), _divisors(out3[2], out3[1]),
+                   _divisors(in3[2], in3[1]) + _divisors(*stride3))
 
 
 def supports(act, weight, x, bias, cdims):
@@ -67,7 +90,7 @@ def supports(act, weight, x, bias, cdims):
         and weight.dtype == x.dtype
         and x.size > 0
         and weight.size > 0
-        and _per_sample(weight, x, cdims) < TILE_LIMIT
+        and _layout(cdims, x.shape[0], x.dtype.itemsize, _is_depthwise(x, cdims)).per_sample < TILE_LIMIT
     )
 
 
@@ -80,47 +103,21 @@ def _divisors(*ds):
     return sum((divisor(d, 32) for d in ds), ())
 
 
-@functools.lru_cache(maxsize=256)  # host time: ~8 us of Python a call, the same for every batch
-def _scalar_args(x_shape, kernel, out, stride, dilation, lo, flip):
-    """``(geometry, out_divisors, in_divisors)``: the kernels' ``LX_CONV_PARAMS`` as int32,
-    the divisors of OW and OH, and those of W, H and the strides (``x_shape`` without the
-    batch, ``kernel`` the weight's spatial shape, ``out`` the output's)."""
-    in3, out3, stride3 = _as_3d(x_shape[1:], 1), _as_3d(out, 1), _as_3d(stride, 1)
-    geometry = ((x_shape[0],) + in3 + out3 + _as_3d(kernel, 1) + stride3 + _as_3d(dilation, 1) + _as_3d(lo, 0)
-                + (int(flip),))
-    return (tuple(np.int32(v) for v in geometry), _divisors(out3[2], out3[1]),
-            _divisors(in3[2], in3[1]) + _divisors(*stride3))
-
-
 class _Plan:
-    """Geometry, batch tiling and the kernels' scalar arguments of one call (im2col + gemm)."""
+    """One call (im2col + gemm): its arrays, the :class:`_Layout` of its shapes (attributes
+    of the plan too) and the batch tiling."""
 
     def __init__(self, mod, blas, weight, x, cdims):
         self.mod, self.blas, self.xp = mod, blas, array_namespace(weight, x)
         self.x = self.xp.ascontiguousarray(x)
         self.x_shape, self.w_shape = x.shape, weight.shape
-        self.n, self.c = x.shape[:2]
-        self.g = cdims.groups
-        self.cg, self.cog = self.c // self.g, weight.shape[0] // self.g
-        out = tuple(cdims.output_shape[2:])
-        self.y_shape = (self.n, weight.shape[0]) + out
-        self.k, self.p = math.prod(weight.shape[2:]), math.prod(out)
-        self.plane = math.prod(x.shape[2:])
+        lay = _layout(cdims, x.shape[0], x.dtype.itemsize, _is_depthwise(x, cdims))
+        (self.n, self.c, self.g, self.cg, self.cog, self.k, self.p, self.plane, self.y_shape, self.one_by_one, _, _,
+         self.geometry, self.out_divisors, self.in_divisors) = lay
         self.w = self.xp.ascontiguousarray(weight).reshape(self.g, self.cog, self.cg * self.k)
-        self.geometry, self.out_divisors, self.in_divisors = _scalar_args(
-            x.shape[1:], weight.shape[2:], out, tuple(cdims.stride), tuple(cdims.dilation),
-            tuple(lo for lo, _ in cdims.padding), bool(cdims.flipkernel),
-        )
-        self.one_by_one = (
-            self.k == 1 and all(s == 1 for s in cdims.stride) and all(p == (0, 0) for p in cdims.padding)
-        )
-        limit = (TILE_LIMIT - 1) // _per_sample(weight, x, cdims)
-        self.nb = max(1, min(self.n, self._tile_samples(weight, x, cdims), limit))
-
-    def _tile_samples(self, weight, x, cdims):
-        # the columns and their gradient (both alive in the reverse pass), dz transposed
-        per_sample = (2 * self.c * self.k * self.p + weight.shape[0] * self.p) * x.dtype.itemsize
-        return WORKSPACE_BYTES // per_sample
+        # at least one sample a tile; at most what the workspace budget and 32-bit indices allow
+        tile = WORKSPACE_BYTES // lay.workspace if lay.workspace else self.n
+        self.nb = max(1, min(self.n, tile, (TILE_LIMIT - 1) // lay.per_sample))
 
     def tiles(self):
         for n0 in range(0, self.n, self.nb):
@@ -211,9 +208,6 @@ def _batch_minor(xp, a):
 class _Depthwise(_Plan):
     """Depthwise convolutions (``groups == C``, ``M = C_out / C`` output channels per input
     channel) by direct kernels: no columns, no gemm."""
-
-    def _tile_samples(self, weight, x, cdims):
-        return self.n  # no workspace: tiles only keep indices 32-bit
 
     def activate(self, epilogue_mod, act, bias, keep_z):
         """As :meth:`_Plan.activate`, in one kernel (``dw_conv_forward`` applies the bias and

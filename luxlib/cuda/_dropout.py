@@ -6,13 +6,14 @@ mask bit for bit on the generic, Cython and CUDA paths. Launch code written agai
 a kernel module with CuPy's calling convention (see ``_bias_activation``).
 """
 
+import functools
 import math
 
 import numpy as np
 
 from .._generic.philox import draw_key, is_generator
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, grid_vectors, kernel_name
+from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, grid_vectors, kernel_name, tuning
 
 
 def supports(rng, x, training, **_):
@@ -49,16 +50,21 @@ def dropout_vjp(mod, rng, x, p, training, invp, shape, mask):
         xc = xp.ascontiguousarray(x) if fused else mask
         y = xp.empty(x.shape, x.dtype) if fused else mask
         if n:
-            mod.get_function(kernel_name("dropout_mask", x.dtype))(
-                grid_1d(mod, -(-n // 4)), (BLOCK,),
-                (mask, xc, y, np.int64(n), np.uint32(key[0]), np.uint32(key[1]), _threshold(p),
-                 acc_scalar(x.dtype, invp), np.int32(fused)),
-            )
+            name, grid, head, tail = _mask_plan(tuning(mod), x.dtype, n, p, invp, fused)
+            mod.get_function(name)(grid, (BLOCK,), (mask, xc, y) + head + (np.uint32(key[0]), np.uint32(key[1])) + tail)
         if not fused:
             y = x * mask
     else:
         y = _multiply(mod, x, mask)
     return (y, mask, rng), lambda dy: {"x": _multiply(mod, dy, mask)}
+
+
+@functools.lru_cache(maxsize=256)  # launch overhead: the scalars take microseconds to build
+def _mask_plan(tun, dtype, n, p, invp, fused):
+    """``(kernel, grid, arguments before the key, arguments after it)`` of ``dropout_mask``
+    (``tun``: the module's :data:`~._modules.Tuning`)."""
+    return (kernel_name("dropout_mask", dtype), grid_1d(tun, -(-n // 4)), (np.int64(n),),
+            (_threshold(p), acc_scalar(dtype, invp), np.int32(fused)))
 
 
 def _alpha_forward(mod, rng, x, p, alpha, A, B, keep):

@@ -9,10 +9,11 @@ one gemm (``x^T dz`` over ``B*M`` rows); a batch of 1 in ``x`` gets the batched 
 
 from .._validation import array_namespace
 from ._blas import matmul
+from ._modules import DTYPES
 
 
 def supports(x, y):
-    return x.dtype == y.dtype and x.dtype.name in ("float16", "float32", "float64")
+    return x.dtype == y.dtype and x.dtype in DTYPES
 
 
 def _t(a):

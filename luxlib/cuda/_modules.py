@@ -9,6 +9,7 @@ Nothing here imports CuPy at import time.
 import functools
 import hashlib
 import os
+from collections import namedtuple
 
 import numpy as np
 
@@ -16,7 +17,11 @@ __all__ = [
     "COMPILE_OPTIONS",
     "DTYPES",
     "FAMILIES",
+    "GPU_TUNING",
+    "MIN_CHUNK",
+    "ROWS_MAX",
     "TYPES",
+    "Tuning",
     "UNROLL",
     "acc_scalar",
     "act_param",
@@ -26,16 +31,18 @@ __all__ = [
     "grid_1d",
     "grid_vectors",
     "kernel_name",
+    "launch",
     "name_expressions",
     "read_source",
     "source_dir",
+    "tuning",
 ]
 
 #: family -> (file, kernel templates)
 FAMILIES = {
     "bias_activation": (
         "bias_activation.cu",
-        ("bias_act_forward", "bias_act_backward", "bias_act_backward_db", "bias_act_backward_db_rows",
+        ("bias_act_forward", "act_forward", "act_backward", "bias_act_backward_db", "bias_act_backward_db_rows",
          "bias_act_db_finalize"),
     ),
     "dropout": (
@@ -46,8 +53,9 @@ FAMILIES = {
                          "dw_conv_dw_finalize")),
     "normalization": (
         "normalization.cu",
-        ("norm_stats_partial", "norm_stats_cols_partial", "norm_stats_finalize", "norm_forward",
-         "norm_backward_partial", "norm_backward_cols_partial", "norm_backward_dx", "norm_backward_dx_cols",
+        ("norm_stats_partial", "norm_stats_cols_partial", "norm_stats_finalize", "norm_stats_finalize_running",
+         "norm_forward", "norm_backward_partial", "norm_backward_cols_partial", "norm_backward_dx",
+         "norm_backward_dx_cols",
          "norm_rows_forward", "norm_rows_backward", "norm_given_stats", "norm_running_update",
          "norm_backward_finalize", "norm_cols_finalize"),
     ),
@@ -67,6 +75,34 @@ MAX_BLOCKS = 65535
 #: items (16-byte vectors, or elements) per thread and step of the elementwise loops
 #: (``LX_UNROLL`` in common.cuh); the grids of those kernels are sized for it
 UNROLL = 4
+
+#: the normalization's reductions are cut into chunks of at least this many elements (a module
+#: may lower it: ``norm_min_chunk``, used by the tests)
+MIN_CHUNK = 4096
+#: layernorm rows of at most this many elements run the rows kernels (normalization.cu: the
+#: backward's LX_ROWS_COLS columns for each of at most LX_ROWS_THREADS threads, the forward's
+#: LX_ROWS_LANE_COLS columns for each lane of a warp; a module may lower it:
+#: ``norm_rows_max``, for tests)
+ROWS_MAX = 1024
+
+#: a module's launch-shaping attributes, named as on the module (test hooks of the emulated
+#: modules, ``norm_wide_index`` asking the normalization's elementwise kernels for 64-bit
+#: indices; on a GPU the defaults). The launch plans, cached per shape and options, take a
+#: Tuning in place of the module, so the hooks are part of their keys.
+Tuning = namedtuple("Tuning", "max_blocks norm_min_chunk norm_rows_max norm_wide_index")
+#: the Tuning of the kernel modules on a GPU, which have no hooks
+GPU_TUNING = Tuning(MAX_BLOCKS, MIN_CHUNK, ROWS_MAX, False)
+
+
+def tuning(mod):
+    """``mod``'s :data:`Tuning`: its ``tuning`` attribute where it has one (the modules of
+    :func:`get_module`: GPU_TUNING, without building a Tuning on every launch), else its hooks,
+    with GPU_TUNING's values for those it lacks."""
+    t = getattr(mod, "tuning", None)
+    if t is not None:
+        return t
+    return Tuning(getattr(mod, "max_blocks", MAX_BLOCKS), getattr(mod, "norm_min_chunk", MIN_CHUNK),
+                  getattr(mod, "norm_rows_max", ROWS_MAX), getattr(mod, "norm_wide_index", False))
 
 
 def source_dir():
@@ -124,6 +160,8 @@ class _Kernels:
     for each type, and a program mostly uses one), and the kernels handed out, kept (CuPy's
     ``get_function`` builds a new ``RawKernel`` on every call, tens of microseconds of launch
     overhead)."""
+
+    tuning = GPU_TUNING
 
     def __init__(self, family, compile=_compile):
         self.family, self._compile = family, compile
@@ -197,6 +235,13 @@ def divisor(d, bits=64):
     shift = (d - 1).bit_length()
     mul = -(-(1 << (bits - 1 + shift)) // d)
     return np.int64(d), np.uint64(mul), np.int32(shift)
+
+
+def launch(mod, plan, arrays):
+    """Launch ``plan`` = ``(kernel name, grid, block, scalar arguments)`` (a launch plan, cached
+    by the op's launch code) on the arrays ``arrays`` of ``mod``'s calling convention."""
+    name, grid, block, scalars = plan
+    mod.get_function(name)(grid, block, arrays + scalars)
 
 
 def grid_vectors(mod, n, itemsize):

@@ -26,32 +26,28 @@ from .._validation import array_namespace
 from ._modules import (
     BLOCK,
     DTYPES,
-    MAX_BLOCKS,
     UNROLL,
     acc_scalar,
     act_param,
     divisor,
     grid_1d,
     kernel_name,
+    launch,
+    tuning,
 )
 
 __all__ = ["OPS", "SUPPORTS"]
 
-#: reductions are cut into chunks of at least this many elements (a module may lower it:
-#: ``norm_min_chunk``, used by the tests) ...
-MIN_CHUNK = 4096
-#: ... and into more chunks only while there are fewer (unit, chunk) blocks than this
+#: reductions are cut into chunks of at least MIN_CHUNK elements (``_modules``; a module may
+#: lower it) and into more chunks only while there are fewer (unit, chunk) blocks than this
 TARGET_BLOCKS = 1024
 #: cap on the chunks of one unit (gridDim.y)
 MAX_CHUNKS = 65535
 #: block of the column kernels (norm_*_cols*): (LX_WARP columns, LX_NORM_ROWS rows) of
 #: normalization.cu
 COLS_BLOCK = (32, 8)
-#: layernorm rows of at most this many elements run the rows kernels (normalization.cu: the
-#: backward's LX_ROWS_COLS columns for each of at most LX_ROWS_THREADS threads, the forward's
-#: LX_ROWS_LANE_COLS columns for each lane of a warp; a module may lower it:
-#: ``norm_rows_max``, for tests)
-ROWS_MAX = 1024
+#: threads of a block of the backward rows kernel (LX_ROWS_THREADS; rows of up to ROWS_MAX,
+#: ``_modules``, elements run the rows kernels)
 ROWS_THREADS = 512
 #: warps (rows at a time) of a block of the forward rows kernel (LX_ROWS_WARPS)
 ROWS_WARPS = 8
@@ -73,28 +69,14 @@ Units = namedtuple("Units", "units length gstride runlen rstride")
 
 # The launch code below runs on every call, and its host time is most of what a small
 # normalization costs on a GPU; so each op's launches (grids and scalar arguments) are
-# planned once per shape, dtype and option values, by functions cached on those keys.
-
-#: a module's launch-shaping attributes (the test hooks above; the defaults on a GPU),
-#: named as on the module so that the planning functions take either
-Tuning = namedtuple("Tuning", "max_blocks norm_min_chunk norm_rows_max norm_wide_index")
-
-
-def _tuning(mod):
-    return Tuning(getattr(mod, "max_blocks", MAX_BLOCKS), getattr(mod, "norm_min_chunk", MIN_CHUNK),
-                  getattr(mod, "norm_rows_max", ROWS_MAX), getattr(mod, "norm_wide_index", False))
+# planned once per shape, dtype and option values, by functions cached on those keys. They
+# take the module's Tuning (``_modules.tuning``, its test hooks) in place of the module.
 
 
 @lru_cache(maxsize=256)
 def _act_args(act, dtype):
     """The kernels' trailing activation arguments ``(id, parameter)``."""
     return np.int32(act.id), act_param(act, dtype)
-
-
-def _launch(mod, plan, arrays):
-    """Launch ``plan`` = ``(kernel, grid, block, scalar arguments)`` on ``arrays``."""
-    name, grid, block, scalars = plan
-    mod.get_function(name)(grid, block, arrays + scalars)
 
 
 class Geometry(namedtuple("Geometry", "stats elem groups count bwd sdiv amod vec")):
@@ -134,30 +116,30 @@ def _i64(*values):
     return tuple(np.int64(v) for v in values)
 
 
-def _index_args(mod, n, grid, geom):
+def _index_args(tun, n, grid, geom):
     """The index arguments of the elementwise kernels (``LX_NORM_INDEX_PARAMS``) for ``n``
     elements on a 1-D ``grid`` of BLOCK-thread blocks."""
-    wide = n + UNROLL * grid[0] * BLOCK > NARROW_LIMIT or getattr(mod, "norm_wide_index", False)
+    wide = n + UNROLL * grid[0] * BLOCK > NARROW_LIMIT or tun.norm_wide_index
     bits = 64 if wide else 32
     qdiv, adiv = geom.elem
     return ((np.int64(n), np.int32(wide)) + divisor(qdiv, bits) + divisor(geom.groups, bits)
             + divisor(adiv, bits) + divisor(geom.amod, bits))
 
 
-def _chunks(mod, units, length, width=1):
+def _chunks(tun, units, length, width=1):
     """``(nchunks, chunk)`` for a reduction over ``units`` units of ``length`` items of
     ``width`` elements each."""
-    min_chunk = max(1, getattr(mod, "norm_min_chunk", MIN_CHUNK) // width)
+    min_chunk = max(1, tun.norm_min_chunk // width)
     want = -(-TARGET_BLOCKS // units)
     nchunks = max(1, min(-(-length // min_chunk), want, MAX_CHUNKS))
     chunk = -(-length // nchunks)
     return -(-length // chunk), chunk
 
 
-def _unit_grid(mod, units, nchunks):
+def _unit_grid(tun, units, nchunks):
     """Grid of the per-(unit, chunk) reductions: a block per chunk in y, at most
     ``max_blocks`` (MAX_BLOCKS) in x, each looping over the units in steps of the grid."""
-    return (min(units, getattr(mod, "max_blocks", MAX_BLOCKS)), nchunks)
+    return (min(units, tun.max_blocks), nchunks)
 
 
 def _block(chunk):
@@ -172,18 +154,18 @@ def _are_columns(units):
     return units.runlen == 1 and units.gstride == 1 and units.rstride == units.units
 
 
-def _column_chunks(mod, columns, rows):
+def _column_chunks(tun, columns, rows):
     """``(grid, nchunks, rchunk)`` of a column kernel over x as ``(rows, columns)``: a block
     per 32 columns and chunk of ``rchunk`` rows."""
     tiles = -(-columns // COLS_BLOCK[0])
-    nchunks, rchunk = _chunks(mod, tiles, rows, COLS_BLOCK[0])
+    nchunks, rchunk = _chunks(tun, tiles, rows, COLS_BLOCK[0])
     return (tiles, nchunks), nchunks, rchunk
 
 
-def _finalize_grid(mod, n):
+def _finalize_grid(tun, n):
     """Grid of the finalize kernels over ``n`` units (or groups): COLS_BLOCK blocks of 32 of
     them, at most ``max_blocks`` (MAX_BLOCKS), looping over the rest."""
-    return (max(1, min(-(-n // COLS_BLOCK[0]), getattr(mod, "max_blocks", MAX_BLOCKS))),)
+    return (max(1, min(-(-n // COLS_BLOCK[0]), tun.max_blocks)),)
 
 
 def _partial_sums(tun, kernel, dtype, units, columns, extra=()):
@@ -201,25 +183,47 @@ def _partial_sums(tun, kernel, dtype, units, columns, extra=()):
 
 
 @lru_cache(maxsize=512)
-def _stats_plan(tun, units, dtype, epsilon):
+def _stats_plan(tun, units, dtype, epsilon, momentum=None):
     """The launches of :func:`_statistics`: ``(partial sums, length of their float64
-    partials, finalize)``."""
+    partials, finalize)``; with a ``momentum``, the finalize updates running statistics of
+    one channel per unit too."""
     partial_sums, nchunks, chunk = _partial_sums(tun, "norm_stats", dtype, units, _are_columns(units))
-    finalize = (kernel_name("norm_stats_finalize", dtype), _finalize_grid(tun, units.units), COLS_BLOCK,
-                _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),))
-    return partial_sums, units.units * nchunks * 2, finalize
+    scalars = _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),)
+    if momentum is None:
+        kernel = "norm_stats_finalize"
+    else:
+        kernel, scalars = "norm_stats_finalize_running", scalars + _running_args(dtype, momentum, units.length)
+    return partial_sums, units.units * nchunks * 2, (kernel_name(kernel, dtype), _finalize_grid(tun, units.units),
+                                                     COLS_BLOCK, scalars)
 
 
-def _statistics(mod, x, units, epsilon):
-    """Float64 mean, biased variance and ``1 / sqrt(var + epsilon)`` of every unit
-    (two-stage: chunks, then Chan merges)."""
+def _running_args(dtype, momentum, count):
+    """The running update's ``keep, momentum, unbiased`` arguments (``count`` values a group)."""
+    return acc_scalar(dtype, 1 - momentum), np.float64(momentum), np.float64(momentum * count / (count - 1))
+
+
+def _statistics(mod, tun, x, units, epsilon, running=None):
+    """Float64 mean and ``1 / sqrt(var + epsilon)`` of every unit, with var the biased
+    variance (two-stage: chunks, then Chan merges), and the new running statistics
+    (``glue.updated_stats``) when ``running`` = ``(running_mean, running_var, momentum,
+    per_sample)`` is given, else None: ``(mean, rstd, new running statistics)``.
+
+    batchnorm's units are its channels: their finalize kernel updates the running statistics
+    too; instancenorm's are averaged over the batch by one more kernel."""
     xp = array_namespace(x)
-    partial_sums, nparts, finalize = _stats_plan(_tuning(mod), units, x.dtype, epsilon)
+    fold = running is not None and not running[3]
+    partial_sums, nparts, finalize = _stats_plan(tun, units, x.dtype, epsilon, running[2] if fold else None)
     part = xp.empty((nparts,), xp.float64)
-    _launch(mod, partial_sums, (x, part))
-    mean, var, rstd = (xp.empty((units.units,), xp.float64) for _ in range(3))
-    _launch(mod, finalize, (part, mean, var, rstd))
-    return mean, var, rstd
+    launch(mod, partial_sums, (x, part))
+    mean, rstd = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64)
+    if fold:
+        rm, rv = xp.ascontiguousarray(running[0]), xp.ascontiguousarray(running[1])
+        new = xp.empty(rm.shape, rm.dtype), xp.empty(rm.shape, rm.dtype)
+        launch(mod, finalize, (part, mean, rstd, rm, rv) + new)
+        return mean, rstd, new
+    var = xp.empty((units.units,), xp.float64)
+    launch(mod, finalize, (part, mean, var, rstd))
+    return mean, rstd, None if running is None else _running_update(mod, tun, mean, var, x.shape, *running)
 
 
 def _given_stats(mod, running_mean, running_var, shape, per_sample, epsilon):
@@ -237,13 +241,14 @@ def _given_stats(mod, running_mean, running_var, shape, per_sample, epsilon):
     return mean, rstd
 
 
-def _running_update(mod, mean, var, shape, per_sample, running_mean, running_var, momentum):
-    """The new running statistics, as ``glue.updated_stats`` defines them, by one kernel."""
+def _running_update(mod, tun, mean, var, shape, running_mean, running_var, momentum, per_sample):
+    """The new running statistics, as ``glue.updated_stats`` defines them, by one kernel
+    (instancenorm's: its group statistics averaged over the batch)."""
     xp = array_namespace(mean)
     rm, rv = xp.ascontiguousarray(running_mean), xp.ascontiguousarray(running_var)
     c = shape[1]
     new_mean, new_var = xp.empty((c,), rm.dtype), xp.empty((c,), rm.dtype)
-    _launch(mod, _running_plan(_tuning(mod), tuple(shape), per_sample, rm.dtype, momentum),
+    launch(mod, _running_plan(tun, tuple(shape), per_sample, rm.dtype, momentum),
             (mean, var, rm, rv, new_mean, new_var))
     return new_mean, new_var
 
@@ -253,22 +258,21 @@ def _running_plan(tun, shape, per_sample, dtype, momentum):
     n, c = shape[:2]
     count = math.prod(shape[2:]) * (1 if per_sample else n)
     return (kernel_name("norm_running_update", dtype), grid_1d(tun, c), (BLOCK,),
-            (np.int64(c), np.int64(n if per_sample else 1), acc_scalar(dtype, 1 - momentum), np.float64(momentum),
-             np.float64(momentum * count / (count - 1))))
+            _i64(c, n if per_sample else 1) + _running_args(dtype, momentum, count))
 
 
-def _rows_path(mod, geom):
+def _rows_path(tun, geom):
     """Whether layernorm (``geom.vec``) runs the rows kernels: rows short enough for a block."""
-    return geom.vec and geom.count <= getattr(mod, "norm_rows_max", ROWS_MAX)
+    return geom.vec and geom.count <= tun.norm_rows_max
 
 
-def _row_launch(mod, rows, length):
+def _row_launch(tun, rows, length):
     """``(grid, block, rchunk)`` of the backward rows kernel: chunks of whole tiles of rows (see
     ROWS_CHUNK); the fewest threads (a multiple of 32, at most ROWS_THREADS) that cover a row
     with as many columns each."""
     tiles = -(-rows // ROWS_TILE)
     want = max(ROWS_MIN_BLOCKS, rows // ROWS_CHUNK)
-    per_block = -(-tiles // min(tiles, want, getattr(mod, "max_blocks", MAX_BLOCKS)))
+    per_block = -(-tiles // min(tiles, want, tun.max_blocks))
     rchunk = per_block * ROWS_TILE
     cols = -(-length // ROWS_THREADS)  # columns a thread (1 or 2), spread evenly over the warps
     return (-(-rows // rchunk),), (32 * -(-length // (32 * cols)),), rchunk
@@ -297,25 +301,24 @@ def _rows_backward_plan(tun, dtype, rows, length):
     return kernel_name("norm_rows_backward", dtype), grid, block, _i64(rows, length, rchunk) + (np.float64(1.0 / length),)
 
 
-def _normalize(mod, act, x, scale, bias, geom, epsilon, stats=None):
-    """``(y, mean, var, rstd)`` for C-contiguous ``x`` (group statistics from x, or ``stats``:
-    float64 ``(mean, rstd)`` per group); ``var`` is None with given statistics and from
-    layernorm's rows kernels, which compute ``rstd`` themselves."""
+def _normalize(mod, tun, act, x, scale, bias, geom, epsilon, stats=None, running=None):
+    """``(y, mean, rstd, new running statistics)`` for C-contiguous ``x``: group statistics
+    from x (and the new running statistics from them when ``running`` is given, see
+    :func:`_statistics`; else None), or ``stats``: float64 ``(mean, rstd)`` per group."""
     xp = array_namespace(x)
-    tun = _tuning(mod)
     y = xp.empty(x.shape, x.dtype)
     if stats is None and _rows_path(tun, geom):
         name, grid, block, scalars = _rows_forward_plan(tun, x.dtype, geom.groups, geom.count, epsilon)
         mean, rstd = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
         mod.get_function(name)(grid, block, (x, scale, bias, y, mean, rstd) + scalars + _act_args(act, x.dtype))
-        return y, mean, None, rstd
+        return y, mean, rstd, None
     if stats is None:
-        mean, var, rstd = _statistics(mod, x, geom.stats, epsilon)
+        mean, rstd, new = _statistics(mod, tun, x, geom.stats, epsilon, running)
     else:
-        (mean, rstd), var = stats, None
+        (mean, rstd), new = stats, None
     name, grid, block, index = _elementwise_plan(tun, "norm_forward", x.dtype, x.size, geom)
     mod.get_function(name)(grid, block, (x, scale, bias, mean, rstd, y) + index + _act_args(act, x.dtype))
-    return y, mean, var, rstd
+    return y, mean, rstd, new
 
 
 def _column_sums(mod, part, nparts, length, dtype):
@@ -352,11 +355,11 @@ def _dx_cols_plan(tun, dtype, rows, length):
     return (kernel_name("norm_backward_dx_cols", dtype), grid, COLS_BLOCK, _i64(rows, length, rchunk)), nchunks
 
 
-def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
+def _backward(mod, tun, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
     """``pullback(dy) -> (dx, sum(g), sum(g * xhat))``: the sums per channel (channel ops)
     or per affine element (layernorm), None when ``affine_sums`` is false."""
     xp = array_namespace(x)
-    tun, dtype = _tuning(mod), x.dtype
+    dtype = x.dtype
     act_args = _act_args(act, dtype)
     rows, length = geom.groups, geom.count  # layernorm's
 
@@ -368,7 +371,7 @@ def _backward(mod, act, x, scale, bias, mean, rstd, geom, batch, affine_sums):
         mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, part) + scalars + act_args)
         mh, mhx = xp.empty((geom.groups,), xp.float64), xp.empty((geom.groups,), xp.float64)
         sg, sgx = xp.empty((geom.amod,), dtype), xp.empty((geom.amod,), dtype)  # not written with vec
-        _launch(mod, finalize, (part, mh, mhx, sg, sgx))
+        launch(mod, finalize, (part, mh, mhx, sg, sgx))
         return (mh, mhx) + ((None, None) if geom.vec else (sg, sgx))
 
     def rows_pullback(dy):
@@ -414,32 +417,29 @@ def _running_norm(per_sample, mod, with_vjp, act, x, scale, bias, running_mean, 
     """batchnorm (``per_sample`` False: one group per channel) or instancenorm (per (n, c))."""
     x = array_namespace(x).ascontiguousarray(x)
     geom = _channel_geometry(x.shape, "instance" if per_sample else "batch")
+    tun = tuning(mod)
     sv, bv = glue.channel_vectors(x, scale, bias)
     given = running_mean is not None and not training
-    stats = group_stats = None
-    if given:
-        stats = (running_mean, running_var)
-        group_stats = _given_stats(mod, *stats, x.shape, per_sample, epsilon)
-    y, mean, var, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon, group_stats)
-    if running_mean is not None and not given:
-        stats = _running_update(mod, mean, var, x.shape, per_sample, running_mean, running_var, momentum)
-    out = (y, stats)
+    group_stats = _given_stats(mod, running_mean, running_var, x.shape, per_sample, epsilon) if given else None
+    running = None if given or running_mean is None else (running_mean, running_var, momentum, per_sample)
+    y, mean, rstd, new = _normalize(mod, tun, act, x, sv, bv, geom, epsilon, group_stats, running)
+    out = (y, (running_mean, running_var) if given else new)
     if not with_vjp:
         return out
     has_affine = scale is not None or bias is not None
-    pullback = _backward(mod, act, x, sv, bv, mean, rstd, geom, not given, has_affine)
+    pullback = _backward(mod, tun, act, x, sv, bv, mean, rstd, geom, not given, has_affine)
     return out, glue.channel_grads(pullback, x, scale, bias)
 
 
 def _groupnorm(mod, with_vjp, act, x, scale, bias, groups, epsilon):
     x = array_namespace(x).ascontiguousarray(x)
-    geom = _channel_geometry(x.shape, "group", groups)
+    geom, tun = _channel_geometry(x.shape, "group", groups), tuning(mod)
     sv, bv = glue.channel_vectors(x, scale, bias)
-    y, mean, _, rstd = _normalize(mod, act, x, sv, bv, geom, epsilon)
+    y, mean, rstd, _ = _normalize(mod, tun, act, x, sv, bv, geom, epsilon)
     if not with_vjp:
         return y
     has_affine = scale is not None or bias is not None
-    pullback = _backward(mod, act, x, sv, bv, mean, rstd, geom, True, has_affine)
+    pullback = _backward(mod, tun, act, x, sv, bv, mean, rstd, geom, True, has_affine)
     return y, glue.channel_grads(pullback, x, scale, bias)
 
 
@@ -449,13 +449,13 @@ def _groupnorm(mod, with_vjp, act, x, scale, bias, groups, epsilon):
 def _layernorm(mod, with_vjp, act, x, scale, bias, axes, epsilon):
     rows = glue.layernorm_rows(x, axes)
     xt = rows.to_rows(x)  # copies only when needed
-    geom = _rows_geometry(rows.rows, rows.length)
+    geom, tun = _rows_geometry(rows.rows, rows.length), tuning(mod)
     sv, bv = rows.vector(scale, 1), rows.vector(bias, 0)
-    yt, mean, _, rstd = _normalize(mod, act, xt, sv, bv, geom, epsilon)
+    yt, mean, rstd, _ = _normalize(mod, tun, act, xt, sv, bv, geom, epsilon)
     y = rows.from_rows(yt)
     if not with_vjp:
         return y
-    pullback = _backward(mod, act, xt, sv, bv, mean, rstd, geom, True, True)
+    pullback = _backward(mod, tun, act, xt, sv, bv, mean, rstd, geom, True, True)
     return y, rows.grads(pullback, scale, bias)
 
 

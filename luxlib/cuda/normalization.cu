@@ -142,16 +142,14 @@ __device__ __forceinline__ void lx_chan_merge(double (&v)[3], double nb, double 
     v[0] = nn;
 }
 
-/* mean[u] and the biased var[u] from the chunks' partial results, and rstd[u] = 1 / sqrt(var[u]
-   + eps). Blocks of (LX_WARP, LX_NORM_ROWS) threads, 32 units a block (grid-stride): thread y
-   merges chunks y, y + LX_NORM_ROWS, ... in order, then thread 0 merges the LX_NORM_ROWS
-   results in order of y (with at most LX_NORM_ROWS chunks: the chunks in order, one thread's
-   loop of before; a fixed order for given shapes always). T is unused (one name per element
-   type, like every kernel of the family). */
-template <typename T>
-__global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
-                                    double* __restrict__ var, double* __restrict__ rstd, lx_i64 units,
-                                    lx_i64 nchunks, lx_i64 len, lx_i64 chunk, double eps)
+/* The mean and the biased variance of every unit from the chunks' partial results, handed
+   to out(u, mean, var). Blocks of (LX_WARP, LX_NORM_ROWS) threads, 32 units a block
+   (grid-stride): thread y merges chunks y, y + LX_NORM_ROWS, ... in order, then thread 0
+   merges the LX_NORM_ROWS results in order of y (with at most LX_NORM_ROWS chunks: the chunks
+   in order, one thread's loop of before; a fixed order for given shapes always). */
+template <typename Out>
+__device__ __forceinline__ void lx_stats_finalize(const double* __restrict__ part, lx_i64 units, lx_i64 nchunks,
+                                                  lx_i64 len, lx_i64 chunk, Out out)
 {
     __shared__ double acc[3][LX_NORM_ROWS][LX_WARP + 1];
     for (lx_i64 u0 = (lx_i64)blockIdx.x * LX_WARP; u0 < units; u0 += (lx_i64)gridDim.x * LX_WARP) {
@@ -167,12 +165,59 @@ __global__ void norm_stats_finalize(const double* __restrict__ part, double* __r
         if (threadIdx.y == 0 && u < units) {
             for (int r = 1; r < LX_NORM_ROWS; r++)
                 lx_chan_merge(v, acc[0][r][threadIdx.x], acc[1][r][threadIdx.x], acc[2][r][threadIdx.x]);
-            mean[u] = v[1];
-            var[u] = v[2] / v[0];
-            rstd[u] = 1.0 / sqrt(v[2] / v[0] + eps);
+            out(u, v[1], v[2] / v[0]);
         }
         __syncthreads();  /* acc is read before the next tile writes it */
     }
+}
+
+/* The new running statistics of a channel from its averaged group statistics m, v (running
+   statistics of type T): new_mean = keep * running_mean + momentum * m and new_var = keep *
+   running_var + unbiased * v, keep = 1 - momentum rounded to T and its product with the
+   running value rounded to T (NumPy's arithmetic with a Python scalar), the sums in double,
+   rounded once. */
+template <typename T>
+__device__ __forceinline__ void lx_running_update(lx_i64 c, double m, double v, const T* __restrict__ running_mean,
+                                                  const T* __restrict__ running_var, T* __restrict__ new_mean,
+                                                  T* __restrict__ new_var, typename lx_acc<T>::type keep,
+                                                  double momentum, double unbiased)
+{
+    const double rm = (double)lx_round<T>(lx_mul(keep, lx_load(running_mean + c)));
+    const double rv = (double)lx_round<T>(lx_mul(keep, lx_load(running_var + c)));
+    new_mean[c] = lx_from_double<T>(lx_add(rm, lx_mul(momentum, m)));
+    new_var[c] = lx_from_double<T>(lx_add(rv, lx_mul(unbiased, v)));
+}
+
+/* mean[u], the biased var[u] and rstd[u] = 1 / sqrt(var[u] + eps) (lx_stats_finalize). T is
+   unused (one name per element type, like every kernel of the family). */
+template <typename T>
+__global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
+                                    double* __restrict__ var, double* __restrict__ rstd, lx_i64 units,
+                                    lx_i64 nchunks, lx_i64 len, lx_i64 chunk, double eps)
+{
+    lx_stats_finalize(part, units, nchunks, len, chunk, [&](lx_i64 u, double m, double v) {
+        mean[u] = m;
+        var[u] = v;
+        rstd[u] = 1.0 / sqrt(v + eps);
+    });
+}
+
+/* batchnorm in training with running statistics (a unit per channel): mean[u] and rstd[u]
+   as norm_stats_finalize, and the channel's new running statistics as norm_running_update
+   computes them (one group per channel), in the same launch */
+template <typename T>
+__global__ void norm_stats_finalize_running(const double* __restrict__ part, double* __restrict__ mean,
+                                            double* __restrict__ rstd, const T* __restrict__ running_mean,
+                                            const T* __restrict__ running_var, T* __restrict__ new_mean,
+                                            T* __restrict__ new_var, lx_i64 units, lx_i64 nchunks, lx_i64 len,
+                                            lx_i64 chunk, double eps, typename lx_acc<T>::type keep,
+                                            double momentum, double unbiased)
+{
+    lx_stats_finalize(part, units, nchunks, len, chunk, [&](lx_i64 u, double m, double v) {
+        mean[u] = m;
+        rstd[u] = 1.0 / sqrt(v + eps);
+        lx_running_update(u, m, v, running_mean, running_var, new_mean, new_var, keep, momentum, unbiased);
+    });
 }
 
 /* Given (running) statistics of C channels as the group statistics of `units` groups
@@ -190,11 +235,8 @@ __global__ void norm_given_stats(const T* __restrict__ running_mean, const T* __
     }
 }
 
-/* The new running statistics of channel c (running_mean's type T): the group statistics
-   of the reps groups c, C + c, ... averaged (instancenorm: one group per (n, c)), then
-   new_mean = keep * running_mean + momentum * mean and new_var = keep * running_var +
-   unbiased * var, keep = 1 - momentum rounded to T and its product with the running value
-   rounded to T (NumPy's arithmetic with a Python scalar), the sums in double, rounded once. */
+/* The new running statistics of channel c (lx_running_update) from the group statistics of
+   the reps groups c, C + c, ... averaged (instancenorm: one group per (n, c)) */
 template <typename T>
 __global__ void norm_running_update(const double* __restrict__ mean, const double* __restrict__ var,
                                     const T* __restrict__ running_mean, const T* __restrict__ running_var,
@@ -207,12 +249,8 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
             m += mean[r * C + c];
             v += var[r * C + c];
         }
-        m /= (double)reps;
-        v /= (double)reps;
-        const double rm = (double)lx_round<T>(lx_mul(keep, lx_load(running_mean + c)));
-        const double rv = (double)lx_round<T>(lx_mul(keep, lx_load(running_var + c)));
-        new_mean[c] = lx_from_double<T>(lx_add(rm, lx_mul(momentum, m)));
-        new_var[c] = lx_from_double<T>(lx_add(rv, lx_mul(unbiased, v)));
+        lx_running_update(c, m / (double)reps, v / (double)reps, running_mean, running_var, new_mean, new_var, keep,
+                          momentum, unbiased);
     }
 }
 

@@ -69,7 +69,8 @@ def test_compile_error_names_the_file(tmp_path, monkeypatch):
 # before the first store (elementwise.cuh, lx_norm_elements)
 LOADS_FIRST = {
     "bias_act_forward": ("bias_activation", True, 1, 1),
-    "bias_act_backward": ("bias_activation", True, 2, 2),
+    "act_forward": ("bias_activation", True, 1, 1),
+    "act_backward": ("bias_activation", True, 2, 2),
     "multiply": ("dropout", True, 2, 2),
     "norm_forward": ("normalization", False, 5, 1),  # x, mean, rstd, scale, bias
     "norm_backward_dx": ("normalization", False, 8, 2),  # x, dy, scale, bias, mean, rstd, mh, mhx

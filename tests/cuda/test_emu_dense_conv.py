@@ -234,6 +234,16 @@ def test_conv_workspace_tiles_the_batch(monkeypatch):
     check_conv((emu("conv"), emu("bias_activation")), activations.relu, x, w, None, dy, cdims)
 
 
+def test_conv_layout_per_batch_size():
+    """One ConvDims at several batch sizes: the geometry cached for one batch size is not
+    used for another (the batch, the output shape and the tiling differ)."""
+    case = ((3, 2, 5, 5), (4, 2, 3, 3), dict(padding=1, stride=(1, 2)))
+    x, w, b, dy, cdims = _conv_case(case, np.float64, seed=21)
+    mods = emu("conv"), emu("bias_activation")
+    for n in (3, 1, 2, 3):
+        check_conv(mods, activations.gelu, x[:n], w, b, dy[:n], cdims)
+
+
 def test_conv_grid_stride():
     """Grids capped at 2 blocks: the grid-stride loops of im2col and col2im cover the rest."""
     mods = emu("conv", "shuffle", max_blocks=2), emu("bias_activation", "shuffle", max_blocks=2)
@@ -351,7 +361,7 @@ def test_depthwise_weight_gradient_two_stage(monkeypatch):
     (no atomics: the order of the sums is fixed)."""
     case = ((3, 2, 5, 4), (4, 1, 3, 2), dict(padding=1, stride=(2, 1), groups=2))
     x, w, b, dy, cdims = _conv_case(case, np.float32, seed=12)
-    per_sample = _conv._per_sample(w, x, cdims)  # 4 channels x 15 positions
+    per_sample = _conv._layout(cdims, x.shape[0], x.dtype.itemsize, True).per_sample  # 4 channels x 15 positions
     monkeypatch.setattr(_conv, "DW_MIN_SPLIT", 1)
     # (DW_TARGET_BLOCKS, samples per tile): 2 splits of 45 positions; 5 of 15 (3 tiles);
     # 9 splits of 30 positions (2 tiles), chunk 4: the last split is empty
@@ -518,7 +528,7 @@ def test_vector_loads_in_ptx():
     import luxlib_nvrtc as nc
 
     ptx = nc.ptx("bias_activation", "compute_80")
-    for kernel in ("bias_act_forward", "bias_act_backward"):
+    for kernel in ("bias_act_forward", "act_forward", "act_backward"):
         for typ, width in (("f", ".v4.f32"), ("d", ".v2.f64"), ("6__half", ".v4.u32")):
             entry = f"_Z{len(kernel)}{kernel}I{typ}E"
             start = ptx.index(".entry " + entry)

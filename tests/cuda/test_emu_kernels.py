@@ -89,6 +89,48 @@ def test_bias_activation_unrolled_vector_loop(dtype):
             np.testing.assert_array_equal(y, _bias_activation.forward(mod, act, x, bias))
 
 
+class _Launches:
+    """A kernel module that records the kernel and grid of every launch through it."""
+
+    def __init__(self, mod):
+        self.mod, self.launches = mod, []
+
+    def __getattr__(self, name):  # the launch code's hooks (max_blocks)
+        return getattr(self.mod, name)
+
+    def get_function(self, name):
+        kernel = self.mod.get_function(name)
+
+        def launch(grid, block, args):
+            self.launches.append((name.split("<")[0], grid))
+            kernel(grid, block, args)
+
+        return launch
+
+
+def test_launch_plans_follow_grid_caps_and_split_thresholds(monkeypatch):
+    """The launches are planned once per shape (cached); what else shapes them is part of
+    the key or read at each call: the same shape through modules of other grid caps gets
+    their grids, and lowered split thresholds give the two-stage bias gradient at once."""
+    x, bias, dy = make_inputs((3, 4, 1000), np.float32, seed=11)
+    for cap, blocks in ((None, 3), (2, 2), (1, 1), (None, 3)):
+        mod = _Launches(emu("bias_activation", max_blocks=cap))
+        _bias_activation.vjp(mod, activations.gelu, x, None)[1](dy)
+        assert mod.launches == [("act_forward", (blocks,)), ("act_backward", (blocks,))], cap
+
+    def db_kernels():
+        mod = _Launches(emu("bias_activation"))
+        g = _bias_activation.vjp(mod, activations.gelu, x, bias)[1](dy)
+        check = _bias_activation.vjp(emu("bias_activation"), activations.gelu, x.astype(np.float64),
+                                     bias.astype(np.float64))[1](dy.astype(np.float64))
+        np.testing.assert_allclose(g["bias"], check["bias"], rtol=1e-5, atol=1e-4)
+        return [(name, grid) for name, grid in mod.launches if name != "bias_act_forward"]
+
+    assert db_kernels() == [("bias_act_backward_db", (4, 1))]  # 3000 elements a channel: one stage
+    monkeypatch.setattr(_bias_activation, "DB_MIN_SPLIT_ELEMENTS", 1000)
+    assert db_kernels() == [("bias_act_backward_db", (4, 3)), ("bias_act_db_finalize", (1,))]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 def test_bias_activation_empty(dtype):
     mod = emu("bias_activation")

@@ -35,8 +35,8 @@ from _helpers import norm_reference as reference
 import luxlib
 from luxlib import activations
 from luxlib._dispatch import _REGISTRY, _Impl
-from luxlib.cuda import _normalization
-from luxlib.cuda._modules import kernel_name
+from luxlib.cuda import _modules, _normalization
+from luxlib.cuda._modules import kernel_name, tuning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -234,12 +234,12 @@ def test_two_stage_cases_are_chunked():
         if op == "layernorm":
             rows = shape[0]
             length = int(np.prod(shape)) // rows
-            grid, _, rchunk = _normalization._row_launch(mod, rows, length)
+            grid, _, rchunk = _normalization._row_launch(tuning(mod), rows, length)
             assert grid == (2,) and (rows < 8 or rchunk > _normalization.ROWS_TILE), shape
             continue
         kind = {"batchnorm": "batch", "instancenorm": "instance", "groupnorm": "group"}[op]
         geom = _normalization._channel_geometry(shape, kind, variant if op == "groupnorm" else 1)
-        assert _normalization._chunks(mod, geom.stats.units, geom.stats.length)[0] > 1, shape
+        assert _normalization._chunks(tuning(mod), geom.stats.units, geom.stats.length)[0] > 1, shape
 
 
 # batchnorm of (N, C) inputs (and (N, C, 1, 1)): columns of 1, 31, 33 and 70 channels, a
@@ -264,7 +264,7 @@ def test_batchnorm_columns(dtype, variant, shape, schedule):
         assert not {"norm_stats_partial", "norm_backward_partial"} & launched, launched
         if min_chunk and shape[0] >= 40:
             units = _normalization._channel_geometry(shape, "batch").stats
-            assert _normalization._column_chunks(mod, units.units, units.length)[1] > 1, shape
+            assert _normalization._column_chunks(tuning(mod), units.units, units.length)[1] > 1, shape
 
 
 class recorded:
@@ -295,7 +295,7 @@ def test_layernorm_rows_kernels(dtype, length, schedule):
     """The rows kernels (rows up to ROWS_MAX) and the general kernels (forced with
     ``norm_rows_max = 0``; rows beyond ROWS_MAX take them anyway), each against the generic
     path; the kernels launched are the expected ones."""
-    rows_kernels = length <= _normalization.ROWS_MAX
+    rows_kernels = length <= _modules.ROWS_MAX
     for rows, max_blocks in ((5, None), (9, 2), (19, 1)):
         for general in (False, True):
             mod = recorded(emu(schedule, max_blocks=max_blocks, rows_max=0 if general else None))
@@ -315,7 +315,7 @@ def test_layernorm_rows_launch():
     gives fewer, at most max_blocks (65535 by default); L threads rounded up to a warp, or
     (L > 512) L / 2 of them, 2 columns each."""
     def launch(rows, length, max_blocks=None):
-        grid, block, rchunk = _normalization._row_launch(emu(max_blocks=max_blocks), rows, length)
+        grid, block, rchunk = _normalization._row_launch(tuning(emu(max_blocks=max_blocks)), rows, length)
         assert rchunk % _normalization.ROWS_TILE == 0
         assert (grid[0] - 1) * rchunk < rows <= grid[0] * rchunk
         return grid[0], block[0], rchunk
@@ -347,7 +347,7 @@ def test_double_results_are_rounded_once(dtype):
         assert not np.array_equal(want, v.astype(np.float32).astype(dtype))  # the traps bite
     # momentum 1: new = 0 * running + 1 * mean, new_var = unbiased (1 / (1 - 1/2)) * var
     zeros = np.zeros(n, dtype)
-    new_mean, new_var = _normalization._running_update(mod, v, v / 2, (2, n), False, zeros, zeros, 1.0)
+    new_mean, new_var = _normalization._running_update(mod, tuning(mod), v, v / 2, (2, n), zeros, zeros, 1.0, False)
     np.testing.assert_array_equal(new_mean, want)
     np.testing.assert_array_equal(new_var, want)
     # one unit per affine element, one chunk: the sums are the partials themselves
@@ -360,6 +360,30 @@ def test_double_results_are_rounded_once(dtype):
     np.testing.assert_array_equal(sums, [want, -want])
     sums = _normalization._column_sums(mod, np.stack([v, -v], axis=1).ravel(), 1, n, dtype)
     np.testing.assert_array_equal(sums, [want, -want])
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_running_update_in_the_finalize(dtype, schedule):
+    """batchnorm's statistics finalize also updates the running statistics: bit for bit what
+    the separate update kernel (instancenorm's) computes from the finalized statistics, on
+    the per-unit and the column kernels, one chunk or several, grids capped at 2 blocks."""
+    mod = emu(schedule, max_blocks=2, min_chunk=64)
+    tun = tuning(mod)
+    for shape in [(4, 3, 50), (200, 5), (3, 70, 2)]:
+        x, _, _, rm, rv, _ = make_inputs("batchnorm", "train", shape, dtype, seed=sum(shape))
+        units = _normalization._channel_geometry(shape, "batch").stats
+        for momentum in (0.1, 0.9):
+            mean, rstd, new = _normalization._statistics(mod, tun, x, units, EPS, (rm, rv, momentum, False))
+            # the plain finalize (its var too), then the update kernel
+            part_sums, nparts, finalize = _normalization._stats_plan(tun, units, dtype, EPS)
+            part, (mean2, var, rstd2) = np.empty(nparts), (np.empty(units.units) for _ in range(3))
+            _modules.launch(mod, part_sums, (x, part))
+            _modules.launch(mod, finalize, (part, mean2, var, rstd2))
+            want = _normalization._running_update(mod, tun, mean2, var, shape, rm, rv, momentum, False)
+            for got, ref in ((mean, mean2), (rstd, rstd2)) + tuple(zip(new, want)):
+                np.testing.assert_array_equal(got, ref, err_msg=f"{shape} {momentum}")
+                assert got.dtype == ref.dtype
 
 
 def test_statistics_of_offset_data():
@@ -422,9 +446,9 @@ def test_rows_constants_match_the_kernels():
     const = {k: int(v) for k, v in re.findall(r"#define (LX_ROWS_\w+) (\d+)", src)}
     assert const["LX_ROWS_TILE"] == _normalization.ROWS_TILE
     assert const["LX_ROWS_THREADS"] == _normalization.ROWS_THREADS
-    assert const["LX_ROWS_COLS"] * const["LX_ROWS_THREADS"] == _normalization.ROWS_MAX
+    assert const["LX_ROWS_COLS"] * const["LX_ROWS_THREADS"] == _modules.ROWS_MAX
     assert const["LX_ROWS_WARPS"] == _normalization.ROWS_WARPS
-    assert const["LX_ROWS_LANE_COLS"] * 32 == _normalization.ROWS_MAX
+    assert const["LX_ROWS_LANE_COLS"] * 32 == _modules.ROWS_MAX
     assert src.count("__launch_bounds__(LX_ROWS_THREADS)") == 1
     assert src.count("__launch_bounds__(LX_ROWS_WARPS * LX_WARP)") == 1
 
@@ -483,7 +507,7 @@ def test_index_width_choice():
     geom = _normalization._channel_geometry((2, 3, 5), "group", 3)
 
     def width(n, grid, wide=False):
-        args = _normalization._index_args(emu(wide=wide), n, grid, geom)
+        args = _normalization._index_args(tuning(emu(wide=wide)), n, grid, geom)
         assert args[0] == n and len(args) == 14
         assert args[3] == _normalization.divisor(geom.elem[0], 64 if args[1] else 32)[1]
         return int(args[1])

@@ -54,6 +54,15 @@ def test_grid_1d_module_cap():
     assert _modules.grid_1d(types.SimpleNamespace(max_blocks=2), 10**6) == (2,)
 
 
+def test_tuning_reads_the_hooks_with_gpu_defaults():
+    """A module's Tuning: its test hooks where it has them, the GPU's defaults elsewhere."""
+    assert _modules.tuning(_modules.get_module("dropout")) is _modules.GPU_TUNING
+    assert _modules.GPU_TUNING == (_modules.MAX_BLOCKS, _modules.MIN_CHUNK, _modules.ROWS_MAX, False)
+    assert _modules.tuning(types.SimpleNamespace()) == _modules.GPU_TUNING
+    hooks = types.SimpleNamespace(max_blocks=2, norm_rows_max=0, norm_wide_index=True)
+    assert _modules.tuning(hooks) == (2, _modules.MIN_CHUNK, 0, True)
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("value", [0.1, -0.0, 1 / 3, 65504.0, 65520.0, 1e5, 3.5e38, 1e39, np.inf, -np.inf, np.nan])
 def test_acc_scalar_rounds_as_numpy_casts(dtype, value):
