@@ -13,7 +13,7 @@ import numpy as np
 
 from .._generic.philox import draw_key, is_generator
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, grid_1d, grid_vectors, kernel_name, tuning
+from ._modules import BLOCK, DTYPES, acc_scalar, divisor, grid_1d, grid_vectors, kernel_name, launch, tuning
 
 
 def supports(rng, x, training, **_):
@@ -26,17 +26,38 @@ def _threshold(p):
 
 
 def _multiply(mod, u, v):
-    """``u * v``: the kernel for equal shapes and dtypes, else the namespace's broadcasting."""
+    """``u * v``: a kernel for equal dtypes and ``v`` of ``u``'s shape or broadcast against it
+    along all but one run of adjacent axes (a mask with ``dims``), else the namespace's
+    broadcasting."""
     xp = array_namespace(u)
-    if u.shape != v.shape or u.dtype != v.dtype:
+    plan = _multiply_plan(tuning(mod), u.dtype, tuple(u.shape), tuple(v.shape)) if u.dtype == v.dtype else None
+    if plan is None:
         return u * v
     u, v = xp.ascontiguousarray(u), xp.ascontiguousarray(v)
     out = xp.empty(u.shape, u.dtype)
     if u.size:
-        mod.get_function(kernel_name("multiply", u.dtype))(
-            grid_vectors(mod, u.size, u.itemsize), (BLOCK,), (u, v, out, np.int64(u.size))
-        )
+        launch(mod, plan, (u, v, out))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _multiply_plan(tun, dtype, shape, vshape):
+    """The launch plan of ``multiply`` (``vshape == shape``) or ``multiply_channel`` (``v``
+    varies along one run of adjacent axes of ``shape``, of ``C`` elements with ``inner``
+    elements after them), or None for other shapes."""
+    if vshape != shape:
+        if len(vshape) != len(shape) or any(b not in (1, a) for a, b in zip(shape, vshape)):
+            return None
+        varying = [i for i, b in enumerate(vshape) if b != 1] or [len(shape)]
+        first, last = varying[0], varying[-1]
+        if vshape[first:last + 1] != shape[first:last + 1]:  # a broadcast axis inside the run
+            return None
+    n = math.prod(shape)
+    grid = grid_vectors(tun, n, np.dtype(dtype).itemsize)
+    if vshape == shape or n == 0:  # (nothing is launched for n == 0)
+        return kernel_name("multiply", dtype), grid, (BLOCK,), (np.int64(n),)
+    C, inner = math.prod(shape[first:last + 1]), math.prod(shape[last + 1:])
+    return kernel_name("multiply_channel", dtype), grid, (BLOCK,), (np.int64(n),) + divisor(C) + divisor(inner)
 
 
 def dropout_vjp(mod, rng, x, p, training, invp, shape, mask):
@@ -53,7 +74,7 @@ def dropout_vjp(mod, rng, x, p, training, invp, shape, mask):
             name, grid, head, tail = _mask_plan(tuning(mod), x.dtype, n, p, invp, fused)
             mod.get_function(name)(grid, (BLOCK,), (mask, xc, y) + head + (np.uint32(key[0]), np.uint32(key[1])) + tail)
         if not fused:
-            y = x * mask
+            y = _multiply(mod, x, mask)
     else:
         y = _multiply(mod, x, mask)
     return (y, mask, rng), lambda dy: {"x": _multiply(mod, dy, mask)}

@@ -47,7 +47,7 @@ FAMILIES = {
     ),
     "dropout": (
         "dropout.cu",
-        ("dropout_mask", "alpha_dropout_forward", "alpha_dropout_backward", "multiply"),
+        ("dropout_mask", "alpha_dropout_forward", "alpha_dropout_backward", "multiply", "multiply_channel"),
     ),
     "conv": ("conv.cu", ("im2col", "col2im", "dw_conv_forward", "dw_conv_dx", "dw_conv_dw_partial",
                          "dw_conv_dw_finalize")),

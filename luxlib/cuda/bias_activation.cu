@@ -11,30 +11,6 @@
 #include "activation.cuh"
 #include "elementwise.cuh"
 
-/* the channel (i / inner) % C of consecutive elements: the first by multiply-shift
-   divisions (lx_divisor), the next ones stepped without any */
-struct lx_channel {
-    lx_i64 c, r, C, inner;
-    __device__ __forceinline__ lx_channel(lx_i64 i, const lx_divisor<lx_u64>& Cd, const lx_divisor<lx_u64>& innerd,
-                                          int has_bias)
-        : C((lx_i64)Cd.d), inner((lx_i64)innerd.d)
-    {
-        c = r = 0;
-        if (has_bias) {
-            const lx_u64 q = innerd.div((lx_u64)i);
-            r = i - (lx_i64)q * inner;
-            c = (lx_i64)Cd.mod(q);
-        }
-    }
-    __device__ __forceinline__ void next()
-    {
-        if (++r == inner) {
-            r = 0;
-            if (++c == C) c = 0;
-        }
-    }
-};
-
 /* v (+ bias[c], the sum rounded to T, when has_bias) in the compute type */
 template <typename T>
 __device__ __forceinline__ typename lx_acc<T>::type lx_biased(const T* v, const T* bias, lx_i64 c, int has_bias)

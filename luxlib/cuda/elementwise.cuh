@@ -1,6 +1,7 @@
 // Grid-stride elementwise loops that move 16-byte vectors where the pointers are
-// equally aligned (a scalar head and tail around them); shared by the elementwise
-// kernels of bias_activation.cu and dropout.cu.
+// equally aligned (a scalar head and tail around them), and the channel index of a
+// per-channel operand; shared by the elementwise kernels of bias_activation.cu and
+// dropout.cu.
 #ifndef LUXLIB_CUDA_ELEMENTWISE_CUH
 #define LUXLIB_CUDA_ELEMENTWISE_CUH
 #include "common.cuh"
@@ -38,6 +39,31 @@ __device__ __forceinline__ void lx_store_pack(T* p, const lx_pack<T, W>& v)
 {
     *reinterpret_cast<lx_pack<T, W>*>(p) = v;
 }
+
+/* the channel (i / inner) % C of consecutive elements (x viewed as (outer, C, inner)): the
+   first by multiply-shift divisions (lx_divisor), the next ones stepped without any; all 0
+   unless `divide` */
+struct lx_channel {
+    lx_i64 c, r, C, inner;
+    __device__ __forceinline__ lx_channel(lx_i64 i, const lx_divisor<lx_u64>& Cd, const lx_divisor<lx_u64>& innerd,
+                                          int divide)
+        : C((lx_i64)Cd.d), inner((lx_i64)innerd.d)
+    {
+        c = r = 0;
+        if (divide) {
+            const lx_u64 q = innerd.div((lx_u64)i);
+            r = i - (lx_i64)q * inner;
+            c = (lx_i64)Cd.mod(q);
+        }
+    }
+    __device__ __forceinline__ void next()
+    {
+        if (++r == inner) {
+            r = 0;
+            if (++c == C) c = 0;
+        }
+    }
+};
 
 /* The load of lx_elementwise for kernels with two input arrays a and b: their packs at i */
 template <typename T> __device__ __forceinline__ auto lx_load_two(const T* a, const T* b)

@@ -72,6 +72,7 @@ LOADS_FIRST = {
     "act_forward": ("bias_activation", True, 1, 1),
     "act_backward": ("bias_activation", True, 2, 2),
     "multiply": ("dropout", True, 2, 2),
+    "multiply_channel": ("dropout", True, 1, 1),
     "norm_forward": ("normalization", False, 5, 1),  # x, mean, rstd, scale, bias
     "norm_backward_dx": ("normalization", False, 8, 2),  # x, dy, scale, bias, mean, rstd, mh, mhx
 }

@@ -146,7 +146,10 @@ def test_bias_activation_empty(dtype):
 # sizes around one thread block of Philox blocks (256 threads x 4 elements)
 DROP_SIZES = [1, 3, 4, 5, 255, 1023, 1024, 1025, 2049]
 PS = [0.0, 0.1, 0.5, 1 - 2**-24, 1.0]
-DIMS_CASES = [((3, 4, 5), 0), ((3, 4, 5), (0, 2)), ((2, 3, 4, 5), (1, 3)), ((5, 1, 3), ())]
+# masks that vary along one run of adjacent axes take multiply_channel (the first four; the
+# last of them along none), the others CuPy's broadcasting (here NumPy's)
+DIMS_CASES = [((3, 4, 5), 0), ((2, 3, 4, 5), (1, 2)), ((4, 6), -1), ((5, 1, 3), ()), ((3, 1, 5), (0, 1)),
+              ((3, 4, 5), (0, 2)), ((2, 3, 4, 5), (1, 3))]
 
 
 def _dropout_both(mod, x, p, dims=None, seed=7):
@@ -174,13 +177,20 @@ def test_dropout_bit_identical(dtype, schedule):
             assert r.bit_generator.state == r_ref.bit_generator.state
 
 
-@pytest.mark.parametrize("shape,dims", DIMS_CASES, ids=str)
-def test_dropout_dims(shape, dims):
-    mod = emu("dropout", "shuffle")
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", range(len(DIMS_CASES)), ids=lambda i: str(DIMS_CASES[i]))
+def test_dropout_dims(case, dtype):
+    """A mask along dims: y, the mask and dx bit for bit the generic path's; y and dx by
+    multiply_channel where the mask varies along one run of adjacent axes."""
+    shape, dims = DIMS_CASES[case]
+    mod = _Launches(emu("dropout", "shuffle"))
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.3, dims)
     for a, b in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
+        assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+    products = [name for name, _ in mod.launches if name.startswith("multiply")]
+    assert products == (["multiply_channel"] * 2 if case < 5 else [])
 
 
 def test_dropout_grid_stride():
@@ -197,6 +207,11 @@ def test_dropout_unrolled_vector_loop(dtype):
     mod = emu("dropout", "shuffle", max_blocks=1)
     x = np.random.default_rng(0).standard_normal((_unrolled_size(dtype),)).astype(dtype)
     (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.3)
+    for got, want in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
+        np.testing.assert_array_equal(got, want)
+    # a mask along axis 1: multiply_channel's channel steps across the packs
+    x = np.random.default_rng(1).standard_normal((2, 3, _unrolled_size(dtype) // 6 + 1)).astype(dtype)
+    (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.3, dims=1)
     for got, want in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
         np.testing.assert_array_equal(got, want)
 

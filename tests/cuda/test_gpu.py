@@ -68,6 +68,24 @@ def test_dropout_masks_bit_identical_on_gpu(cp, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_dropout_dims_bit_identical_on_gpu(cp, dtype):
+    """A mask along dims: y, the mask and dx bit for bit the generic path's (the products by
+    multiply_channel for the first two, by CuPy's broadcasting for the last)."""
+    for shape, dims in [((64, 32, 33), 1), ((8, 16, 9, 9), (1, 2)), ((8, 16, 9, 9), (0, 2))]:
+        rng = np.random.default_rng(len(shape))
+        x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+        with luxlib.backend("generic"):
+            (y_ref, m_ref, _), pb = luxlib.vjp(luxlib.dropout, np.random.default_rng(3), x, 0.3, True, dims=dims)
+            dx_ref = pb(dy)[1]
+        with trace() as record:
+            (y, m, _), pb = luxlib.vjp(luxlib.dropout, np.random.default_rng(3), cp.asarray(x), 0.3, True, dims=dims)
+        assert record == [("dropout", "gpu")]
+        for got, want in ((y, y_ref), (m, m_ref), (pb(cp.asarray(dy))[1], dx_ref)):
+            np.testing.assert_array_equal(cp.asnumpy(got), want, err_msg=f"{shape} {dims}")
+
+
+@pytest.mark.gpu
 def test_dropout_with_a_cupy_generator_on_gpu(cp):
     x = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
     rng = cp.random.default_rng(5)
