@@ -218,7 +218,7 @@ def _statistics(mod, tun, x, units, epsilon, running=None):
     mean, rstd = xp.empty((units.units,), xp.float64), xp.empty((units.units,), xp.float64)
     if fold:
         rm, rv = xp.ascontiguousarray(running[0]), xp.ascontiguousarray(running[1])
-        new = xp.empty(rm.shape, rm.dtype), xp.empty(rm.shape, rm.dtype)
+        new = xp.empty((units.units,), rm.dtype), xp.empty((units.units,), rm.dtype)  # a unit per channel
         launch(mod, finalize, (part, mean, rstd, rm, rv) + new)
         return mean, rstd, new
     var = xp.empty((units.units,), xp.float64)
