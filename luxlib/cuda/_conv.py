@@ -48,18 +48,25 @@ DW_TARGET_BLOCKS = 1024
 DW_MIN_SPLIT = 16 * BLOCK
 
 
+_DIV32 = np.dtype([("d", np.uint32), ("mul", np.uint32), ("shift", np.int32)])
+_GEOMETRY = "C D H W OD OH OW KD KH KW sd sh sw dd dh dw pd ph pw flip M".split()
+_DIVISORS = "divP divC divM divPlane divOW divOH divW divH divSD divSH divSW".split()
+#: ``lx_conv`` of conv.cu (the geometry and divisors of a layout) as a NumPy structured
+#: dtype: the kernels take it as one by-value argument
+CONV_ARGS = np.dtype([(f, np.int32) for f in _GEOMETRY] + [(f, _DIV32) for f in _DIVISORS], align=True)
+
+
 def _is_depthwise(x, cdims):
     return cdims.groups == x.shape[1] > 1
 
 
-class _Layout(namedtuple("_Layout", "n c g cg cog k p plane y_shape one_by_one per_sample workspace geometry "
-                                    "out_divisors in_divisors")):
+class _Layout(namedtuple("_Layout", "n c g cg cog k p plane y_shape one_by_one per_sample workspace args")):
     """The geometry of one convolution, from the shapes and options alone (cached:
     :func:`_layout`): ``Cg``/``Cog`` input/output channels of each of ``g`` groups, ``k``
     taps, ``p`` output positions, ``plane`` input positions; ``per_sample``: elements of the
     largest array a kernel indexes, per sample; ``workspace``: bytes of the im2col path's
-    workspace per sample (0 for depthwise, which needs none); the kernels' scalar arguments
-    (``LX_CONV_PARAMS`` as int32, the divisors of OW and OH, those of W, H and the strides)."""
+    workspace per sample (0 for depthwise, which needs none); ``args``: the kernels' ``lx_conv``
+    argument (a :data:`CONV_ARGS` scalar)."""
 
 
 @functools.lru_cache(maxsize=256)  # host time: ~8 us of Python a call
@@ -75,11 +82,15 @@ def _layout(cdims, n, itemsize, depthwise):
     one_by_one = k == 1 and all(s == 1 for s in cdims.stride) and all(lohi == (0, 0) for lohi in cdims.padding)
     lo = tuple(lo for lo, _ in cdims.padding)
     in3, out3, stride3 = _as_3d(x_shape[2:], 1), _as_3d(out, 1), _as_3d(cdims.stride, 1)
-    geometry = ((c,) + in3 + out3 + _as_3d(w_shape[2:], 1) + stride3 + _as_3d(cdims.dilation, 1) + _as_3d(lo, 0)
-                + (int(cdims.flipkernel),))
+    m = c_out // c if depthwise else 1
+    args = np.zeros((), CONV_ARGS)
+    for f, v in zip(_GEOMETRY, (c,) + in3 + out3 + _as_3d(w_shape[2:], 1) + stride3 + _as_3d(cdims.dilation, 1)
+                    + _as_3d(lo, 0) + (int(cdims.flipkernel), m)):
+        args[f] = v
+    for f, d in zip(_DIVISORS, (p, c, m, plane, out3[2], out3[1], in3[2], in3[1]) + stride3):
+        args[f] = divisor(d, 32)
     return _Layout(n, c, g, c // g, c_out // g, k, p, plane, (n, c_out) + out, one_by_one, per_sample, workspace,
-                   tuple(np.int32(v) for v in geometry), _divisors(out3[2], out3[1]),
-                   _divisors(in3[2], in3[1]) + _divisors(*stride3))
+                   args[()])
 
 
 def supports(act, weight, x, bias, cdims):
@@ -99,10 +110,6 @@ def _as_3d(v, fill):
     return (fill,) * (3 - len(v)) + tuple(v)
 
 
-def _divisors(*ds):
-    return sum((divisor(d, 32) for d in ds), ())
-
-
 class _Plan:
     """One call (im2col + gemm): its arrays, the :class:`_Layout` of its shapes (attributes
     of the plan too) and the batch tiling."""
@@ -113,7 +120,7 @@ class _Plan:
         self.x_shape, self.w_shape = x.shape, weight.shape
         lay = _layout(cdims, x.shape[0], x.dtype.itemsize, _is_depthwise(x, cdims))
         (self.n, self.c, self.g, self.cg, self.cog, self.k, self.p, self.plane, self.y_shape, self.one_by_one, _, _,
-         self.geometry, self.out_divisors, self.in_divisors) = lay
+         self.args) = lay
         self.w = self.xp.ascontiguousarray(weight).reshape(self.g, self.cog, self.cg * self.k)
         # at least one sample a tile; at most what the workspace budget and 32-bit indices allow
         tile = WORKSPACE_BYTES // lay.workspace if lay.workspace else self.n
@@ -125,7 +132,7 @@ class _Plan:
 
     def _launch(self, name, n_threads, args):
         self.mod.get_function(kernel_name(name, self.x.dtype))(
-            grid_1d(self.mod, n_threads), (BLOCK,), args + self.geometry
+            grid_1d(self.mod, n_threads), (BLOCK,), args + (self.args,)
         )
 
     def activate(self, epilogue_mod, act, bias, keep_z):
@@ -150,7 +157,7 @@ class _Plan:
         cols = self.xp.empty(shape, self.x.dtype)
         total = nb * self.c * self.p
         self._launch("im2col", total, (self.x[n0:n1], cols, np.int32(total), np.int32(row_stride),
-                                       np.int32(sample_stride)) + _divisors(self.p, self.c) + self.out_divisors)
+                                       np.int32(sample_stride)))
         return cols
 
     def conv(self):
@@ -181,8 +188,7 @@ class _Plan:
             # (nb, G, Cg K, P) = (nb, C, K, P)
             dcols = _per_group(self.blas, wt, dzt, xp.empty((nb, self.g, self.cg * self.k, self.p), dtype))
             total = nb * self.c * self.plane
-            self._launch("col2im", total, (dcols, dx[n0:n1], np.int32(total)) + _divisors(self.plane)
-                         + self.in_divisors)
+            self._launch("col2im", total, (dcols, dx[n0:n1], np.int32(total)))
         return dw.astype(dtype, copy=False).reshape(self.w_shape), dx.reshape(self.x_shape)
 
 
@@ -222,8 +228,7 @@ class _Depthwise(_Plan):
             total = (n1 - n0) * self.c * m * self.p
             self._launch("dw_conv_forward", total,
                          (self.x[n0:n1], self.w, b, zo[n0:n1], y[n0:n1], np.int32(total),
-                          np.int32(bias is not None), np.int32(keep_z), np.int32(act.id), act_param(act, dtype))
-                         + _divisors(self.p, m, self.c) + self.out_divisors)
+                          np.int32(bias is not None), np.int32(keep_z), np.int32(act.id), act_param(act, dtype)))
         return y, z
 
     def backward(self, dz):
@@ -238,15 +243,13 @@ class _Depthwise(_Plan):
         for i, (n0, n1) in enumerate(tiles):
             nb = n1 - n0
             total = nb * self.c * self.plane
-            self._launch("dw_conv_dx", total, (dz[n0:n1], self.w, dx[n0:n1], np.int32(total), np.int32(m))
-                         + _divisors(self.plane, self.c) + self.in_divisors)
+            self._launch("dw_conv_dx", total, (dz[n0:n1], self.w, dx[n0:n1], np.int32(total)))
             length = nb * self.p
             chunk = -(-length // splits)
             self.mod.get_function(kernel_name("dw_conv_dw_partial", dtype))(
                 grid_1d(self.mod, units * splits, block=1), (BLOCK,),
                 (dz[n0:n1], self.x[n0:n1], partial[i * splits:(i + 1) * splits], np.int32(length), np.int32(chunk),
-                 np.int32(splits), np.int32(units * splits), np.int32(m)) + _divisors(self.p) + self.out_divisors
-                + self.geometry,
+                 np.int32(splits), np.int32(units * splits), self.args),
             )
         dw = xp.empty(self.w_shape, dtype)
         self.mod.get_function(kernel_name("dw_conv_dw_finalize", dtype))(

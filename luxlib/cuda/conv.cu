@@ -19,16 +19,26 @@
 #define LX_GRID_STRIDE32(i, n) \
     for (lx_u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < (lx_u32)(n); i += gridDim.x * blockDim.x)
 
-// the geometry, as scalar kernel arguments
-#define LX_CONV_PARAMS                                                                  \
-    int C, int D, int H, int W, int OD, int OH, int OW, int KD, int KH, int KW, int sd, \
-        int sh, int sw, int dd, int dh, int dw, int pd, int ph, int pw, int flip
-// divisors of an output position p = (od OH + oh) OW + ow
-#define LX_OUT_DIVISORS LX_DIVISOR_PARAMS(divOW), LX_DIVISOR_PARAMS(divOH)
-// divisors of an input position i = (id H + ih) W + iw and of the strides
-#define LX_IN_DIVISORS                                                                     \
-    LX_DIVISOR_PARAMS(divW), LX_DIVISOR_PARAMS(divH), LX_DIVISOR_PARAMS(divSD), LX_DIVISOR_PARAMS(divSH), \
-        LX_DIVISOR_PARAMS(divSW)
+// a 32-bit divisor's parameters (lx_divisor<lx_u32>: d, mul, shift), as a struct member
+struct lx_div32_args {
+    lx_u32 d, mul;
+    int shift;
+};
+// One convolution's geometry and the divisors its kernels split indices by, passed as one
+// by-value argument (built once per layout by _conv._layout): CuPy's host time per launch
+// grows by ~0.25 us with each argument, and im2col took 35 scalars. M: output channels per
+// input channel (depthwise; 1 otherwise). Divisors: of P = OD OH OW, C, M, the input plane
+// D H W, the output position (OW, OH), the input position (W, H) and the strides.
+struct lx_conv {
+    int C, D, H, W, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, flip, M;
+    lx_div32_args divP, divC, divM, divPlane, divOW, divOH, divW, divH, divSD, divSH, divSW;
+};
+// the geometry as the kernels' locals (each kernel reads some of them)
+#define LX_CONV_GEOMETRY(g)                                                                                     \
+    [[maybe_unused]] const int C = g.C, D = g.D, H = g.H, W = g.W, OD = g.OD, OH = g.OH, OW = g.OW, KD = g.KD, \
+                               KH = g.KH, KW = g.KW, sd = g.sd, sh = g.sh, sw = g.sw, dd = g.dd, dh = g.dh,     \
+                               dw = g.dw, pd = g.pd, ph = g.ph, pw = g.pw, flip = g.flip, M = g.M
+#define LX_DIV32(g, name) lx_div32(g.name.d, g.name.mul, g.name.shift)
 
 typedef lx_divisor<lx_u32> lx_div32;
 
@@ -86,10 +96,10 @@ __device__ __forceinline__ void lx_readers(int id, int ih, int iw, const lx_div3
    and consecutive threads write consecutive p of each row (coalesced). */
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, int total, int row_stride, int sample_stride,
-                       LX_DIVISOR_PARAMS(divP), LX_DIVISOR_PARAMS(divC), LX_OUT_DIVISORS, LX_CONV_PARAMS)
+                       const lx_conv g)
 {
-    const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dC = LX_DIVISOR(lx_u32, divC), dOW = LX_DIVISOR(lx_u32, divOW),
-                   dOH = LX_DIVISOR(lx_u32, divOH);
+    LX_CONV_GEOMETRY(g);
+    const lx_div32 dP = LX_DIV32(g, divP), dC = LX_DIV32(g, divC), dOW = LX_DIV32(g, divOW), dOH = LX_DIV32(g, divOH);
     const int K = KD * KH * KW;
     LX_GRID_STRIDE32(e, total) {  // e = (n C + c) P + p
         const lx_u32 nc = dP.div(e), n = dC.div(nc);
@@ -118,12 +128,12 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, int total,
    dcols (n, C, K, P): a gather, one thread per input element (total = n C D H W), in a
    fixed order, summed in the compute type and rounded once (deterministic, no atomics) */
 template <typename T>
-__global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int total, LX_DIVISOR_PARAMS(divPlane),
-                       LX_IN_DIVISORS, LX_CONV_PARAMS)
+__global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int total, const lx_conv g)
 {
     typedef typename lx_acc<T>::type A;
-    const lx_div32 dPlane = LX_DIVISOR(lx_u32, divPlane), dW = LX_DIVISOR(lx_u32, divW), dH = LX_DIVISOR(lx_u32, divH),
-                   sD = LX_DIVISOR(lx_u32, divSD), sH = LX_DIVISOR(lx_u32, divSH), sW = LX_DIVISOR(lx_u32, divSW);
+    LX_CONV_GEOMETRY(g);
+    const lx_div32 dPlane = LX_DIV32(g, divPlane), dW = LX_DIV32(g, divW), dH = LX_DIV32(g, divH),
+                   sD = LX_DIV32(g, divSD), sH = LX_DIV32(g, divSH), sW = LX_DIV32(g, divSW);
     const int K = KD * KH * KW, P = OD * OH * OW;
     LX_GRID_STRIDE32(e, total) {
         const lx_u32 nc = dPlane.div(e);  // n * C + c
@@ -147,12 +157,12 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
 template <typename T>
 __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                                 T* __restrict__ z, T* __restrict__ y, int total, int has_bias, int write_z, int act,
-                                typename lx_acc<T>::type ap, LX_DIVISOR_PARAMS(divP), LX_DIVISOR_PARAMS(divM),
-                                LX_DIVISOR_PARAMS(divC), LX_OUT_DIVISORS, LX_CONV_PARAMS)
+                                typename lx_acc<T>::type ap, const lx_conv g)
 {
     typedef typename lx_acc<T>::type A;
-    const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dM = LX_DIVISOR(lx_u32, divM), dC = LX_DIVISOR(lx_u32, divC),
-                   dOW = LX_DIVISOR(lx_u32, divOW), dOH = LX_DIVISOR(lx_u32, divOH);
+    LX_CONV_GEOMETRY(g);
+    const lx_div32 dP = LX_DIV32(g, divP), dM = LX_DIV32(g, divM), dC = LX_DIV32(g, divC), dOW = LX_DIV32(g, divOW),
+                   dOH = LX_DIV32(g, divOH);
     const int K = KD * KH * KW;
     LX_GRID_STRIDE32(e, total) {  // e = ((n C + c) M + m) P + p
         const lx_u32 ncm = dP.div(e), nc = dM.div(ncm);
@@ -184,13 +194,13 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
 /* dx[n, c, i] = sum over m and the (tap, p) that read input i of dz[n, c M + m, p] w[c M + m,
    tap]: a gather, one thread per input element (total = n C D H W) */
 template <typename T>
-__global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T* __restrict__ dx, int total, int M,
-                           LX_DIVISOR_PARAMS(divPlane), LX_DIVISOR_PARAMS(divC), LX_IN_DIVISORS, LX_CONV_PARAMS)
+__global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T* __restrict__ dx, int total,
+                           const lx_conv g)
 {
     typedef typename lx_acc<T>::type A;
-    const lx_div32 dPlane = LX_DIVISOR(lx_u32, divPlane), dC = LX_DIVISOR(lx_u32, divC), dW = LX_DIVISOR(lx_u32, divW),
-                   dH = LX_DIVISOR(lx_u32, divH), sD = LX_DIVISOR(lx_u32, divSD), sH = LX_DIVISOR(lx_u32, divSH),
-                   sW = LX_DIVISOR(lx_u32, divSW);
+    LX_CONV_GEOMETRY(g);
+    const lx_div32 dPlane = LX_DIV32(g, divPlane), dC = LX_DIV32(g, divC), dW = LX_DIV32(g, divW),
+                   dH = LX_DIV32(g, divH), sD = LX_DIV32(g, divSD), sH = LX_DIV32(g, divSH), sW = LX_DIV32(g, divSW);
     const int K = KD * KH * KW, P = OD * OH * OW;
     LX_GRID_STRIDE32(e, total) {
         const lx_u32 nc = dPlane.div(e);  // n * C + c
@@ -216,11 +226,12 @@ __global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T*
 template <typename T>
 __global__ void dw_conv_dw_partial(const T* __restrict__ dz, const T* __restrict__ x,
                                    typename lx_acc<T>::type* __restrict__ partial, int length, int chunk, int splits,
-                                   int units, int M, LX_DIVISOR_PARAMS(divP), LX_OUT_DIVISORS, LX_CONV_PARAMS)
+                                   int units, const lx_conv g)
 {
     typedef typename lx_acc<T>::type A;
     __shared__ A scratch[LX_WARP];
-    const lx_div32 dP = LX_DIVISOR(lx_u32, divP), dOW = LX_DIVISOR(lx_u32, divOW), dOH = LX_DIVISOR(lx_u32, divOH);
+    LX_CONV_GEOMETRY(g);
+    const lx_div32 dP = LX_DIV32(g, divP), dOW = LX_DIV32(g, divOW), dOH = LX_DIV32(g, divOH);
     const int K = KD * KH * KW, CO = C * M, plane = D * H * W, P = (int)dP.d;
     for (int u = blockIdx.x; u < units; u += gridDim.x) {  // block-uniform: the barriers below are safe
         const int s = u % splits, ot = u / splits, o = ot / K, tap = ot % K, c = o / M;  // once per unit

@@ -243,7 +243,10 @@ inline void run_block(bool shuffle, std::mt19937& gen)
 
 // ---- kernel signatures and launches -------------------------------------------
 
-template <typename X> struct code { static std::string s() { return "?"; } };
+// a struct passed by value (a kernel's parameter block): "s" and its size in bytes
+template <typename X> struct code {
+    static std::string s() { return std::is_class<X>::value ? "s" + std::to_string(sizeof(X)) : "?"; }
+};
 template <> struct code<float> { static std::string s() { return "f4"; } };
 template <> struct code<double> { static std::string s() { return "f8"; } };
 template <> struct code<__half> { static std::string s() { return "f2"; } };

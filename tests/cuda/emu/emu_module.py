@@ -145,6 +145,13 @@ class EmuFunction:
                 holder = ctypes.c_void_p(ptr if isinstance(ptr, int) else ctypes.addressof(ptr))
                 keep.append(holder)
                 slots[i] = ctypes.addressof(holder)
+            elif want.startswith("s"):  # a struct by value: a NumPy structured scalar of its size
+                if not isinstance(a, np.void) or a.dtype.names is None or a.dtype.itemsize != int(want[1:]):
+                    raise TypeError(f"{self.name}: argument {i} must be a structured scalar of {want[1:]} bytes, "
+                                    f"got {type(a).__name__} {getattr(a, 'dtype', '')}")
+                arr = np.array(a)
+                keep.append(arr)
+                slots[i] = arr.ctypes.data
             else:
                 if not isinstance(a, np.generic):
                     raise TypeError(f"{self.name}: argument {i} must be a NumPy scalar ({want}), got {type(a).__name__}")
