@@ -33,7 +33,7 @@ import numpy as np
 from .._validation import array_namespace
 from . import _bias_activation
 from ._blas import matmul
-from ._modules import BLOCK, act_param, divisor, grid_1d, kernel_name
+from ._modules import BLOCK, DIVISOR, act_param, divisor, grid_1d, kernel_name, struct_arg
 
 #: bytes of the per-tile workspace: the columns, their gradient and the transposed output
 #: gradient of one tile of the batch (a tile has at least one sample, so a single huge
@@ -48,12 +48,11 @@ DW_TARGET_BLOCKS = 1024
 DW_MIN_SPLIT = 16 * BLOCK
 
 
-_DIV32 = np.dtype([("d", np.uint32), ("mul", np.uint32), ("shift", np.int32)])
 _GEOMETRY = "C D H W OD OH OW KD KH KW sd sh sw dd dh dw pd ph pw flip M".split()
 _DIVISORS = "divP divC divM divPlane divOW divOH divW divH divSD divSH divSW".split()
 #: ``lx_conv`` of conv.cu (the geometry and divisors of a layout) as a NumPy structured
 #: dtype: the kernels take it as one by-value argument
-CONV_ARGS = np.dtype([(f, np.int32) for f in _GEOMETRY] + [(f, _DIV32) for f in _DIVISORS], align=True)
+CONV_ARGS = np.dtype([(f, np.int32) for f in _GEOMETRY] + [(f, DIVISOR) for f in _DIVISORS], align=True)
 
 
 def _is_depthwise(x, cdims):
@@ -83,14 +82,13 @@ def _layout(cdims, n, itemsize, depthwise):
     lo = tuple(lo for lo, _ in cdims.padding)
     in3, out3, stride3 = _as_3d(x_shape[2:], 1), _as_3d(out, 1), _as_3d(cdims.stride, 1)
     m = c_out // c if depthwise else 1
-    args = np.zeros((), CONV_ARGS)
-    for f, v in zip(_GEOMETRY, (c,) + in3 + out3 + _as_3d(w_shape[2:], 1) + stride3 + _as_3d(cdims.dilation, 1)
-                    + _as_3d(lo, 0) + (int(cdims.flipkernel), m)):
-        args[f] = v
-    for f, d in zip(_DIVISORS, (p, c, m, plane, out3[2], out3[1], in3[2], in3[1]) + stride3):
-        args[f] = divisor(d, 32)
+    geometry = ((c,) + in3 + out3 + _as_3d(w_shape[2:], 1) + stride3 + _as_3d(cdims.dilation, 1) + _as_3d(lo, 0)
+                + (int(cdims.flipkernel), m))
+    divisors = (p, c, m, plane, out3[2], out3[1], in3[2], in3[1]) + stride3
+    args = struct_arg(CONV_ARGS, **dict(zip(_GEOMETRY, geometry)),
+                      **{f: divisor(d, 32) for f, d in zip(_DIVISORS, divisors)})
     return _Layout(n, c, g, c // g, c_out // g, k, p, plane, (n, c_out) + out, one_by_one, per_sample, workspace,
-                   args[()])
+                   args)
 
 
 def supports(act, weight, x, bias, cdims):

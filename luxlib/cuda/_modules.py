@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "COMPILE_OPTIONS",
+    "DIVISOR",
     "DTYPES",
     "FAMILIES",
     "GPU_TUNING",
@@ -35,6 +36,7 @@ __all__ = [
     "name_expressions",
     "read_source",
     "source_dir",
+    "struct_arg",
     "tuning",
 ]
 
@@ -235,6 +237,20 @@ def divisor(d, bits=64):
     shift = (d - 1).bit_length()
     mul = -(-(1 << (bits - 1 + shift)) // d)
     return np.int64(d), np.uint64(mul), np.int32(shift)
+
+
+#: ``lx_div_args`` of common.cuh (a :func:`divisor` as a member of a struct argument)
+DIVISOR = np.dtype([("d", np.int64), ("mul", np.uint64), ("shift", np.int32)], align=True)
+
+
+def struct_arg(dtype, **fields):
+    """A by-value struct kernel argument: a NumPy scalar of the structured ``dtype`` (laid out
+    as the kernel's C struct: ``align=True``) with the given field values. Plans build these
+    once; CuPy passes one argument for all the fields."""
+    a = np.zeros((), dtype)
+    for name, value in fields.items():
+        a[name] = value
+    return a[()]
 
 
 def launch(mod, plan, arrays):

@@ -25,6 +25,7 @@ from .. import _normalization_glue as glue
 from .._validation import array_namespace
 from ._modules import (
     BLOCK,
+    DIVISOR,
     DTYPES,
     UNROLL,
     acc_scalar,
@@ -33,6 +34,7 @@ from ._modules import (
     grid_1d,
     kernel_name,
     launch,
+    struct_arg,
     tuning,
 )
 
@@ -66,6 +68,13 @@ NARROW_LIMIT = 2**31
 # Reduction units of x: `units` units of `length` elements in runs of `runlen` contiguous
 # elements, run r of unit u at u * gstride + r * rstride (normalization.cu).
 Units = namedtuple("Units", "units length gstride runlen rstride")
+
+#: ``lx_units`` and ``lx_norm_index`` of normalization.cu: the partial kernels' units and
+#: the elementwise kernels' index parameters, each passed as one struct argument
+UNITS_ARGS = np.dtype([(f, np.int64) for f in ("units", "len", "chunk", "gstride", "rstride")]
+                      + [(f, DIVISOR) for f in ("runlen", "sdiv", "amod")], align=True)
+INDEX_ARGS = np.dtype([("n", np.int64), ("wide", np.int32)] + [(f, DIVISOR) for f in ("qdiv", "ngroups", "adiv", "amod")],
+                      align=True)
 
 # The launch code below runs on every call, and its host time is most of what a small
 # normalization costs on a GPU; so each op's launches (grids and scalar arguments) are
@@ -117,13 +126,13 @@ def _i64(*values):
 
 
 def _index_args(tun, n, grid, geom):
-    """The index arguments of the elementwise kernels (``LX_NORM_INDEX_PARAMS``) for ``n``
+    """The index argument of the elementwise kernels (an :data:`INDEX_ARGS` scalar) for ``n``
     elements on a 1-D ``grid`` of BLOCK-thread blocks."""
     wide = n + UNROLL * grid[0] * BLOCK > NARROW_LIMIT or tun.norm_wide_index
     bits = 64 if wide else 32
     qdiv, adiv = geom.elem
-    return ((np.int64(n), np.int32(wide)) + divisor(qdiv, bits) + divisor(geom.groups, bits)
-            + divisor(adiv, bits) + divisor(geom.amod, bits))
+    return struct_arg(INDEX_ARGS, n=n, wide=wide, qdiv=divisor(qdiv, bits), ngroups=divisor(geom.groups, bits),
+                      adiv=divisor(adiv, bits), amod=divisor(geom.amod, bits))
 
 
 def _chunks(tun, units, length, width=1):
@@ -168,18 +177,19 @@ def _finalize_grid(tun, n):
     return (max(1, min(-(-n // COLS_BLOCK[0]), tun.max_blocks)),)
 
 
-def _partial_sums(tun, kernel, dtype, units, columns, extra=()):
+def _partial_sums(tun, kernel, dtype, units, columns, sdiv=1, amod=1, extra=()):
     """``(launch, nchunks, chunk)`` of a chunked reduction over ``units``: the column kernel
-    ``kernel + "_cols_partial"`` when ``columns``, else ``kernel + "_partial"``, whose scalar
-    arguments end with ``extra``."""
+    ``kernel + "_cols_partial"`` when ``columns``, else ``kernel + "_partial"``, which takes
+    the units (with ``sdiv``, ``amod``: :data:`UNITS_ARGS`) and then ``extra``."""
     if columns:
         grid, nchunks, chunk = _column_chunks(tun, units.units, units.length)
         return (kernel_name(kernel + "_cols_partial", dtype), grid, COLS_BLOCK,
                 _i64(units.length, units.units, chunk)), nchunks, chunk
     nchunks, chunk = _chunks(tun, units.units, units.length)
+    args = struct_arg(UNITS_ARGS, units=units.units, len=units.length, chunk=chunk, gstride=units.gstride,
+                      rstride=units.rstride, runlen=divisor(units.runlen), sdiv=divisor(sdiv), amod=divisor(amod))
     return (kernel_name(kernel + "_partial", dtype), _unit_grid(tun, units.units, nchunks), _block(chunk),
-            _i64(units.units, units.length, chunk, units.gstride) + divisor(units.runlen) + _i64(units.rstride)
-            + extra), nchunks, chunk
+            (args,) + extra), nchunks, chunk
 
 
 @lru_cache(maxsize=512)
@@ -280,7 +290,7 @@ def _row_launch(tun, rows, length):
 
 @lru_cache(maxsize=512)
 def _elementwise_plan(tun, kernel, dtype, n, geom):
-    """``(kernel, grid, block, index arguments)`` of an elementwise kernel over ``n`` elements."""
+    """``(kernel, grid, block, index argument)`` of an elementwise kernel over ``n`` elements."""
     grid = grid_1d(tun, n, per_thread=UNROLL)
     return kernel_name(kernel, dtype), grid, (BLOCK,), _index_args(tun, n, grid, geom)
 
@@ -317,7 +327,7 @@ def _normalize(mod, tun, act, x, scale, bias, geom, epsilon, stats=None, running
     else:
         (mean, rstd), new = stats, None
     name, grid, block, index = _elementwise_plan(tun, "norm_forward", x.dtype, x.size, geom)
-    mod.get_function(name)(grid, block, (x, scale, bias, mean, rstd, y) + index + _act_args(act, x.dtype))
+    mod.get_function(name)(grid, block, (x, scale, bias, mean, rstd, y, index) + _act_args(act, x.dtype))
     return y, mean, rstd, new
 
 
@@ -340,7 +350,7 @@ def _pass1_plan(tun, dtype, geom):
     nsum = 2 if geom.vec else 4
     # columns: batchnorm of (N, C), unit = group = channel
     partial_sums, nchunks, _ = _partial_sums(tun, "norm_backward", dtype, u, not geom.vec and _are_columns(u),
-                                             divisor(geom.sdiv) + divisor(geom.amod) + (np.int32(geom.vec),))
+                                             geom.sdiv, geom.amod, (np.int32(geom.vec),))
     finalize = (kernel_name("norm_backward_finalize", dtype), _finalize_grid(tun, max(geom.groups, geom.amod)),
                 COLS_BLOCK, _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),) + _i64(geom.amod, u.units)
                 + (np.float64(geom.count),))
@@ -396,8 +406,8 @@ def _backward(mod, tun, act, x, scale, bias, mean, rstd, geom, batch, affine_sum
             mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, mh, mhx, dx, part) + scalars + act_args)
             return (dx,) + _column_sums(mod, part, nchunks, length, dtype)
         name, grid, block, index = _elementwise_plan(tun, "norm_backward_dx", dtype, x.size, geom)
-        mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, mh, mhx, dx) + index
-                               + (np.int32(batch),) + act_args)
+        mod.get_function(name)(grid, block, (x, dy, scale, bias, mean, rstd, mh, mhx, dx, index, np.int32(batch))
+                               + act_args)
         return (dx, sg, sgx) if affine_sums else (dx, None, None)
 
     return rows_pullback if _rows_path(tun, geom) else pullback

@@ -25,6 +25,25 @@
 #include "common.cuh"
 #include "activation.cuh"
 
+/* The reduction units of the per-unit partial kernels, one struct argument
+   (_normalization.UNITS_ARGS): `units` units of `len` elements cut into chunks of `chunk`,
+   runs of `runlen`, run r of unit u at u * gstride + r * rstride; backward pass 1 takes the
+   statistics of group u / sdiv and the affine index u % amod (the statistics: 1, 1). */
+struct lx_units {
+    lx_i64 units, len, chunk, gstride, rstride;
+    lx_div_args runlen, sdiv, amod;
+};
+
+/* The index parameters of the elementwise kernels, one struct argument
+   (_normalization.INDEX_ARGS): n elements; the divisors of the group (i / qdiv) % ngroups
+   and the affine index (i / adiv) % amod, for indices of 32 bits (every index and
+   i + gridDim.x * blockDim.x below 2^31) or, with `wide`, 64 bits. */
+struct lx_norm_index {
+    lx_i64 n;
+    int wide;
+    lx_div_args qdiv, ngroups, adiv, amod;
+};
+
 template <typename T> struct lx_norm_ops {
     typedef typename lx_acc<T>::type A;
 
@@ -102,16 +121,15 @@ __device__ __forceinline__ void lx_block_sums(const double (&v)[N], double (*scr
    CPU kernels: the cancellation in sum(d^2) - sum(d)^2 / n costs a relative
    (1 + (mean - K)^2 / var) * 2^-53 of the result, K being one of the values). */
 template <typename T>
-__global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, lx_i64 units, lx_i64 len,
-                                   lx_i64 chunk, lx_i64 gstride, LX_DIVISOR_PARAMS(runlen), lx_i64 rstride)
+__global__ void norm_stats_partial(const T* __restrict__ x, double* __restrict__ part, const lx_units s)
 {
     __shared__ double scratch[2][LX_WARP];
     __shared__ double sums[2];
-    const lx_i64 c = blockIdx.y, k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
-    const lx_divisor<lx_u64> rl = LX_DIVISOR(lx_u64, runlen);
+    const lx_i64 c = blockIdx.y, k0 = c * s.chunk, k1 = lx_chunk_end(k0, s.chunk, s.len), rstride = s.rstride;
+    const lx_divisor<lx_u64> rl = LX_DIV_OF(lx_u64, s.runlen);
     const lx_i64 r0 = (lx_i64)rl.div((lx_u64)k0), first = r0 * rstride + (k0 - r0 * (lx_i64)rl.d);
-    for (lx_i64 u = blockIdx.x; u < units; u += gridDim.x) {
-        const lx_i64 base = u * gstride;
+    for (lx_i64 u = blockIdx.x; u < s.units; u += gridDim.x) {
+        const lx_i64 base = u * s.gstride;
         const double shift = (double)lx_load(x + base + first);
         double v[2] = {0, 0};  /* sum(d), sum(d^2) */
         lx_for_chunk(
@@ -254,16 +272,6 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
     }
 }
 
-/* The index parameters of the elementwise kernels: n elements; the divisors of the group
-   (i / qdiv) % ngroups and the affine index (i / adiv) % amod, for indices of 32 bits
-   (every index and i + gridDim.x * blockDim.x below 2^31) or, with `wide`, 64 bits. */
-#define LX_NORM_INDEX_PARAMS                                                                           \
-    lx_i64 n, int wide, LX_DIVISOR_PARAMS(qdiv), LX_DIVISOR_PARAMS(ngroups), LX_DIVISOR_PARAMS(adiv), \
-        LX_DIVISOR_PARAMS(amod)
-#define LX_NORM_INDEX_ARGS                                                                              \
-    n, wide, qdiv, qdiv_mul, qdiv_shift, ngroups, ngroups_mul, ngroups_shift, adiv, adiv_mul, adiv_shift, \
-        amod, amod_mul, amod_shift
-
 /* For every element i of [0, n): in = load(i) reads its inputs, store(i, q, a, in) computes
    and writes its outputs (q its group, a its affine index; all of the index type: lx_u32, or
    lx_u64 with `wide`). LX_UNROLL elements per thread and step, LX_UNROLL grid strides apart,
@@ -272,13 +280,14 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
    again and stores nothing. Indices stay below n + LX_UNROLL * the grid's threads, which the
    host keeps within the index type (_normalization._index_args). */
 template <typename Load, typename Store>
-__device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, int act, Load load, Store store)
+__device__ __forceinline__ void lx_norm_elements(const lx_norm_index ix, int act, Load load, Store store)
 {
+    const lx_i64 n = ix.n;
     auto run = [&](auto zero) {
         typedef decltype(zero) I;
         typedef decltype(load(zero)) In;
-        const lx_divisor<I> qd = LX_DIVISOR(I, qdiv), ng = LX_DIVISOR(I, ngroups), ad = LX_DIVISOR(I, adiv),
-                            am = LX_DIVISOR(I, amod);
+        const lx_divisor<I> qd = LX_DIV_OF(I, ix.qdiv), ng = LX_DIV_OF(I, ix.ngroups), ad = LX_DIV_OF(I, ix.adiv),
+                            am = LX_DIV_OF(I, ix.amod);
         const I stride = (I)gridDim.x * blockDim.x;
         for (I i0 = (I)blockIdx.x * blockDim.x + threadIdx.x; i0 < (I)n; i0 += LX_UNROLL * stride) {
             In in[LX_UNROLL];
@@ -296,7 +305,7 @@ __device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, int act, 
             });
         }
     };
-    if (wide) run((lx_u64)0);
+    if (ix.wide) run((lx_u64)0);
     else run((lx_u32)0);
 }
 
@@ -304,12 +313,12 @@ __device__ __forceinline__ void lx_norm_elements(LX_NORM_INDEX_PARAMS, int act, 
 template <typename T>
 __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,
                              const double* __restrict__ mean, const double* __restrict__ rstd, T* __restrict__ y,
-                             LX_NORM_INDEX_PARAMS, int act, typename lx_acc<T>::type p)
+                             const lx_norm_index ix, int act, typename lx_acc<T>::type p)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
     lx_norm_elements(
-        LX_NORM_INDEX_ARGS, act, [&](auto i) { return x[i]; },
+        ix, act, [&](auto i) { return x[i]; },
         [&](auto i, auto q, auto a, T xv, auto id) {
             const A xh = O::xhat(lx_load(&xv), (A)mean[q], (A)rstd[q]);
             lx_store(y + i, lx_act(decltype(id)::value, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
@@ -325,24 +334,22 @@ template <typename T>
 __global__ void norm_backward_partial(const T* __restrict__ x, const T* __restrict__ dy,
                                       const T* __restrict__ scale, const T* __restrict__ bias,
                                       const double* __restrict__ mean, const double* __restrict__ rstd,
-                                      double* __restrict__ part, lx_i64 units, lx_i64 len, lx_i64 chunk,
-                                      lx_i64 gstride,
-                                      LX_DIVISOR_PARAMS(runlen), lx_i64 rstride, LX_DIVISOR_PARAMS(sdiv),
-                                      LX_DIVISOR_PARAMS(amod), int vec, int act, typename lx_acc<T>::type p)
+                                      double* __restrict__ part, const lx_units s, int vec, int act,
+                                      typename lx_acc<T>::type p)
 {
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
     __shared__ double scratch[4][LX_WARP];
     __shared__ double sums[4];
-    const lx_i64 c = blockIdx.y, k0 = c * chunk, k1 = lx_chunk_end(k0, chunk, len);
+    const lx_i64 c = blockIdx.y, k0 = c * s.chunk, k1 = lx_chunk_end(k0, s.chunk, s.len);
     const int nsum = vec ? 2 : 4;
-    for (lx_i64 u = blockIdx.x; u < units; u += gridDim.x) {
-        const lx_u64 su = LX_DIVISOR(lx_u64, sdiv).div(u);
+    for (lx_i64 u = blockIdx.x; u < s.units; u += gridDim.x) {
+        const lx_u64 su = LX_DIV_OF(lx_u64, s.sdiv).div(u);
         const A m = (A)mean[su], r = (A)rstd[su];
-        const lx_i64 au = (lx_i64)LX_DIVISOR(lx_u64, amod).mod(u);
+        const lx_i64 au = (lx_i64)LX_DIV_OF(lx_u64, s.amod).mod(u);
         double v[4] = {0, 0, 0, 0};  /* sum(h), sum(h * xhat), sum(g), sum(g * xhat) */
         lx_for_chunk(
-            u * gstride, k0, k1, LX_DIVISOR(lx_u64, runlen), rstride,
+            u * s.gstride, k0, k1, LX_DIV_OF(lx_u64, s.runlen), s.rstride,
             [&](lx_i64 i) { return lx_two<T>{x[i], dy[i]}; },
             [&](lx_i64 k, const lx_two<T>& in) {
                 const lx_i64 a = vec ? k : au;
@@ -434,12 +441,12 @@ template <typename T>
 __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ scale,
                                  const T* __restrict__ bias, const double* __restrict__ mean,
                                  const double* __restrict__ rstd, const double* __restrict__ mh,
-                                 const double* __restrict__ mhx, T* __restrict__ dx, LX_NORM_INDEX_PARAMS,
+                                 const double* __restrict__ mhx, T* __restrict__ dx, const lx_norm_index ix,
                                  int batch, int act, typename lx_acc<T>::type p)
 {
     typedef typename lx_acc<T>::type A;
     lx_norm_elements(
-        LX_NORM_INDEX_ARGS, act, [&](auto i) { return lx_two<T>{x[i], dy[i]}; },
+        ix, act, [&](auto i) { return lx_two<T>{x[i], dy[i]}; },
         [&](auto i, auto q, auto a, const lx_two<T>& in, auto id) {
             A g, xh;
             lx_store(dx + i, lx_norm_dx<T>(in.a, in.b, lx_load(scale + a), lx_load(bias + a), (A)mean[q],

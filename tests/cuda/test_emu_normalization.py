@@ -508,9 +508,9 @@ def test_index_width_choice():
 
     def width(n, grid, wide=False):
         args = _normalization._index_args(tuning(emu(wide=wide)), n, grid, geom)
-        assert args[0] == n and len(args) == 14
-        assert args[3] == _normalization.divisor(geom.elem[0], 64 if args[1] else 32)[1]
-        return int(args[1])
+        assert args["n"] == n
+        assert args["qdiv"]["mul"] == _normalization.divisor(geom.elem[0], 64 if args["wide"] else 32)[1]
+        return int(args["wide"])
 
     u = _normalization.UNROLL
     assert width(2**31 - u * 256, (1,)) == 0
