@@ -73,6 +73,11 @@ Units = namedtuple("Units", "units length gstride runlen rstride")
 #: the elementwise kernels' index parameters, each passed as one struct argument
 UNITS_ARGS = np.dtype([(f, np.int64) for f in ("units", "len", "chunk", "gstride", "rstride")]
                       + [(f, DIVISOR) for f in ("runlen", "sdiv", "amod")], align=True)
+#: ``lx_finalize`` and ``lx_bwd_finalize``: the finalize kernels' scalars, one struct argument
+FINALIZE_ARGS = np.dtype([(f, np.int64) for f in ("units", "nchunks", "len", "chunk")]
+                         + [(f, np.float64) for f in ("eps", "keep", "momentum", "unbiased")], align=True)
+BWD_FINALIZE_ARGS = np.dtype([(f, np.int64) for f in ("groups", "sdiv", "nchunks", "amod", "units")]
+                             + [("nsum", np.int32), ("count", np.float64)], align=True)
 INDEX_ARGS = np.dtype([("n", np.int64), ("wide", np.int32)] + [(f, DIVISOR) for f in ("qdiv", "ngroups", "adiv", "amod")],
                       align=True)
 
@@ -198,13 +203,13 @@ def _stats_plan(tun, units, dtype, epsilon, momentum=None):
     partials, finalize)``; with a ``momentum``, the finalize updates running statistics of
     one channel per unit too."""
     partial_sums, nchunks, chunk = _partial_sums(tun, "norm_stats", dtype, units, _are_columns(units))
-    scalars = _i64(units.units, nchunks, units.length, chunk) + (np.float64(epsilon),)
-    if momentum is None:
-        kernel = "norm_stats_finalize"
-    else:
-        kernel, scalars = "norm_stats_finalize_running", scalars + _running_args(dtype, momentum, units.length)
+    running = {} if momentum is None else dict(zip(("keep", "momentum", "unbiased"),
+                                                   _running_args(dtype, momentum, units.length)))
+    args = struct_arg(FINALIZE_ARGS, units=units.units, nchunks=nchunks, len=units.length, chunk=chunk, eps=epsilon,
+                      **running)  # keep: rounded to the compute type, exact in the double field
+    kernel = "norm_stats_finalize" if momentum is None else "norm_stats_finalize_running"
     return partial_sums, units.units * nchunks * 2, (kernel_name(kernel, dtype), _finalize_grid(tun, units.units),
-                                                     COLS_BLOCK, scalars)
+                                                     COLS_BLOCK, (args,))
 
 
 def _running_args(dtype, momentum, count):
@@ -352,8 +357,8 @@ def _pass1_plan(tun, dtype, geom):
     partial_sums, nchunks, _ = _partial_sums(tun, "norm_backward", dtype, u, not geom.vec and _are_columns(u),
                                              geom.sdiv, geom.amod, (np.int32(geom.vec),))
     finalize = (kernel_name("norm_backward_finalize", dtype), _finalize_grid(tun, max(geom.groups, geom.amod)),
-                COLS_BLOCK, _i64(geom.groups, geom.sdiv, nchunks) + (np.int32(nsum),) + _i64(geom.amod, u.units)
-                + (np.float64(geom.count),))
+                COLS_BLOCK, (struct_arg(BWD_FINALIZE_ARGS, groups=geom.groups, sdiv=geom.sdiv, nchunks=nchunks,
+                                        amod=geom.amod, units=u.units, nsum=nsum, count=geom.count),))
     return partial_sums, u.units * nchunks * nsum, finalize
 
 

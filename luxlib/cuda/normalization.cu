@@ -44,6 +44,21 @@ struct lx_norm_index {
     lx_div_args qdiv, ngroups, adiv, amod;
 };
 
+/* The statistics' finalize (_normalization.FINALIZE_ARGS): `units` units of `len` elements
+   in `nchunks` chunks of `chunk`; eps; and the running update's keep (= 1 - momentum,
+   rounded to the compute type by the host), momentum and unbiased factor (lx_running_update). */
+struct lx_finalize {
+    lx_i64 units, nchunks, len, chunk;
+    double eps, keep, momentum, unbiased;
+};
+
+/* Backward pass 1's finalize (_normalization.BWD_FINALIZE_ARGS): see norm_backward_finalize */
+struct lx_bwd_finalize {
+    lx_i64 groups, sdiv, nchunks, amod, units;
+    int nsum;
+    double count;
+};
+
 template <typename T> struct lx_norm_ops {
     typedef typename lx_acc<T>::type A;
 
@@ -210,10 +225,10 @@ __device__ __forceinline__ void lx_running_update(lx_i64 c, double m, double v, 
    unused (one name per element type, like every kernel of the family). */
 template <typename T>
 __global__ void norm_stats_finalize(const double* __restrict__ part, double* __restrict__ mean,
-                                    double* __restrict__ var, double* __restrict__ rstd, lx_i64 units,
-                                    lx_i64 nchunks, lx_i64 len, lx_i64 chunk, double eps)
+                                    double* __restrict__ var, double* __restrict__ rstd, const lx_finalize f)
 {
-    lx_stats_finalize(part, units, nchunks, len, chunk, [&](lx_i64 u, double m, double v) {
+    const double eps = f.eps;
+    lx_stats_finalize(part, f.units, f.nchunks, f.len, f.chunk, [&](lx_i64 u, double m, double v) {
         mean[u] = m;
         var[u] = v;
         rstd[u] = 1.0 / sqrt(v + eps);
@@ -227,11 +242,11 @@ template <typename T>
 __global__ void norm_stats_finalize_running(const double* __restrict__ part, double* __restrict__ mean,
                                             double* __restrict__ rstd, const T* __restrict__ running_mean,
                                             const T* __restrict__ running_var, T* __restrict__ new_mean,
-                                            T* __restrict__ new_var, lx_i64 units, lx_i64 nchunks, lx_i64 len,
-                                            lx_i64 chunk, double eps, typename lx_acc<T>::type keep,
-                                            double momentum, double unbiased)
+                                            T* __restrict__ new_var, const lx_finalize f)
 {
-    lx_stats_finalize(part, units, nchunks, len, chunk, [&](lx_i64 u, double m, double v) {
+    const double eps = f.eps, momentum = f.momentum, unbiased = f.unbiased;
+    const typename lx_acc<T>::type keep = (typename lx_acc<T>::type)f.keep;  // exact: the host rounded it
+    lx_stats_finalize(part, f.units, f.nchunks, f.len, f.chunk, [&](lx_i64 u, double m, double v) {
         mean[u] = m;
         rstd[u] = 1.0 / sqrt(v + eps);
         lx_running_update(u, m, v, running_mean, running_var, new_mean, new_var, keep, momentum, unbiased);
@@ -400,10 +415,12 @@ __device__ __forceinline__ typename lx_acc<T>::type lx_norm_dx(
 template <typename T>
 __global__ void norm_backward_finalize(const double* __restrict__ part, double* __restrict__ mh,
                                        double* __restrict__ mhx, T* __restrict__ sg, T* __restrict__ sgx,
-                                       lx_i64 groups, lx_i64 sdiv, lx_i64 nchunks, int nsum, lx_i64 amod,
-                                       lx_i64 units, double count)
+                                       const lx_bwd_finalize f)
 {
     __shared__ double acc[4][LX_NORM_ROWS][LX_WARP + 1];
+    const lx_i64 groups = f.groups, sdiv = f.sdiv, nchunks = f.nchunks, amod = f.amod, units = f.units;
+    const int nsum = f.nsum;
+    const double count = f.count;
     const lx_i64 n = groups > amod ? groups : amod, per_group = sdiv * nchunks, per_affine = units / amod * nchunks;
     for (lx_i64 j0 = (lx_i64)blockIdx.x * LX_WARP; j0 < n; j0 += (lx_i64)gridDim.x * LX_WARP) {
         const lx_i64 j = j0 + threadIdx.x;

@@ -36,7 +36,7 @@ import luxlib
 from luxlib import activations
 from luxlib._dispatch import _REGISTRY, _Impl
 from luxlib.cuda import _modules, _normalization
-from luxlib.cuda._modules import kernel_name, tuning
+from luxlib.cuda._modules import kernel_name, struct_arg, tuning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -355,8 +355,9 @@ def test_double_results_are_rounded_once(dtype):
     part = np.stack([np.zeros(n), np.zeros(n), v, -v], axis=1).ravel()
     mh, mhx = np.empty(n), np.empty(n)
     mod.get_function(kernel_name("norm_backward_finalize", dtype))(
-        (1,), _normalization.COLS_BLOCK, (part, mh, mhx, sums[0], sums[1]) + tuple(np.int64([n, 1, 1])) + (np.int32(4),)
-        + tuple(np.int64([n, n])) + (np.float64(1),))
+        (1,), _normalization.COLS_BLOCK,
+        (part, mh, mhx, sums[0], sums[1], struct_arg(_normalization.BWD_FINALIZE_ARGS, groups=n, sdiv=1, nchunks=1,
+                                                     amod=n, units=n, nsum=4, count=1.0)))
     np.testing.assert_array_equal(sums, [want, -want])
     sums = _normalization._column_sums(mod, np.stack([v, -v], axis=1).ravel(), 1, n, dtype)
     np.testing.assert_array_equal(sums, [want, -want])
