@@ -146,7 +146,7 @@ class _Plan:
         """im2col of samples [n0, n1): ``(nb, G, Cg K, P)``, or ``(G, Cg K, nb P)`` (batch_minor)."""
         nb = n1 - n0
         if self.one_by_one:
-            v = self.x[n0:n1].reshape(nb, self.g, self.cg, self.p)
+            v = _tile(self.x, n0, n1).reshape(nb, self.g, self.cg, self.p)
             return _batch_minor(self.xp, v) if batch_minor else v
         if batch_minor:
             shape, row_stride, sample_stride = (self.g, self.cg * self.k, nb * self.p), nb * self.p, self.p
@@ -154,7 +154,7 @@ class _Plan:
             shape, row_stride, sample_stride = (nb, self.g, self.cg * self.k, self.p), self.p, self.c * self.k * self.p
         cols = self.xp.empty(shape, self.x.dtype)
         total = nb * self.c * self.p
-        self._launch("im2col", total, (self.x[n0:n1], cols, np.int32(total), np.int32(row_stride),
+        self._launch("im2col", total, (_tile(self.x, n0, n1), cols, np.int32(total), np.int32(row_stride),
                                        np.int32(sample_stride)))
         return cols
 
@@ -162,7 +162,7 @@ class _Plan:
         """``conv(x, weight)`` as a new C-contiguous ``(N, C_out, P)`` array."""
         z = self.xp.empty((self.n, self.g * self.cog, self.p), self.x.dtype)
         for n0, n1 in self.tiles():
-            out = z[n0:n1].reshape(n1 - n0, self.g, self.cog, self.p)
+            out = _tile(z, n0, n1).reshape(n1 - n0, self.g, self.cog, self.p)
             _per_group(self.blas, self.w, self.cols(n0, n1, batch_minor=False), out)
         return z
 
@@ -175,18 +175,18 @@ class _Plan:
         wt = self.w.swapaxes(-1, -2)  # (G, Cg K, Cog), a view
         for n0, n1 in self.tiles():
             nb = n1 - n0
-            dzt = dz[n0:n1].reshape(nb, self.g, self.cog, self.p)
+            dzt = _tile(dz, n0, n1).reshape(nb, self.g, self.cog, self.p)
             dzb = _batch_minor(xp, dzt)
             colsb = self.cols(n0, n1, batch_minor=True)
             matmul(self.blas, dzb, colsb.swapaxes(-1, -2), out=dw, accumulate=n0 > 0)
             del colsb
             if self.one_by_one:
-                _per_group(self.blas, wt, dzt, dx[n0:n1].reshape(nb, self.g, self.cg, self.p))
+                _per_group(self.blas, wt, dzt, _tile(dx, n0, n1).reshape(nb, self.g, self.cg, self.p))
                 continue
             # (nb, G, Cg K, P) = (nb, C, K, P)
             dcols = _per_group(self.blas, wt, dzt, xp.empty((nb, self.g, self.cg * self.k, self.p), dtype))
             total = nb * self.c * self.plane
-            self._launch("col2im", total, (dcols, dx[n0:n1], np.int32(total)))
+            self._launch("col2im", total, (dcols, _tile(dx, n0, n1), np.int32(total)))
         return dw.astype(dtype, copy=False).reshape(self.w_shape), dx.reshape(self.x_shape)
 
 
@@ -201,6 +201,12 @@ def _per_group(blas, w, v, out):
         for n in range(nb):
             matmul(blas, w, v[n], out=out[n])
     return out
+
+
+def _tile(a, n0, n1):
+    """Rows (samples) ``[n0, n1)`` of ``a``: ``a`` itself when they are all of them (one tile,
+    the usual case), since a view is one more CuPy call (host time)."""
+    return a if n1 - n0 == a.shape[0] else a[n0:n1]
 
 
 def _batch_minor(xp, a):
@@ -225,7 +231,7 @@ class _Depthwise(_Plan):
         for n0, n1 in self.tiles():
             total = (n1 - n0) * self.c * m * self.p
             self._launch("dw_conv_forward", total,
-                         (self.x[n0:n1], self.w, b, zo[n0:n1], y[n0:n1], np.int32(total),
+                         (_tile(self.x, n0, n1), self.w, b, _tile(zo, n0, n1), _tile(y, n0, n1), np.int32(total),
                           np.int32(bias is not None), np.int32(keep_z), np.int32(act.id), act_param(act, dtype)))
         return y, z
 
@@ -241,13 +247,14 @@ class _Depthwise(_Plan):
         for i, (n0, n1) in enumerate(tiles):
             nb = n1 - n0
             total = nb * self.c * self.plane
-            self._launch("dw_conv_dx", total, (dz[n0:n1], self.w, dx[n0:n1], np.int32(total)))
+            dzt = _tile(dz, n0, n1)
+            self._launch("dw_conv_dx", total, (dzt, self.w, _tile(dx, n0, n1), np.int32(total)))
             length = nb * self.p
             chunk = -(-length // splits)
             self.mod.get_function(kernel_name("dw_conv_dw_partial", dtype))(
                 grid_1d(self.mod, units * splits, block=1), (BLOCK,),
-                (dz[n0:n1], self.x[n0:n1], partial[i * splits:(i + 1) * splits], np.int32(length), np.int32(chunk),
-                 np.int32(splits), np.int32(units * splits), self.args),
+                (dzt, _tile(self.x, n0, n1), _tile(partial, i * splits, (i + 1) * splits), np.int32(length),
+                 np.int32(chunk), np.int32(splits), np.int32(units * splits), self.args),
             )
         dw = xp.empty(self.w_shape, dtype)
         self.mod.get_function(kernel_name("dw_conv_dw_finalize", dtype))(
