@@ -143,15 +143,16 @@ class _Plan:
         return _bias_activation.forward(epilogue_mod, act, z, bias), z
 
     def cols(self, n0, n1, batch_minor):
-        """im2col of samples [n0, n1): ``(nb, G, Cg K, P)``, or ``(G, Cg K, nb P)`` (batch_minor)."""
+        """im2col of samples [n0, n1): ``(nb, C K, P)`` (the groups' ``Cg K`` rows stacked), or
+        ``(G, Cg K, nb P)`` (batch_minor)."""
         nb = n1 - n0
         if self.one_by_one:
-            v = _tile(self.x, n0, n1).reshape(nb, self.g, self.cg, self.p)
-            return _batch_minor(self.xp, v) if batch_minor else v
+            v = _tile(self.x, n0, n1).reshape(nb, self.c, self.p)
+            return _batch_minor(self.xp, v, self.g) if batch_minor else v
         if batch_minor:
             shape, row_stride, sample_stride = (self.g, self.cg * self.k, nb * self.p), nb * self.p, self.p
         else:
-            shape, row_stride, sample_stride = (nb, self.g, self.cg * self.k, self.p), self.p, self.c * self.k * self.p
+            shape, row_stride, sample_stride = (nb, self.c * self.k, self.p), self.p, self.c * self.k * self.p
         cols = self.xp.empty(shape, self.x.dtype)
         total = nb * self.c * self.p
         self._launch("im2col", total, (_tile(self.x, n0, n1), cols, np.int32(total), np.int32(row_stride),
@@ -162,8 +163,7 @@ class _Plan:
         """``conv(x, weight)`` as a new C-contiguous ``(N, C_out, P)`` array."""
         z = self.xp.empty((self.n, self.g * self.cog, self.p), self.x.dtype)
         for n0, n1 in self.tiles():
-            out = _tile(z, n0, n1).reshape(n1 - n0, self.g, self.cog, self.p)
-            _per_group(self.blas, self.w, self.cols(n0, n1, batch_minor=False), out)
+            _per_group(self.blas, self.w, self.cols(n0, n1, batch_minor=False), _tile(z, n0, n1))
         return z
 
     def backward(self, dz):
@@ -175,31 +175,37 @@ class _Plan:
         wt = self.w.swapaxes(-1, -2)  # (G, Cg K, Cog), a view
         for n0, n1 in self.tiles():
             nb = n1 - n0
-            dzt = _tile(dz, n0, n1).reshape(nb, self.g, self.cog, self.p)
-            dzb = _batch_minor(xp, dzt)
+            dzt = _tile(dz, n0, n1)
+            dzb = _batch_minor(xp, dzt, self.g)
             colsb = self.cols(n0, n1, batch_minor=True)
             matmul(self.blas, dzb, colsb.swapaxes(-1, -2), out=dw, accumulate=n0 > 0)
             del colsb
             if self.one_by_one:
-                _per_group(self.blas, wt, dzt, _tile(dx, n0, n1).reshape(nb, self.g, self.cg, self.p))
+                _per_group(self.blas, wt, dzt, _tile(dx, n0, n1).reshape(nb, self.c, self.p))
                 continue
-            # (nb, G, Cg K, P) = (nb, C, K, P)
-            dcols = _per_group(self.blas, wt, dzt, xp.empty((nb, self.g, self.cg * self.k, self.p), dtype))
+            # (nb, C K, P): rows (c, tap), as col2im reads them
+            dcols = _per_group(self.blas, wt, dzt, xp.empty((nb, self.c * self.k, self.p), dtype))
             total = nb * self.c * self.plane
             self._launch("col2im", total, (dcols, _tile(dx, n0, n1), np.int32(total)))
         return dw.astype(dtype, copy=False).reshape(self.w_shape), dx.reshape(self.x_shape)
 
 
 def _per_group(blas, w, v, out):
-    """``out[n, g] = w[g] @ v[n, g]`` for ``w`` ``(G, R, S)`` and ``v`` ``(nb, G, S, P)``:
-    one strided-batched gemm per group or per sample, whichever is fewer; returns ``out``."""
-    nb, groups = v.shape[:2]
+    """``out[n, g] = w[g] @ v[n, g]`` for ``w`` ``(G, R, S)``, ``v`` ``(nb, G S, P)`` and
+    C-contiguous ``out`` ``(nb, G R, P)`` (each sample's groups stacked): one strided-batched
+    gemm for one group (``w`` broadcast over the samples; no views, each a CuPy call of host
+    time), else one per group or per sample, whichever is fewer; returns ``out``."""
+    groups, r, s = w.shape
+    if groups == 1:
+        return matmul(blas, w, v, out=out)
+    nb, p = v.shape[0], v.shape[2]
+    v4, out4 = v.reshape(nb, groups, s, p), out.reshape(nb, groups, r, p)
     if groups <= nb:
         for g in range(groups):
-            matmul(blas, w[g], v[:, g], out=out[:, g])
+            matmul(blas, w[g], v4[:, g], out=out4[:, g])
     else:
         for n in range(nb):
-            matmul(blas, w, v[n], out=out[n])
+            matmul(blas, w, v4[n], out=out4[n])
     return out
 
 
@@ -209,10 +215,12 @@ def _tile(a, n0, n1):
     return a if n1 - n0 == a.shape[0] else a[n0:n1]
 
 
-def _batch_minor(xp, a):
-    """``a`` (nb, G, R, P) as a C-contiguous ``(G, R, nb P)`` (a view when nb == 1)."""
-    nb, g, r, p = a.shape
-    return xp.ascontiguousarray(a.transpose(1, 2, 0, 3)).reshape(g, r, nb * p)
+def _batch_minor(xp, a, g):
+    """C-contiguous ``a`` ``(nb, G R, P)`` as a C-contiguous ``(G, R, nb P)`` (a view when nb == 1)."""
+    nb, gr, p = a.shape
+    if nb == 1:
+        return a.reshape(g, gr // g, p)
+    return xp.ascontiguousarray(a.reshape(nb, g, gr // g, p).transpose(1, 2, 0, 3)).reshape(g, gr // g, nb * p)
 
 
 class _Depthwise(_Plan):

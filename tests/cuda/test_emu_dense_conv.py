@@ -167,7 +167,8 @@ def test_batched_matmul_transposed_views():
 # ---- conv --------------------------------------------------------------------------
 
 # (x shape, weight shape, ConvDims options): every padding form, stride, dilation,
-# groups (depthwise too), flipped kernels, 1x1 kernels (with and without the direct path)
+# groups (depthwise too; fewer samples than groups: a gemm per sample), flipped kernels, 1x1
+# kernels (with and without the direct path)
 CONV_CASES = [
     ((2, 3, 7), (4, 3, 3), dict(stride=2, padding=1)),
     ((1, 2, 9), (3, 2, 2), dict(padding="same", dilation=2, cross_correlation=False)),
@@ -181,6 +182,8 @@ CONV_CASES = [
     ((1, 2, 4, 4), (2, 2, 2, 3), dict(padding=(1, (0, 2)), dilation=(2, 1))),
     ((1, 2, 3, 4, 3), (2, 2, 2, 2, 2), dict(padding=1, stride=(1, 2, 1), cross_correlation=False)),
     ((2, 2, 3, 3, 4), (4, 1, 1, 2, 3), dict(padding="same", groups=2, dilation=(1, 2, 1))),
+    ((1, 6, 7), (6, 2, 3), dict(padding=1, groups=3)),
+    ((1, 4, 3, 3), (6, 2, 1, 1), dict(groups=2)),
 ]
 
 
