@@ -69,8 +69,7 @@ NARROW_LIMIT = 2**31
 # elements, run r of unit u at u * gstride + r * rstride (normalization.cu).
 Units = namedtuple("Units", "units length gstride runlen rstride")
 
-#: ``lx_units`` and ``lx_norm_index`` of normalization.cu: the partial kernels' units and
-#: the elementwise kernels' index parameters, each passed as one struct argument
+#: ``lx_units`` of normalization.cu: the partial kernels' units, one struct argument
 UNITS_ARGS = np.dtype([(f, np.int64) for f in ("units", "len", "chunk", "gstride", "rstride")]
                       + [(f, DIVISOR) for f in ("runlen", "sdiv", "amod")], align=True)
 #: ``lx_finalize`` and ``lx_bwd_finalize``: the finalize kernels' scalars, one struct argument
@@ -78,8 +77,9 @@ FINALIZE_ARGS = np.dtype([(f, np.int64) for f in ("units", "nchunks", "len", "ch
                          + [(f, np.float64) for f in ("eps", "keep", "momentum", "unbiased")], align=True)
 BWD_FINALIZE_ARGS = np.dtype([(f, np.int64) for f in ("groups", "sdiv", "nchunks", "amod", "units")]
                              + [("nsum", np.int32), ("count", np.float64)], align=True)
-INDEX_ARGS = np.dtype([("n", np.int64), ("wide", np.int32)] + [(f, DIVISOR) for f in ("qdiv", "ngroups", "adiv", "amod")],
-                      align=True)
+#: ``lx_norm_index``: the elementwise kernels' index parameters, one struct argument
+INDEX_ARGS = np.dtype([("n", np.int64), ("wide", np.int32)]
+                      + [(f, DIVISOR) for f in ("qdiv", "ngroups", "adiv", "amod")], align=True)
 
 # The launch code below runs on every call, and its host time is most of what a small
 # normalization costs on a GPU; so each op's launches (grids and scalar arguments) are

@@ -21,9 +21,9 @@
 
 // One convolution's geometry and the divisors its kernels split indices by, passed as one
 // by-value argument (built once per layout by _conv._layout; im2col took 35 scalars before).
-// M: output channels per
-// input channel (depthwise; 1 otherwise). Divisors: of P = OD OH OW, C, M, the input plane
-// D H W, the output position (OW, OH), the input position (W, H) and the strides.
+// M: output channels per input channel (depthwise; 1 otherwise). Divisors: of P = OD OH OW,
+// C, M, the input plane D H W, the output position (OW, OH), the input position (W, H) and
+// the strides.
 struct lx_conv {
     int C, D, H, W, OD, OH, OW, KD, KH, KW, sd, sh, sw, dd, dh, dw, pd, ph, pw, flip, M;
     lx_div_args divP, divC, divM, divPlane, divOW, divOH, divW, divH, divSD, divSH, divSW;
@@ -33,6 +33,7 @@ struct lx_conv {
     [[maybe_unused]] const int C = g.C, D = g.D, H = g.H, W = g.W, OD = g.OD, OH = g.OH, OW = g.OW, KD = g.KD, \
                                KH = g.KH, KW = g.KW, sd = g.sd, sh = g.sh, sw = g.sw, dd = g.dd, dh = g.dh,     \
                                dw = g.dw, pd = g.pd, ph = g.ph, pw = g.pw, flip = g.flip, M = g.M
+// a divisor of g for the kernels' 32-bit indices
 #define LX_DIV32(g, name) LX_DIV_OF(lx_u32, g.name)
 
 typedef lx_divisor<lx_u32> lx_div32;
