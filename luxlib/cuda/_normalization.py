@@ -64,6 +64,8 @@ ROWS_MIN_BLOCKS = 264
 #: strides) stays below this (a module may ask for 64 bits always: ``norm_wide_index``, for
 #: tests)
 NARROW_LIMIT = 2**31
+#: elements per thread and step of the elementwise kernels' 16-byte packs (LX_NORM_PACKED_STEP)
+PACKED_STEP = 8
 
 # Reduction units of x: `units` units of `length` elements in runs of `runlen` contiguous
 # elements, run r of unit u at u * gstride + r * rstride (normalization.cu).
@@ -78,7 +80,7 @@ FINALIZE_ARGS = np.dtype([(f, np.int64) for f in ("units", "nchunks", "len", "ch
 BWD_FINALIZE_ARGS = np.dtype([(f, np.int64) for f in ("groups", "sdiv", "nchunks", "amod", "units")]
                              + [("nsum", np.int32), ("count", np.float64)], align=True)
 #: ``lx_norm_index``: the elementwise kernels' index parameters, one struct argument
-INDEX_ARGS = np.dtype([("n", np.int64), ("wide", np.int32)]
+INDEX_ARGS = np.dtype([("n", np.int64), ("wide", np.int32), ("vec", np.int32)]
                       + [(f, DIVISOR) for f in ("qdiv", "ngroups", "adiv", "amod")], align=True)
 
 # The launch code below runs on every call, and its host time is most of what a small
@@ -130,14 +132,24 @@ def _i64(*values):
     return tuple(np.int64(v) for v in values)
 
 
-def _index_args(tun, n, grid, geom):
+def _packs(itemsize, n, geom):
+    """Whether the elementwise kernels may move 16-byte packs of ``16 // itemsize`` elements
+    (``vec`` of ``lx_norm_elements``): the elements of a pack share their group and their
+    affine index, or have consecutive affine indices (layernorm's ``adiv == 1``)."""
+    w = 16 // itemsize
+    qdiv, adiv = geom.elem
+    return n % w == 0 and qdiv % w == 0 and (adiv % w == 0 or (adiv == 1 and geom.amod % w == 0))
+
+
+def _index_args(tun, n, grid, geom, vec=False):
     """The index argument of the elementwise kernels (an :data:`INDEX_ARGS` scalar) for ``n``
-    elements on a 1-D ``grid`` of BLOCK-thread blocks."""
-    wide = n + UNROLL * grid[0] * BLOCK > NARROW_LIMIT or tun.norm_wide_index
+    elements on a 1-D ``grid`` of BLOCK-thread blocks; ``vec`` (see :func:`_packs`) asks for
+    16-byte packs, whose path indexes in 64 bits (its index arithmetic is once per pack)."""
+    wide = vec or n + UNROLL * grid[0] * BLOCK > NARROW_LIMIT or tun.norm_wide_index
     bits = 64 if wide else 32
     qdiv, adiv = geom.elem
-    return struct_arg(INDEX_ARGS, n=n, wide=wide, qdiv=divisor(qdiv, bits), ngroups=divisor(geom.groups, bits),
-                      adiv=divisor(adiv, bits), amod=divisor(geom.amod, bits))
+    return struct_arg(INDEX_ARGS, n=n, wide=wide, vec=vec, qdiv=divisor(qdiv, bits),
+                      ngroups=divisor(geom.groups, bits), adiv=divisor(adiv, bits), amod=divisor(geom.amod, bits))
 
 
 def _chunks(tun, units, length, width=1):
@@ -295,9 +307,12 @@ def _row_launch(tun, rows, length):
 
 @lru_cache(maxsize=512)
 def _elementwise_plan(tun, kernel, dtype, n, geom):
-    """``(kernel, grid, block, index argument)`` of an elementwise kernel over ``n`` elements."""
-    grid = grid_1d(tun, n, per_thread=UNROLL)
-    return kernel_name(kernel, dtype), grid, (BLOCK,), _index_args(tun, n, grid, geom)
+    """``(kernel, grid, block, index argument)`` of an elementwise kernel over ``n`` elements,
+    the grid sized for 16-byte packs where the shape allows them (:func:`_packs`; unaligned
+    arrays then take single elements, 64-bit indices, on the same grid)."""
+    vec = _packs(dtype.itemsize, n, geom)
+    grid = grid_1d(tun, n, per_thread=PACKED_STEP if vec else UNROLL)
+    return kernel_name(kernel, dtype), grid, (BLOCK,), _index_args(tun, n, grid, geom, vec)
 
 
 @lru_cache(maxsize=512)

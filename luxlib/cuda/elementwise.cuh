@@ -27,17 +27,30 @@ __device__ __forceinline__ lx_i64 lx_vector_head(lx_i64 n, const T* a, const P*.
     return head < n ? head : n;
 }
 
-/* the W elements at p, read (or, below, written) as one access */
+/* the W elements at p, read (or, below, written) as one access (the emulation checks the
+   alignment a GPU needs: lx_emu_check_aligned) */
 template <typename T, int W>
 __device__ __forceinline__ lx_pack<T, W> lx_load_pack(const T* p)
 {
+#ifdef LUXLIB_CUDA_EMU
+    lx_emu_check_aligned(p, sizeof(lx_pack<T, W>));
+    lx_pack<T, W> v;
+    memcpy(&v, p, sizeof v);  /* reported above; the CPU then reads it anyway */
+    return v;
+#else
     return *reinterpret_cast<const lx_pack<T, W>*>(p);
+#endif
 }
 
 template <typename T, int W>
 __device__ __forceinline__ void lx_store_pack(T* p, const lx_pack<T, W>& v)
 {
+#ifdef LUXLIB_CUDA_EMU
+    lx_emu_check_aligned(p, sizeof(lx_pack<T, W>));
+    memcpy(p, &v, sizeof v);
+#else
     *reinterpret_cast<lx_pack<T, W>*>(p) = v;
+#endif
 }
 
 /* the channel (i / inner) % C of consecutive elements (x viewed as (outer, C, inner)): the

@@ -24,6 +24,7 @@
 // the forward did (and h - mean(h) cancels exactly for one-element groups).
 #include "common.cuh"
 #include "activation.cuh"
+#include "elementwise.cuh"
 
 /* The reduction units of the per-unit partial kernels, one struct argument
    (_normalization.UNITS_ARGS): `units` units of `len` elements cut into chunks of `chunk`,
@@ -37,10 +38,11 @@ struct lx_units {
 /* The index parameters of the elementwise kernels, one struct argument
    (_normalization.INDEX_ARGS): n elements; the divisors of the group (i / qdiv) % ngroups
    and the affine index (i / adiv) % amod, for indices of 32 bits (every index and
-   i + gridDim.x * blockDim.x below 2^31) or, with `wide`, 64 bits. */
+   i + gridDim.x * blockDim.x below 2^31) or, with `wide`, 64 bits; `vec`: 16-byte packs
+   of elements where the pointers allow (lx_norm_elements). */
 struct lx_norm_index {
     lx_i64 n;
-    int wide;
+    int wide, vec;
     lx_div_args qdiv, ngroups, adiv, amod;
 };
 
@@ -287,41 +289,80 @@ __global__ void norm_running_update(const double* __restrict__ mean, const doubl
     }
 }
 
-/* For every element i of [0, n): in = load(i) reads its inputs, store(i, q, a, in) computes
-   and writes its outputs (q its group, a its affine index; all of the index type: lx_u32, or
-   lx_u64 with `wide`). LX_UNROLL elements per thread and step, LX_UNROLL grid strides apart,
-   all loaded before the first is stored (a store between them would keep the next load from
-   issuing: one load in flight per thread); past the end a thread loads its first element
-   again and stores nothing. Indices stay below n + LX_UNROLL * the grid's threads, which the
-   host keeps within the index type (_normalization._index_args). */
-template <typename Load, typename Store>
-__device__ __forceinline__ void lx_norm_elements(const lx_norm_index ix, int act, Load load, Store store)
+/* Element e of the packs loaded for elements [i, i + W) (one array's lx_pack, or lx_two of two) */
+template <typename T, int W> __device__ __forceinline__ T lx_at(const lx_pack<T, W>& p, int e) { return p.v[e]; }
+template <typename T, int W> __device__ __forceinline__ lx_two<T> lx_at(const lx_two<lx_pack<T, W>>& p, int e)
 {
-    const lx_i64 n = ix.n;
-    auto run = [&](auto zero) {
+    return {p.a.v[e], p.b.v[e]};
+}
+
+/* Elements per thread and step of lx_norm_elements' 16-byte packs (_normalization.PACKED_STEP):
+   2 packs of float, 4 of double, 1 of __half. More would inline more copies of every
+   activation into each kernel (one per element and step), and compile time grows faster
+   than the code. */
+#define LX_NORM_PACKED_STEP 8
+
+/* out[i] = value(q, a, lx_at(in, e), id) for every element i = i0 + e of [0, n), with
+   in = load(i0, lx_width<W>()) the inputs of elements [i0, i0 + W) (packs: lx_load_pack), q
+   the element's group and a its affine index, id the activation; value computes in the
+   compute type, out gets W elements at a time. Two paths:
+   - packs: W = 16 / sizeof(T) (16-byte accesses), LX_NORM_PACKED_STEP elements per thread
+     and step, 64-bit indices, when the host set `vec` (and `wide`) and every pointer of
+     `aligned` is 16-byte aligned. With `vec` the host guarantees that n and qdiv are
+     multiples of W, and adiv too (the W elements share a) or adiv == 1 with amod a
+     multiple of W (their affine indices are a, a + 1, ...): the group and affine index
+     are computed once per pack;
+   - single elements, LX_UNROLL per thread and step, indices of 32 bits or, with `wide`, 64
+     bits (lx_u32, lx_u64: the index type I of q and a).
+   The packs of a step are LX_UNROLL (or LX_NORM_PACKED_STEP / W) grid strides apart, all
+   loaded before the first is stored (a store between them would keep the next load from
+   issuing); past the end a thread loads its first pack again and stores nothing. Indices
+   stay below n + LX_UNROLL * the grid's threads, which the host keeps within 32 bits for
+   the 32-bit path (_normalization._index_args). */
+template <typename T, typename Load, typename Value>
+__device__ __forceinline__ void lx_norm_elements(const lx_norm_index ix, int act, bool aligned, T* __restrict__ out,
+                                                 Load load, Value value)
+{
+    constexpr int V = 16 / sizeof(T);
+    auto run = [&](auto zero, auto w) {
         typedef decltype(zero) I;
-        typedef decltype(load(zero)) In;
+        constexpr int W = decltype(w)::value, P = W == 1 ? LX_UNROLL : LX_NORM_PACKED_STEP / W;
+        typedef decltype(load(zero, w)) In;
         const lx_divisor<I> qd = LX_DIV_OF(I, ix.qdiv), ng = LX_DIV_OF(I, ix.ngroups), ad = LX_DIV_OF(I, ix.adiv),
                             am = LX_DIV_OF(I, ix.amod);
+        const I npacks = (I)ix.n / W, astep = ix.adiv.d == 1 ? 1 : 0;
         const I stride = (I)gridDim.x * blockDim.x;
-        for (I i0 = (I)blockIdx.x * blockDim.x + threadIdx.x; i0 < (I)n; i0 += LX_UNROLL * stride) {
-            In in[LX_UNROLL];
+        for (I v0 = (I)blockIdx.x * blockDim.x + threadIdx.x; v0 < npacks; v0 += P * stride) {
+            In in[P];
 #pragma unroll
-            for (int u = 0; u < LX_UNROLL; u++) {
-                const I i = i0 + (I)u * stride;
-                in[u] = load(i < (I)n ? i : i0);
+            for (int u = 0; u < P; u++) {
+                const I v = v0 + (I)u * stride;
+                in[u] = load((v < npacks ? v : v0) * W, w);
             }
-            lx_with_act(act, [&](auto id) {  /* one switch for the LX_UNROLL elements */
+            lx_with_act(act, [&](auto id) {  /* one switch for the step */
 #pragma unroll
-                for (int u = 0; u < LX_UNROLL; u++) {
-                    const I i = i0 + (I)u * stride;
-                    if (i < (I)n) store(i, ng.mod(qd.div(i)), am.mod(ad.div(i)), in[u], id);
+                for (int u = 0; u < P; u++) {
+                    const I v = v0 + (I)u * stride, i = v * W;
+                    if (v < npacks) {
+                        const I q = ng.mod(qd.div(i)), a = am.mod(ad.div(i));
+                        lx_pack<T, W> o;
+#pragma unroll
+                        for (int e = 0; e < W; e++) o.v[e] = lx_to_elem<T>(value(q, a + (I)e * astep, lx_at(in[u], e), id));
+                        lx_store_pack<T, W>(out + i, o);
+                    }
                 }
             });
         }
     };
-    if (ix.wide) run((lx_u64)0);
-    else run((lx_u32)0);
+    if (!ix.wide) run((lx_u32)0, lx_width<1>());
+    else if (ix.vec && aligned) run((lx_u64)0, lx_width<V>());
+    else run((lx_u64)0, lx_width<1>());
+}
+
+/* Whether every pointer is 16-byte aligned */
+template <typename... P> __device__ __forceinline__ bool lx_aligned16(const P*... p)
+{
+    return ((((lx_u64)p) % 16 == 0) && ...);
 }
 
 /* y = act((x - mean) * rstd * scale + bias), elementwise (grid-stride) */
@@ -333,10 +374,10 @@ __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scal
     typedef lx_norm_ops<T> O;
     typedef typename O::A A;
     lx_norm_elements(
-        ix, act, [&](auto i) { return x[i]; },
-        [&](auto i, auto q, auto a, T xv, auto id) {
+        ix, act, lx_aligned16(x, y), y, [&](auto i, auto w) { return lx_load_pack<T, decltype(w)::value>(x + i); },
+        [&](auto q, auto a, T xv, auto id) {
             const A xh = O::xhat(lx_load(&xv), (A)mean[q], (A)rstd[q]);
-            lx_store(y + i, lx_act(decltype(id)::value, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p));
+            return lx_act(decltype(id)::value, O::z(xh, lx_load(scale + a), lx_load(bias + a)), p);
         });
 }
 
@@ -463,11 +504,10 @@ __global__ void norm_backward_dx(const T* __restrict__ x, const T* __restrict__ 
 {
     typedef typename lx_acc<T>::type A;
     lx_norm_elements(
-        ix, act, [&](auto i) { return lx_two<T>{x[i], dy[i]}; },
-        [&](auto i, auto q, auto a, const lx_two<T>& in, auto id) {
+        ix, act, lx_aligned16(x, dy, dx), dx, lx_load_two(x, dy), [&](auto q, auto a, const lx_two<T>& in, auto id) {
             A g, xh;
-            lx_store(dx + i, lx_norm_dx<T>(in.a, in.b, lx_load(scale + a), lx_load(bias + a), (A)mean[q],
-                                           (A)rstd[q], mh, mhx, q, batch, decltype(id)::value, p, &g, &xh));
+            return lx_norm_dx<T>(in.a, in.b, lx_load(scale + a), lx_load(bias + a), (A)mean[q], (A)rstd[q], mh, mhx,
+                                 q, batch, decltype(id)::value, p, &g, &xh);
         });
 }
 

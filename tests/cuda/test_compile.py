@@ -10,7 +10,7 @@ import re
 import luxlib_nvrtc as nc
 import pytest
 
-from luxlib.cuda import _modules
+from luxlib.cuda import _modules, _normalization
 
 ARCHS = ("sm_80", "sm_90")
 
@@ -99,3 +99,19 @@ def test_loads_issued_before_the_first_store(kernel):
     unroll = int(re.search(r"#define LX_UNROLL (\d+)", open(os.path.join(_modules.source_dir(), "common.cuh")).read())[1])
     assert unroll == _modules.UNROLL
     assert loads >= (unroll * streams if vector else per_item + (unroll - 1) * streams), kernel
+
+
+@pytest.mark.parametrize("kernel, streams", [("norm_forward", 1), ("norm_backward_dx", 2)])
+def test_packed_loads_issued_before_the_first_store(kernel, streams):
+    """The same for the 16-byte pack path of the elementwise normalization kernels: the
+    float kernel's PACKED_STEP / 4 packs of each streamed array are loaded before the first
+    pack is stored."""
+    ptx = _ptx("normalization")
+    start = ptx.index(f".entry _Z{len(kernel)}{kernel}IfE")
+    lines = [line for line in ptx[start:ptx.index("\n}", start)].splitlines()
+             if re.search(r"(ld|st)\.global(\.nc)?\.v4", line)]
+    first_store = next(i for i, line in enumerate(lines) if "st.global" in line)
+    step = int(re.search(r"#define LX_NORM_PACKED_STEP (\d+)",
+                         open(os.path.join(_modules.source_dir(), "normalization.cu")).read())[1])
+    assert step == _normalization.PACKED_STEP
+    assert sum("ld.global" in line for line in lines[:first_store]) >= step // 4 * streams

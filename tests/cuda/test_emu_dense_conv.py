@@ -8,7 +8,6 @@ References run the generic path on the inputs cast to float64; a result passes w
 activations only (a pre-activation rounded across 0 would flip relu's derivative).
 """
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -425,24 +424,18 @@ def test_public_functions_run_the_gpu_implementations(gpu_dispatch, op):
 # ---- 16-byte vector paths of the epilogue ---------------------------------------------
 
 
-class _OffsetBuffers:
-    """Stand-in for ``ctypes`` inside emu_module: the launch buffers of array arguments
-    start ``offsets[i] % len`` bytes past a 16-byte boundary (cycled over the buffers), as
-    views into bigger allocations are on a GPU."""
+class _Offsets:
+    """Stand-in for ``emu_module.device_offset``: the launch buffers of array arguments start
+    ``offsets[i]`` bytes past an alignment boundary (cycled over the buffers), as views into
+    bigger allocations may on a GPU, whatever the arrays' own offsets."""
 
     def __init__(self, offsets):
         self.offsets, self.count = offsets, 0
 
-    def __getattr__(self, name):
-        return getattr(ctypes, name)
-
-    def create_string_buffer(self, size):
+    def __call__(self, a):
         offset = self.offsets[self.count % len(self.offsets)]
         self.count += 1
-        raw = ctypes.create_string_buffer(size + 16 + offset)
-        buf = (ctypes.c_char * size).from_address(-(-ctypes.addressof(raw) // 16) * 16 + offset)
-        buf.keep = raw
-        return buf
+        return offset
 
 
 # sizes around a vector (4 floats, 2 doubles, 8 halves): head, body and tail; (N, C) with
@@ -474,7 +467,7 @@ def test_vector_paths_misaligned(dtype, monkeypatch):
             for bias in (b, None):
                 results = {}
                 for name, offsets in layouts.items():
-                    monkeypatch.setattr(emu_module, "ctypes", _OffsetBuffers(offsets))
+                    monkeypatch.setattr(emu_module, "device_offset", _Offsets(offsets))
                     with np.errstate(all="ignore"):
                         results[name] = _epilogue_run(mod, act, x, bias, dy)
                 monkeypatch.undo()
@@ -492,7 +485,7 @@ def test_offset_buffers_are_misaligned(monkeypatch):
     mod = emu_module.EmuModule(source=src, exprs=["addr<float>"])
     out = np.zeros(1, np.int64)
     for offsets, want in (([0], 0), ([4], 4), ([12], 12)):
-        monkeypatch.setattr(emu_module, "ctypes", _OffsetBuffers(offsets))
+        monkeypatch.setattr(emu_module, "device_offset", _Offsets(offsets))
         mod.get_function("addr<float>")((1,), (1,), (np.ones(3, np.float32), out))
         assert out[0] % 16 == want
 

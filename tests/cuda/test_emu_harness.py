@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 KERNELS = r'''
 #include "common.cuh"
+#include "elementwise.cuh"
 template <typename T> __global__ void block_sum(const T* x, T* out, int n)
 {
     __shared__ T scratch[LX_WARP];
@@ -52,8 +53,15 @@ template <typename T> __global__ void copy(const T* x, T* out, int n, int past)
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n + past) out[i] = x[i];
 }
+/* x[4 i + k] to out[4 i + k], a 16-byte pack a thread */
+template <typename T> __global__ void copy_packs(const T* x, T* out)
+{
+    const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+    lx_store_pack<T, 4>(out + i, lx_load_pack<T, 4>(x + i));
+}
 '''
-EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>"]
+EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
+         "copy_packs<float>"]
 
 
 def module(schedule="inorder", seed=0, sanitize=False):
@@ -99,6 +107,19 @@ def _rotate(mod, shift, seed):
     out = np.zeros(256, np.float32)
     mod.get_function("rotate<float>")((1,), (256,), (x, out, np.int32(0), np.int32(shift)))
     return np.array_equal(out, _shifted(x, shift))
+
+
+def test_misaligned_pack_is_an_error():
+    """A 16-byte access at an address that is not a multiple of 16 faults on a GPU; the
+    emulation reports it (for the loads and for the stores)."""
+    f = module().get_function("copy_packs<float>")
+    buf, out = np.arange(17, dtype=np.float32), np.zeros(17, np.float32)
+    assert buf.ctypes.data % 16 == 0 and out.ctypes.data % 16 == 0
+    f((1,), (4,), (buf[:16], out[:16]))
+    np.testing.assert_array_equal(out[:16], buf[:16])
+    for x, y in ((buf[1:], out[:16]), (buf[:16], out[1:])):
+        with pytest.raises(RuntimeError, match="misaligned address: a 16-byte access"):
+            f((1,), (4,), (x, y))
 
 
 def test_divergent_barrier_is_an_error():

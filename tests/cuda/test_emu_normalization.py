@@ -521,6 +521,76 @@ def test_index_width_choice():
     assert width(30, (1,), wide=True) == 1
 
 
+# the elementwise kernels' 16-byte packs (8 halves, 4 floats, 2 doubles): pack-sized groups
+# and affine runs for every dtype; layernorm (rows longer than the rows kernels take, with
+# rows_max=16) with an affine index per element; a batchnorm over several grid strides of a
+# 2-block grid
+PACK_CASES = [
+    ("batchnorm", "train", (3, 2, 16)),
+    ("batchnorm", "infer", (2, 3, 8)),
+    ("instancenorm", "train", (2, 3, 24)),
+    ("groupnorm", 2, (2, 4, 8)),
+    ("layernorm", "default", (5, 4, 8)),
+    ("batchnorm", "train", (4, 3, 800)),
+]
+
+
+def _elementwise_vec(op, variant, shape, dtype, mod):
+    """Whether the elementwise kernels of the case are planned with packs."""
+    if op == "layernorm":
+        geom = _normalization._rows_geometry(shape[0], int(np.prod(shape[1:])))
+        assert not _normalization._rows_path(tuning(mod), geom)
+    else:
+        kind = {"batchnorm": "batch", "instancenorm": "instance", "groupnorm": "group"}[op]
+        geom = _normalization._channel_geometry(shape, kind, variant if op == "groupnorm" else 1)
+    plan = _normalization._elementwise_plan(tuning(mod), "norm_forward", np.dtype(dtype), int(np.prod(shape)), geom)
+    return bool(plan[3]["vec"])
+
+
+def _unaligned(a):
+    """``a`` C-contiguous at one element past a 16-byte boundary."""
+    buf = np.empty(a.size + 1, a.dtype)
+    assert buf.ctypes.data % 16 == 0
+    out = buf[1:].reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and out.ctypes.data % 16
+    return out
+
+
+@pytest.mark.parametrize("op, variant, shape", PACK_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_packs(dtype, op, variant, shape):
+    """The packed path against the generic path (both schedules, a full and a 2-block grid);
+    unaligned x and dy take single elements instead, with bit-identical results."""
+    mods = (emu("inorder", rows_max=16), emu("shuffle", max_blocks=2, rows_max=16))
+    assert all(_elementwise_vec(op, variant, shape, dtype, mod) for mod in mods)
+    for mod in mods:
+        got = check(mod, op, variant, activations.gelu, shape, dtype, seed=5)
+        x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed=5)
+        f, args, kwargs = call(op, variant, activations.gelu, _unaligned(x), scale, bias, rm, rv)
+        for a, b in zip(run_emulated(mod, f, args, kwargs, _unaligned(dy)), got):
+            np.testing.assert_array_equal(a, b, err_msg=f"{op} {variant} {shape}")
+
+
+def test_pack_choice():
+    """Packs where every element of a pack has the pack's group and affine index (or the
+    next affine indices: layernorm), whatever the dtype's pack width; single elements
+    elsewhere."""
+    mod = emu(rows_max=16)
+    for op, variant, shape, packed in [
+        ("batchnorm", "train", (2, 3, 49), ()),  # 7x7 pixels
+        ("batchnorm", "train", (2, 3, 4), (np.float32, np.float64)),
+        ("batchnorm", "train", (2, 3, 6), (np.float64,)),
+        ("batchnorm", "train", (64, 8), ()),  # (N, C): a channel per element
+        ("groupnorm", 2, (2, 4, 2), (np.float64,)),  # groups of 4 elements, 2 per channel
+        ("groupnorm", 2, (2, 4, 4), (np.float32, np.float64)),
+        ("layernorm", "default", (3, 4, 5), (np.float32, np.float64)),  # rows of 20
+        ("layernorm", "default", (3, 3, 7), ()),
+    ]:
+        for dtype in DTYPES:
+            assert _elementwise_vec(op, variant, shape, dtype, mod) == (dtype in packed), (op, shape, dtype)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_layouts_give_identical_results(layout):
     """F-order, strided, negative-stride and read-only inputs: the launch code copies them

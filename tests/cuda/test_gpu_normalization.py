@@ -10,6 +10,7 @@ from test_emu_normalization import (
     ACTS,
     CASES,
     DTYPES,
+    PACK_CASES,
     assert_close,
     call,
     make_inputs,
@@ -72,6 +73,36 @@ def test_matches_generic_on_gpu(cp, dtype, op, variant, shape):
 def test_large_on_gpu(cp, dtype, op, variant, shape):
     for act in (activations.relu, activations.gelu):
         _check_on_gpu(cp, op, variant, act, shape, dtype, seed=1)
+
+
+def _unaligned_on_gpu(cp, a):
+    """``a`` on the GPU, C-contiguous at one element past a 16-byte boundary."""
+    buf = cp.empty(a.size + 1, a.dtype)
+    out = buf[1:].reshape(a.shape)
+    out[...] = cp.asarray(a)
+    assert out.flags.c_contiguous and out.data.ptr % 16
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op, variant, shape", PACK_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_packs_on_gpu(cp, dtype, op, variant, shape):
+    """The elementwise kernels' 16-byte packs against the generic path; unaligned x and dy
+    (single elements; a misaligned pack access would fault) give bit-identical results."""
+    x, scale, bias, rm, rv, dy = make_inputs(op, variant, shape, dtype, seed=5)
+    f, args, kwargs = call(op, variant, activations.gelu, x, scale, bias, rm, rv)
+    on_gpu = lambda a: cp.asarray(a) if isinstance(a, np.ndarray) else a
+    results = []
+    for place in (cp.asarray, lambda a: _unaligned_on_gpu(cp, a)):
+        _, gargs, gkw = call(op, variant, activations.gelu, place(x), *map(on_gpu, (scale, bias, rm, rv)))
+        with trace() as record:
+            got, _ = outputs(f, gargs, gkw, place(dy))
+        assert record == [(op, "gpu")] * 2
+        results.append([cp.asnumpy(g) for g in got])
+    assert_close(results[0], reference(f, args, kwargs, dy), dtype, f"{op} {variant} {shape}")
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.gpu

@@ -315,6 +315,13 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
 
 }  // namespace emu
 
+// A GPU faults on an access of `bytes` (a vector: elementwise.cuh's packs) at an address that
+// is not a multiple of it; x86 does not, so the emulation checks and reports it.
+inline void lx_emu_check_aligned(const void* p, size_t bytes)
+{
+    if ((uintptr_t)p % bytes) emu::fail("misaligned address: a " + std::to_string(bytes) + "-byte access");
+}
+
 inline void __syncthreads() { emu::syncthreads(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask); }
 

@@ -133,16 +133,8 @@ class EmuFunction:
                     for (p, nb) in copies:
                         if p < k[0] + k[1] and k[0] < p + nb:
                             raise ValueError(f"{self.name}: argument {i} partially overlaps another")
-                    buf = ctypes.create_string_buffer(max(a.nbytes, 1)) if not self.module.sanitize else None
-                    if buf is None:  # exact-size malloc from the sanitized runtime
-                        ptr = _libc.malloc(max(a.nbytes, 1))
-                        ctypes.memmove(ptr, a.ctypes.data, a.nbytes)
-                        copies[k] = (a, ptr, True)
-                    else:
-                        ctypes.memmove(buf, a.ctypes.data, a.nbytes)
-                        copies[k] = (a, buf, False)
-                ptr = copies[k][1]
-                holder = ctypes.c_void_p(ptr if isinstance(ptr, int) else ctypes.addressof(ptr))
+                    copies[k] = _device_copy(a)
+                holder = ctypes.c_void_p(copies[k][1])
                 keep.append(holder)
                 slots[i] = ctypes.addressof(holder)
             elif want.startswith("s"):  # a struct by value: a NumPy structured scalar of its size
@@ -163,20 +155,43 @@ class EmuFunction:
         try:
             err = self._launch(_dims(grid), _dims(block), slots, SCHEDULES[self.module.schedule], self.module.seed)
         finally:
-            for a, ptr, is_malloc in copies.values():
-                src = ptr if is_malloc else ctypes.addressof(ptr)
+            for a, data, block in copies.values():
                 if a.flags.writeable:
-                    ctypes.memmove(a.ctypes.data, src, a.nbytes)
-                if is_malloc:
-                    _libc.free(ptr)
+                    ctypes.memmove(a.ctypes.data, data, a.nbytes)
+                _libc.free(block)
         if err is not None:
             raise RuntimeError(f"{self.name}: {err.decode()}")
 
 
-_libc = ctypes.CDLL(None)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc = ctypes.CDLL(None)  # the sanitized runtime's allocator when the process runs under it
+_libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
 _libc.free.argtypes = [ctypes.c_void_p]
+
+#: CuPy's allocations are aligned to (at least) this many bytes
+DEVICE_ALIGNMENT = 256
+
+
+def device_offset(a):
+    """Where CuPy would place ``a`` past an alignment boundary: its byte offset into its base
+    array, modulo DEVICE_ALIGNMENT (a view keeps the alignment of its offset). Tests replace
+    it to place the launch buffers elsewhere."""
+    base = a
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return (a.ctypes.data - base.ctypes.data) % DEVICE_ALIGNMENT
+
+
+def _device_copy(a):
+    """``(a, data, block)``: a copy of ``a``'s bytes at ``data`` in a new allocation ``block``
+    (free it), ``device_offset(a)`` bytes past a DEVICE_ALIGNMENT boundary and ending where
+    the allocation ends (AddressSanitizer sees a read past it)."""
+    offset = device_offset(a)
+    block = ctypes.c_void_p()
+    if _libc.posix_memalign(ctypes.byref(block), DEVICE_ALIGNMENT, offset + max(a.nbytes, 1)):
+        raise MemoryError(f"{a.nbytes} bytes")
+    data = block.value + offset
+    ctypes.memmove(data, a.ctypes.data, a.nbytes)
+    return a, data, block.value
 
 
 class EmuModule:
