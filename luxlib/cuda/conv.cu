@@ -149,7 +149,10 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
 /* z[n, o, p] = sum over taps of x[n, c, in(p, tap)] w[o, tap], rounded to T, and the fused
    epilogue y = act(z + bias[o]) with the sum rounded to T, as bias_act_forward computes it
    from a stored z; one thread per output element (total = n C M P). z is written only when
-   write_z (for a pullback that needs the pre-activation), bias read only when has_bias. */
+   write_z (for a pullback that needs the pre-activation), bias read only when has_bias.
+   The sum over the taps is inlined twice: for 3x3 kernels (1-D: 3) with constant trip counts,
+   which the compiler unrolls into straight-line loads (ATen's depthwise kernels specialize
+   the same sizes), and for any other size; the same terms in the same order either way. */
 template <typename T>
 __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                                 T* __restrict__ z, T* __restrict__ y, int total, int has_bias, int write_z, int act,
@@ -159,28 +162,35 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
     LX_CONV_GEOMETRY(g);
     const lx_div32 dP = LX_DIV32(g, divP), dM = LX_DIV32(g, divM), dC = LX_DIV32(g, divC), dOW = LX_DIV32(g, divOW),
                    dOH = LX_DIV32(g, divOH);
-    const int K = KD * KH * KW;
+    const bool k3 = KD == 1 && (KH == 3 || KH == 1) && KW == 3;
     LX_GRID_STRIDE32(e, total) {  // e = ((n C + c) M + m) P + p
         const lx_u32 ncm = dP.div(e), nc = dM.div(ncm);
         const int c = (int)(nc - dC.div(nc) * dC.d), o = c * (int)dM.d + (int)(ncm - nc * dM.d);
         int od, oh, ow;
         lx_split3(e - ncm * dP.d, dOW, dOH, od, oh, ow);
         const T* xs = x + nc * (lx_u32)(D * H * W);
-        const T* ws = w + o * K;
-        A acc = 0;
-        for (int kd = 0; kd < KD; kd++) {
-            const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
-            if (id < 0 || id >= D) continue;
-            for (int kh = 0; kh < KH; kh++) {
-                const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
-                if (ih < 0 || ih >= H) continue;
-                for (int kw = 0; kw < KW; kw++) {
-                    const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
-                    if (iw >= 0 && iw < W)
-                        acc += lx_load(xs + (id * H + ih) * W + iw) * lx_load(ws + (kd * KH + kh) * KW + kw);
+        auto taps = [&](const int KD, const int KH, const int KW) {  /* the sum, for the kernel (KD, KH, KW) */
+            const T* ws = w + o * (KD * KH * KW);
+            A acc = 0;
+#pragma unroll
+            for (int kd = 0; kd < KD; kd++) {
+                const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
+                if (id < 0 || id >= D) continue;
+#pragma unroll
+                for (int kh = 0; kh < KH; kh++) {
+                    const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
+                    if (ih < 0 || ih >= H) continue;
+#pragma unroll
+                    for (int kw = 0; kw < KW; kw++) {
+                        const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
+                        if (iw >= 0 && iw < W)
+                            acc += lx_load(xs + (id * H + ih) * W + iw) * lx_load(ws + (kd * KH + kh) * KW + kw);
+                    }
                 }
             }
-        }
+            return acc;
+        };
+        const A acc = !k3 ? taps(KD, KH, KW) : KH == 3 ? taps(1, 3, 3) : taps(1, 1, 3);
         const A zt = lx_round<T>(acc);
         if (write_z) lx_store(z + e, zt);
         lx_store(y + e, lx_act(act, has_bias ? lx_round<T>(zt + lx_load(bias + o)) : zt, ap));
