@@ -150,9 +150,10 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
    epilogue y = act(z + bias[o]) with the sum rounded to T, as bias_act_forward computes it
    from a stored z; one thread per output element (total = n C M P). z is written only when
    write_z (for a pullback that needs the pre-activation), bias read only when has_bias.
-   The sum over the taps is inlined twice: for 3x3 kernels (1-D: 3) with constant trip counts,
-   which the compiler unrolls into straight-line loads (ATen's depthwise kernels specialize
-   the same sizes), and for any other size; the same terms in the same order either way. */
+   The sum over the taps is inlined with constant trip counts for the common kernels 3x3, 5x5
+   and 3 (1-D), which the compiler unrolls into straight-line loads (ATen's depthwise kernels
+   specialize 3x3 and 5x5 too), and once for any other size; the same terms in the same order
+   either way. */
 template <typename T>
 __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                                 T* __restrict__ z, T* __restrict__ y, int total, int has_bias, int write_z, int act,
@@ -162,7 +163,6 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
     LX_CONV_GEOMETRY(g);
     const lx_div32 dP = LX_DIV32(g, divP), dM = LX_DIV32(g, divM), dC = LX_DIV32(g, divC), dOW = LX_DIV32(g, divOW),
                    dOH = LX_DIV32(g, divOH);
-    const bool k3 = KD == 1 && (KH == 3 || KH == 1) && KW == 3;
     LX_GRID_STRIDE32(e, total) {  // e = ((n C + c) M + m) P + p
         const lx_u32 ncm = dP.div(e), nc = dM.div(ncm);
         const int c = (int)(nc - dC.div(nc) * dC.d), o = c * (int)dM.d + (int)(ncm - nc * dM.d);
@@ -190,7 +190,11 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
             }
             return acc;
         };
-        const A acc = !k3 ? taps(KD, KH, KW) : KH == 3 ? taps(1, 3, 3) : taps(1, 1, 3);
+        const A acc = KD != 1                ? taps(KD, KH, KW)
+                      : KH == 3 && KW == 3 ? taps(1, 3, 3)
+                      : KH == 5 && KW == 5 ? taps(1, 5, 5)
+                      : KH == 1 && KW == 3 ? taps(1, 1, 3)
+                                           : taps(KD, KH, KW);
         const A zt = lx_round<T>(acc);
         if (write_z) lx_store(z + e, zt);
         lx_store(y + e, lx_act(act, has_bias ? lx_round<T>(zt + lx_load(bias + o)) : zt, ap));

@@ -294,8 +294,8 @@ def test_conv_supports_declines_empty():
 
 # (x shape, weight shape, ConvDims options), groups == C: multiplier 1 and 2, 1-D/2-D/3-D,
 # 1x1 and 1-wide images, odd sizes, stride, dilation, every padding form, flipped kernels;
-# the forward's unrolled kernel sizes (3 wide, 1 or 3 high, 1 deep: the first three and the
-# last two cases) and the general loops (the others)
+# the forward's unrolled kernel sizes (1-D 3, 2-D 3x3 and 5x5, 3-D 1x3x3: the first three and
+# the last three cases) and the general loops (the others)
 DEPTHWISE_CASES = [
     ((2, 3, 7), (6, 1, 3), dict(stride=2, padding=1, groups=3)),
     ((1, 2, 1), (2, 1, 3), dict(padding=1, groups=2)),
@@ -307,6 +307,7 @@ DEPTHWISE_CASES = [
                                             cross_correlation=False)),
     ((2, 2, 6, 5), (4, 1, 3, 3), dict(stride=(2, 1), padding=1, groups=2)),
     ((1, 2, 3, 4, 5), (2, 1, 1, 3, 3), dict(padding=1, stride=(2, 1, 1), groups=2, cross_correlation=False)),
+    ((1, 2, 7, 6), (2, 1, 5, 5), dict(padding=((2, 1), (3, 2)), groups=2)),
 ]
 
 
