@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, act_param, divisor, grid_1d, grid_vectors, kernel_name, launch, tuning
+from ._modules import BLOCK, DTYPES, act_param, channels_arg, grid_1d, grid_vectors, kernel_name, launch, tuning
 
 #: the bias-gradient reduction splits each channel's reduction (two stages) until the grid
 #: has about this many blocks (a few per SM), each split keeping at least DB_MIN_SPLIT_ROWS
@@ -68,10 +68,8 @@ def _act_plan(tun, kernel, act, dtype, n):
 @functools.lru_cache(maxsize=512)
 def _bias_plan(tun, act, dtype, shape):
     """The launch plan of ``bias_act_forward``."""
-    n = math.prod(shape)
-    _, C, inner = _geometry(shape)
-    return (kernel_name("bias_act_forward", dtype), grid_vectors(tun, n, np.dtype(dtype).itemsize), (BLOCK,),
-            (np.int64(n),) + divisor(C) + divisor(inner) + (np.int32(act.id), act_param(act, dtype)))
+    return (kernel_name("bias_act_forward", dtype), grid_vectors(tun, math.prod(shape), np.dtype(dtype).itemsize),
+            (BLOCK,), (channels_arg(*_geometry(shape)), np.int32(act.id), act_param(act, dtype)))
 
 
 def vjp(mod, act, x, bias=None, inplace=False):
@@ -140,10 +138,10 @@ def _db_plan(tun, act, dtype, shape, splits):
     # the kernels add the bias to src = x again; src = y for output-only activations
     tail = (np.int32(not act.output_only), np.int32(act.id), act_param(act, dtype))
     if inner == 1:  # (outer, C): 32 channels per block, rows split over blockIdx.y
-        name, blocks, block, inner_arg = "bias_act_backward_db_rows", -(-C // 32), (32, 8), ()
+        name, blocks, block, geometry = "bias_act_backward_db_rows", -(-C // 32), (32, 8), (np.int64(outer), np.int64(C))
     else:  # one block per channel, its (outer, inner) elements split over blockIdx.y
-        name, blocks, block, inner_arg = "bias_act_backward_db", C, (BLOCK,), divisor(inner)
-    reduce = (kernel_name(name, dtype), (blocks, splits), block, (np.int64(outer), np.int64(C)) + inner_arg + tail)
+        name, blocks, block, geometry = "bias_act_backward_db", C, (BLOCK,), (channels_arg(outer, C, inner),)
+    reduce = (kernel_name(name, dtype), (blocks, splits), block, geometry + tail)
     finalize = None
     if splits > 1:
         finalize = (kernel_name("bias_act_db_finalize", dtype), grid_1d(tun, C), (BLOCK,),

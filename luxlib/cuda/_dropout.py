@@ -13,7 +13,7 @@ import numpy as np
 
 from .._generic.philox import draw_key, is_generator
 from .._validation import array_namespace
-from ._modules import BLOCK, DTYPES, acc_scalar, divisor, grid_1d, grid_vectors, kernel_name, launch, tuning
+from ._modules import BLOCK, DTYPES, acc_scalar, channels_arg, grid_1d, grid_vectors, kernel_name, launch, tuning
 
 
 def supports(rng, x, training, **_):
@@ -57,7 +57,7 @@ def _multiply_plan(tun, dtype, shape, vshape):
     if vshape == shape or n == 0:  # (nothing is launched for n == 0)
         return kernel_name("multiply", dtype), grid, (BLOCK,), (np.int64(n),)
     C, inner = math.prod(shape[first:last + 1]), math.prod(shape[last + 1:])
-    return kernel_name("multiply_channel", dtype), grid, (BLOCK,), (np.int64(n),) + divisor(C) + divisor(inner)
+    return kernel_name("multiply_channel", dtype), grid, (BLOCK,), (channels_arg(n // (C * inner), C, inner),)
 
 
 def dropout_vjp(mod, rng, x, p, training, invp, shape, mask):

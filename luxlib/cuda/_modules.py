@@ -14,6 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 __all__ = [
+    "CHANNELS",
     "COMPILE_OPTIONS",
     "DIVISOR",
     "DTYPES",
@@ -26,6 +27,7 @@ __all__ = [
     "UNROLL",
     "acc_scalar",
     "act_param",
+    "channels_arg",
     "compile_options",
     "divisor",
     "get_module",
@@ -241,6 +243,16 @@ def divisor(d, bits=64):
 
 #: ``lx_div_args`` of common.cuh (a :func:`divisor` as a member of a struct argument)
 DIVISOR = np.dtype([("d", np.int64), ("mul", np.uint64), ("shift", np.int32)], align=True)
+
+
+#: ``lx_channels`` of elementwise.cuh: n elements as (outer, C, inner) around a per-channel operand
+CHANNELS = np.dtype([("n", np.int64), ("outer", np.int64), ("C", DIVISOR), ("inner", DIVISOR)], align=True)
+
+
+@functools.lru_cache(maxsize=512)
+def channels_arg(outer, C, inner):
+    """The :data:`CHANNELS` struct argument of x viewed as ``(outer, C, inner)``."""
+    return struct_arg(CHANNELS, n=outer * C * inner, outer=outer, C=divisor(C), inner=divisor(inner))
 
 
 def struct_arg(dtype, **fields):

@@ -107,9 +107,6 @@ template <typename I> struct lx_divisor {
     __device__ __forceinline__ I div(I n) const { return lx_mulhi((I)(n + n), mul) >> shift; }
     __device__ __forceinline__ I mod(I n) const { return n - div(n) * d; }
 };
-// a divisor's kernel parameters (d, mul, shift) and the lx_divisor<I> made of them
-#define LX_DIVISOR_PARAMS(name) lx_i64 name, lx_u64 name##_mul, int name##_shift
-#define LX_DIVISOR(I, name) lx_divisor<I>(name, name##_mul, name##_shift)
 // a divisor's parameters as a member of a struct argument (_modules.DIVISOR), and the
 // lx_divisor<I> made of them. A struct of a launch's scalars is one kernel argument: CuPy's
 // host time per launch grows by ~0.25 us with each argument.

@@ -105,16 +105,17 @@ __global__ void multiply(const T* __restrict__ u, const T* __restrict__ v, T* __
    adjacent axes, u viewed as (outer, C, inner) around that run (dropout with dims: y = x *
    mask and dx = dy * mask, the mask of the reduced shape) */
 template <typename T>
-__global__ void multiply_channel(const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ out, lx_i64 n,
-                                 LX_DIVISOR_PARAMS(C), LX_DIVISOR_PARAMS(inner))
+__global__ void multiply_channel(const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ out,
+                                 const lx_channels g)
 {
+    const lx_i64 n = g.n;
     lx_elementwise<T>(
         n, lx_vector_head<T>(n, u, out),
         [&](lx_i64 i, auto w) { return lx_load_pack<T, decltype(w)::value>(u + i); },
         [&](lx_i64 i, auto w, const auto& a) {
             constexpr int W = decltype(w)::value;
             lx_pack<T, W> c;
-            lx_channel ch(i, LX_DIVISOR(lx_u64, C), LX_DIVISOR(lx_u64, inner), 1);
+            lx_channel ch(i, LX_DIV_OF(lx_u64, g.C), LX_DIV_OF(lx_u64, g.inner), 1);
 #pragma unroll
             for (int j = 0; j < W; j++, ch.next()) lx_store(c.v + j, lx_mul(lx_load(a.v + j), lx_load(v + ch.c)));
             lx_store_pack<T, W>(out + i, c);

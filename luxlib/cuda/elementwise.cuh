@@ -53,6 +53,13 @@ __device__ __forceinline__ void lx_store_pack(T* p, const lx_pack<T, W>& v)
 #endif
 }
 
+/* n elements viewed as (outer, C, inner) around a per-channel operand, one struct argument
+   (_modules.CHANNELS: one launch argument for six scalars, each ~0.25 us of CuPy host time) */
+struct lx_channels {
+    lx_i64 n, outer;
+    lx_div_args C, inner;
+};
+
 /* the channel (i / inner) % C of consecutive elements (x viewed as (outer, C, inner)): the
    first by multiply-shift divisions (lx_divisor), the next ones stepped without any; all 0
    unless `divide` */

@@ -15,9 +15,10 @@ from luxlib.cuda._modules import divisor
 KERNEL = r"""
 #include "common.cuh"
 /* q[k] = n[k] / d, r[k] = n[k] % d */
-template <typename I> __global__ void divmod(const I* n, I* q, I* r, lx_i64 count, LX_DIVISOR_PARAMS(d))
+template <typename I> __global__ void divmod(const I* n, I* q, I* r, lx_i64 count, lx_i64 d, lx_u64 d_mul,
+                                                int d_shift)
 {
-    const lx_divisor<I> dv = LX_DIVISOR(I, d);
+    const lx_divisor<I> dv(d, d_mul, d_shift);
     for (lx_i64 k = (lx_i64)blockIdx.x * blockDim.x + threadIdx.x; k < count; k += (lx_i64)gridDim.x * blockDim.x) {
         q[k] = dv.div(n[k]);
         r[k] = dv.mod(n[k]);
