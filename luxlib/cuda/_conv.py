@@ -46,6 +46,10 @@ TILE_LIMIT = 2**31 - 2**24
 #: about this many blocks, each split keeping at least DW_MIN_SPLIT positions
 DW_TARGET_BLOCKS = 1024
 DW_MIN_SPLIT = 16 * BLOCK
+#: (KD, KH, KW) of the depthwise kernels whose weight-gradient units take every tap at once
+#: (``dw_conv_dw_partial``'s ``all_taps``: these sizes are compiled into it); other kernels
+#: take a unit per tap
+DW_ALL_TAPS = frozenset({(1, 3, 3), (1, 5, 5), (1, 1, 3)})
 
 
 _GEOMETRY = "C D H W OD OH OW KD KH KW sd sh sw dd dh dw pd ph pw flip M".split()
@@ -248,10 +252,12 @@ class _Depthwise(_Plan):
         ``dw_conv_dw_finalize`` over the partials of every split and tile."""
         xp, dtype, m = self.xp, self.x.dtype, self.cog
         dx = xp.empty(self.x.shape, dtype)
-        units = self.c * m * self.k
+        cols = self.c * m * self.k  # of dW and of the partials
+        all_taps = _as_3d(self.w_shape[2:], 1) in DW_ALL_TAPS
+        units = self.c * m if all_taps else cols
         splits = max(1, min(-(-DW_TARGET_BLOCKS // units), self.nb * self.p // DW_MIN_SPLIT))
         tiles = list(self.tiles())
-        partial = xp.empty((len(tiles) * splits, units), xp.result_type(dtype, xp.float32))  # compute type
+        partial = xp.empty((len(tiles) * splits, cols), xp.result_type(dtype, xp.float32))  # compute type
         for i, (n0, n1) in enumerate(tiles):
             nb = n1 - n0
             total = nb * self.c * self.plane
@@ -262,11 +268,11 @@ class _Depthwise(_Plan):
             self.mod.get_function(kernel_name("dw_conv_dw_partial", dtype))(
                 grid_1d(self.mod, units * splits, block=1), (BLOCK,),
                 (dzt, _tile(self.x, n0, n1), _tile(partial, i * splits, (i + 1) * splits), np.int32(length),
-                 np.int32(chunk), np.int32(splits), np.int32(units * splits), self.args),
+                 np.int32(chunk), np.int32(splits), np.int32(units * splits), np.int32(all_taps), self.args),
             )
         dw = xp.empty(self.w_shape, dtype)
         self.mod.get_function(kernel_name("dw_conv_dw_finalize", dtype))(
-            grid_1d(self.mod, units), (BLOCK,), (partial, dw, np.int32(partial.shape[0]), np.int32(units))
+            grid_1d(self.mod, cols), (BLOCK,), (partial, dw, np.int32(partial.shape[0]), np.int32(cols))
         )
         return dw, dx.reshape(self.x_shape)
 

@@ -83,6 +83,27 @@ template <typename A> __device__ __forceinline__ A lx_block_sum(A v, A* scratch)
     return v;
 }
 
+// out[k] = the sum over the block of every thread's v[k] (k < N), visible to every thread on
+// return, for two barriers: the same sums as lx_block_sum k by k (which takes two barriers for
+// each); every thread calls it. `scratch` is __shared__ storage of N x 32 elements, `out` of
+// N; out is overwritten by the next call with the same out: read it first.
+template <typename A, int N>
+__device__ __forceinline__ void lx_block_sums(const A (&v)[N], A (*scratch)[LX_WARP], A* out)
+{
+    const int lane = threadIdx.x % LX_WARP, warp = threadIdx.x / LX_WARP, nwarps = blockDim.x / LX_WARP;
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        const A s = lx_warp_sum(v[k]);
+        if (lane == 0) scratch[k][warp] = s;
+    }
+    __syncthreads();
+    for (int k = warp; k < N; k += nwarps) {  // the warps share the N second-level sums
+        const A s = lx_warp_sum(lane < nwarps ? scratch[k][lane] : (A)0);
+        if (lane == 0) out[k] = s;
+    }
+    __syncthreads();
+}
+
 // high half of a full-width unsigned product (mul.hi.u32 / mul.hi.u64)
 #ifdef LUXLIB_CUDA_EMU
 inline lx_u32 lx_mulhi(lx_u32 a, lx_u32 b) { return (lx_u32)(((lx_u64)a * b) >> 32); }

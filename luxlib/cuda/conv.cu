@@ -228,39 +228,87 @@ __global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T*
     }
 }
 
-/* First stage of dW[o, tap] = sum over n and p of dz[n, o, p] x[n, c, in(p, tap)]: work
-   unit u = ((o K + tap) splits + s) sums positions j = n P + p in [s chunk, (s + 1) chunk)
-   of the tile (length = n P) over one block, into partial[s, o K + tap] (compute type).
-   Blocks stride over the units; the finalize kernel sums the partials of every split and
-   tile in a fixed order, so dW does not depend on the schedule. */
+/* The terms of dW[o, tap] = sum over n and p of dz[n, o, p] x[n, c, in(p, tap)] that this
+   thread adds, for the positions j = n P + p in [j0, j1) from j0 + threadIdx.x in steps of
+   blockDim.x: f(tap, dz term, x term) for every tap whose input lies inside x (`taps`: the taps
+   of the given KD, KH, KW, or only `tap`), in order of j, and of the tap for each j. */
+template <typename T, typename F>
+__device__ __forceinline__ void lx_dw_terms(const T* __restrict__ dz, const T* __restrict__ x, int o, int c, int j0,
+                                            int j1, const lx_conv& g, int KD, int KH, int KW, int tap0, int ntaps,
+                                            F f)
+{
+    const int C = g.C, D = g.D, H = g.H, W = g.W, CO = C * g.M, plane = D * H * W;
+    const lx_div32 dP = LX_DIV32(g, divP), dOW = LX_DIV32(g, divOW), dOH = LX_DIV32(g, divOH);
+    const int P = (int)dP.d;
+    for (int j = j0 + (int)threadIdx.x; j < j1; j += blockDim.x) {
+        const lx_u32 n = dP.div((lx_u32)j);
+        const int p = j - (int)n * P;
+        int od, oh, ow;
+        lx_split3((lx_u32)p, dOW, dOH, od, oh, ow);
+        const T dzv = dz[((int)n * CO + o) * P + p];
+        const T* xs = x + ((int)n * C + c) * plane;
+#pragma unroll
+        for (int t = 0; t < ntaps; t++) {
+            const int tap = tap0 + t, kw = tap % KW, kh = tap / KW % KH, kd = tap / (KW * KH);
+            const int id = lx_in_coord(od, kd, KD, g.sd, g.dd, g.pd, g.flip);
+            const int ih = lx_in_coord(oh, kh, KH, g.sh, g.dh, g.ph, g.flip);
+            const int iw = lx_in_coord(ow, kw, KW, g.sw, g.dw, g.pw, g.flip);
+            if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W) f(t, dzv, xs[(id * H + ih) * W + iw]);
+        }
+    }
+}
+
+/* One unit of dw_conv_dw_partial with every tap (K of them, a compile-time count): the block
+   reads each dz element once for all taps, where a unit per tap reads it K times. */
+template <int KH, int KW, typename T>
+__device__ __forceinline__ void lx_dw_all_taps(const T* __restrict__ dz, const T* __restrict__ x,
+                                               typename lx_acc<T>::type* __restrict__ out, int o, int j0, int j1,
+                                               const lx_conv& g)
+{
+    typedef typename lx_acc<T>::type A;
+    constexpr int K = KH * KW;
+    __shared__ A scratch[K][LX_WARP];
+    __shared__ A sums[K];
+    A acc[K];
+#pragma unroll
+    for (int t = 0; t < K; t++) acc[t] = 0;
+    lx_dw_terms(dz, x, o, o / g.M, j0, j1, g, 1, KH, KW, 0, K,
+                [&](int t, T a, T b) { acc[t] += lx_load(&a) * lx_load(&b); });
+    lx_block_sums(acc, scratch, sums);
+    if ((int)threadIdx.x < K) out[threadIdx.x] = sums[threadIdx.x];
+}
+
+/* First stage of dW[o, tap]: work unit u = (ot splits + s) sums the positions j = n P + p in
+   [s chunk, (s + 1) chunk) of the tile (length = n P) over one block, into partial[s, o K +
+   tap] (compute type), for ot = o K + tap; or, with `all_taps` (the host sets it for kernels
+   of 1 x 3 x 3, 1 x 5 x 5 and 1 x 1 x 3 only), for ot = o and every tap at once. Each tap's
+   sum is the same either way (the same terms in the same order, the same block reduction).
+   Blocks stride over the units; the finalize kernel sums the partials of every split and tile
+   in a fixed order, so dW does not depend on the schedule. */
 template <typename T>
 __global__ void dw_conv_dw_partial(const T* __restrict__ dz, const T* __restrict__ x,
                                    typename lx_acc<T>::type* __restrict__ partial, int length, int chunk, int splits,
-                                   int units, const lx_conv g)
+                                   int units, int all_taps, const lx_conv g)
 {
     typedef typename lx_acc<T>::type A;
     __shared__ A scratch[LX_WARP];
-    LX_CONV_GEOMETRY(g);
-    const lx_div32 dP = LX_DIV32(g, divP), dOW = LX_DIV32(g, divOW), dOH = LX_DIV32(g, divOH);
-    const int K = KD * KH * KW, CO = C * M, plane = D * H * W, P = (int)dP.d;
+    const int K = g.KD * g.KH * g.KW, CO = g.C * g.M;
     for (int u = blockIdx.x; u < units; u += gridDim.x) {  // block-uniform: the barriers below are safe
-        const int s = u % splits, ot = u / splits, o = ot / K, tap = ot % K, c = o / M;  // once per unit
-        const int kw = tap % KW, kh = tap / KW % KH, kd = tap / (KW * KH);
-        const int j1 = (s + 1) * chunk < length ? (s + 1) * chunk : length;
-        A acc = 0;
-        for (int j = s * chunk + (int)threadIdx.x; j < j1; j += blockDim.x) {
-            const lx_u32 n = dP.div((lx_u32)j);
-            const int p = j - (int)n * P;
-            int od, oh, ow;
-            lx_split3((lx_u32)p, dOW, dOH, od, oh, ow);
-            const int id = lx_in_coord(od, kd, KD, sd, dd, pd, flip);
-            const int ih = lx_in_coord(oh, kh, KH, sh, dh, ph, flip);
-            const int iw = lx_in_coord(ow, kw, KW, sw, dw, pw, flip);
-            if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W)
-                acc += lx_load(dz + ((int)n * CO + o) * P + p) * lx_load(x + ((int)n * C + c) * plane + (id * H + ih) * W + iw);
+        const int s = u % splits, ot = u / splits;  // once per unit
+        const int j0 = s * chunk, j1 = (s + 1) * chunk < length ? (s + 1) * chunk : length;
+        A* out = partial + s * CO * K + (all_taps ? ot * K : ot);
+        if (all_taps) {
+            if (g.KH == 3) lx_dw_all_taps<3, 3>(dz, x, out, ot, j0, j1, g);
+            else if (g.KH == 5) lx_dw_all_taps<5, 5>(dz, x, out, ot, j0, j1, g);
+            else lx_dw_all_taps<1, 3>(dz, x, out, ot, j0, j1, g);
+            continue;
         }
+        const int o = ot / K;
+        A acc = 0;
+        lx_dw_terms(dz, x, o, o / g.M, j0, j1, g, g.KD, g.KH, g.KW, ot % K, 1,
+                    [&](int, T a, T b) { acc += lx_load(&a) * lx_load(&b); });
         acc = lx_block_sum(acc, scratch);
-        if (threadIdx.x == 0) partial[s * CO * K + ot] = acc;
+        if (threadIdx.x == 0) *out = acc;
     }
 }
 

@@ -109,27 +109,6 @@ __device__ __forceinline__ void lx_cols_sum(double (&v)[N], double (&acc)[N][LX_
             for (int k = 0; k < N; k++) v[k] += acc[k][r][threadIdx.x];
 }
 
-/* out[k] = the sum over the block of every thread's v[k] (k < N), visible to every thread
-   on return, for two barriers (the same sums as lx_block_sum, common.cuh, k by k, which takes
-   two barriers for each); every thread calls it. out is overwritten by the next call with the same out:
-   read it first. */
-template <int N>
-__device__ __forceinline__ void lx_block_sums(const double (&v)[N], double (*scratch)[LX_WARP], double* out)
-{
-    const int lane = threadIdx.x % LX_WARP, warp = threadIdx.x / LX_WARP, nwarps = blockDim.x / LX_WARP;
-#pragma unroll
-    for (int k = 0; k < N; k++) {
-        const double s = lx_warp_sum(v[k]);
-        if (lane == 0) scratch[k][warp] = s;
-    }
-    __syncthreads();
-    for (int k = warp; k < N; k += nwarps) {  /* the warps share the N second-level sums */
-        const double s = lx_warp_sum(lane < nwarps ? scratch[k][lane] : 0.0);
-        if (lane == 0) out[k] = s;
-    }
-    __syncthreads();
-}
-
 /* Per (unit, chunk) = (u, blockIdx.y), u running over the units from blockIdx.x in steps
    of gridDim.x (block-uniform, so the barriers stay safe; the grid's x is capped): the
    chunk's mean and sum of squared deviations from it, part[2 * (u * gridDim.y + c) + {0, 1}],

@@ -361,17 +361,23 @@ def test_depthwise_only_for_groups_equal_to_channels():
         assert isinstance(plan, _conv._Depthwise) == want, (x_shape, w_shape)
 
 
-def test_depthwise_weight_gradient_two_stage(monkeypatch):
-    """dW split over several blocks per (channel, tap) and over batch tiles (partials of
-    every split and tile summed by dw_conv_dw_finalize), uneven and empty last splits, grids
-    capped at 2 blocks: matches the generic path, and the schedules agree bit for bit
-    (no atomics: the order of the sums is fixed)."""
-    case = ((3, 2, 5, 4), (4, 1, 3, 2), dict(padding=1, stride=(2, 1), groups=2))
+# a unit of dW per (channel, tap) (3x2 kernel), and per channel for all taps (3x3)
+TWO_STAGE_CASES = [((3, 2, 5, 4), (4, 1, 3, 2), dict(padding=1, stride=(2, 1), groups=2)),
+                   ((3, 2, 5, 4), (4, 1, 3, 3), dict(padding=1, stride=(2, 1), groups=2))]
+
+
+@pytest.mark.parametrize("case", TWO_STAGE_CASES, ids=str)
+def test_depthwise_weight_gradient_two_stage(case, monkeypatch):
+    """dW split over several blocks per unit and over batch tiles (partials of every split
+    and tile summed by dw_conv_dw_finalize), uneven and empty last splits, grids capped at 2
+    blocks: matches the generic path, and the schedules agree bit for bit (no atomics: the
+    order of the sums is fixed)."""
     x, w, b, dy, cdims = _conv_case(case, np.float32, seed=12)
     per_sample = _conv._layout(cdims, x.shape[0], x.dtype.itemsize, True).per_sample  # 4 channels x 15 positions
     monkeypatch.setattr(_conv, "DW_MIN_SPLIT", 1)
-    # (DW_TARGET_BLOCKS, samples per tile): 2 splits of 45 positions; 5 of 15 (3 tiles);
-    # 9 splits of 30 positions (2 tiles), chunk 4: the last split is empty
+    # (DW_TARGET_BLOCKS, samples per tile), for the 3x2 kernel's 24 units: 2 splits of 45
+    # positions; 5 of 15 (3 tiles); 9 splits of 30 positions (2 tiles), chunk 4: the last
+    # split is empty (the 3x3 kernel's 4 units: 10, 25 and 30 splits)
     for target, nb in ((40, 3), (100, 1), (200, 2)):
         monkeypatch.setattr(_conv, "DW_TARGET_BLOCKS", target)
         monkeypatch.setattr(_conv, "TILE_LIMIT", nb * per_sample + 1)
@@ -384,6 +390,25 @@ def test_depthwise_weight_gradient_two_stage(monkeypatch):
             results.append(pullback(dy))
         for name in ("weight", "x", "bias"):
             np.testing.assert_array_equal(results[0][name], results[1][name], err_msg=name)
+
+
+@pytest.mark.parametrize("case", [c for c in DEPTHWISE_CASES if _conv._as_3d(c[1][2:], 1) in _conv.DW_ALL_TAPS],
+                         ids=str)
+def test_depthwise_weight_gradient_all_taps(case, monkeypatch):
+    """The weight gradient's units of all taps give each tap the sum that its own unit gives
+    (one split, a tile per sample: the same partials), bit for bit, under both schedules."""
+    x, w, b, dy, cdims = _conv_case(case, np.float32, seed=13)
+    monkeypatch.setattr(_conv, "DW_TARGET_BLOCKS", 1)
+    monkeypatch.setattr(_conv, "TILE_LIMIT", _conv._layout(cdims, x.shape[0], 4, True).per_sample + 1)
+    for schedule in SCHEDULES:
+        mods = emu("conv", schedule, max_blocks=2), emu("bias_activation", schedule)
+        got = [_conv.vjp(*mods, BLAS, activations.relu, w, x, b, cdims)[1](dy)["weight"]]
+        monkeypatch.setattr(_conv, "DW_ALL_TAPS", frozenset())
+        got.append(_conv.vjp(*mods, BLAS, activations.relu, w, x, b, cdims)[1](dy)["weight"])
+        monkeypatch.undo()
+        monkeypatch.setattr(_conv, "DW_TARGET_BLOCKS", 1)
+        monkeypatch.setattr(_conv, "TILE_LIMIT", _conv._layout(cdims, x.shape[0], 4, True).per_sample + 1)
+        np.testing.assert_array_equal(got[0], got[1])
 
 
 # ---- through the public functions and the registry ------------------------------------
