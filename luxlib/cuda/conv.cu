@@ -143,6 +143,16 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
 }
 
 // ---- depthwise (groups == C, M = C_out / C output channels per input channel) ----------
+// f(KD, KH, KW) with the kernel's sizes, as constants for the common kernels 3x3, 5x5 and 3
+// (1-D, or 1 x 3): f is inlined for each, and the compiler unrolls its loops over the taps
+// into straight-line code (ATen's depthwise kernels specialize 3x3 and 5x5 too); and once
+// for any other size. The same terms in the same order either way.
+#define LX_DW_BY_SIZE(f)                                  \
+    (KD != 1                ? f(KD, KH, KW)               \
+     : KH == 3 && KW == 3   ? f(1, 3, 3)                  \
+     : KH == 5 && KW == 5   ? f(1, 5, 5)                  \
+     : KH == 1 && KW == 3   ? f(1, 1, 3)                  \
+                            : f(KD, KH, KW))
 // Output channel o = c M + m reads input channel c with the weights w[o] (K taps). Sums
 // run in the compute type in a fixed order and are rounded once.
 
@@ -150,10 +160,7 @@ __global__ void col2im(const T* __restrict__ dcols, T* __restrict__ dx, int tota
    epilogue y = act(z + bias[o]) with the sum rounded to T, as bias_act_forward computes it
    from a stored z; one thread per output element (total = n C M P). z is written only when
    write_z (for a pullback that needs the pre-activation), bias read only when has_bias.
-   The sum over the taps is inlined with constant trip counts for the common kernels 3x3, 5x5
-   and 3 (1-D), which the compiler unrolls into straight-line loads (ATen's depthwise kernels
-   specialize 3x3 and 5x5 too), and once for any other size; the same terms in the same order
-   either way. */
+   The sum over the taps is inlined for each size of LX_DW_BY_SIZE. */
 template <typename T>
 __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                                 T* __restrict__ z, T* __restrict__ y, int total, int has_bias, int write_z, int act,
@@ -190,11 +197,7 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
             }
             return acc;
         };
-        const A acc = KD != 1                ? taps(KD, KH, KW)
-                      : KH == 3 && KW == 3 ? taps(1, 3, 3)
-                      : KH == 5 && KW == 5 ? taps(1, 5, 5)
-                      : KH == 1 && KW == 3 ? taps(1, 1, 3)
-                                           : taps(KD, KH, KW);
+        const A acc = LX_DW_BY_SIZE(taps);
         const A zt = lx_round<T>(acc);
         if (write_z) lx_store(z + e, zt);
         lx_store(y + e, lx_act(act, has_bias ? lx_round<T>(zt + lx_load(bias + o)) : zt, ap));
@@ -202,7 +205,8 @@ __global__ void dw_conv_forward(const T* __restrict__ x, const T* __restrict__ w
 }
 
 /* dx[n, c, i] = sum over m and the (tap, p) that read input i of dz[n, c M + m, p] w[c M + m,
-   tap]: a gather, one thread per input element (total = n C D H W) */
+   tap]: a gather, one thread per input element (total = n C D H W), inlined for each size of
+   LX_DW_BY_SIZE */
 template <typename T>
 __global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T* __restrict__ dx, int total,
                            const lx_conv g)
@@ -211,20 +215,23 @@ __global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T*
     LX_CONV_GEOMETRY(g);
     const lx_div32 dPlane = LX_DIV32(g, divPlane), dC = LX_DIV32(g, divC), dW = LX_DIV32(g, divW),
                    dH = LX_DIV32(g, divH), sD = LX_DIV32(g, divSD), sH = LX_DIV32(g, divSH), sW = LX_DIV32(g, divSW);
-    const int K = KD * KH * KW, P = OD * OH * OW;
+    const int P = OD * OH * OW;
     LX_GRID_STRIDE32(e, total) {
         const lx_u32 nc = dPlane.div(e);  // n * C + c
         const int c = (int)(nc - dC.div(nc) * dC.d);
         int id, ih, iw;
         lx_split3(e - nc * dPlane.d, dW, dH, id, ih, iw);
-        A acc = 0;
-        for (int m = 0; m < M; m++) {
-            const T* dzs = dz + (nc * (lx_u32)M + (lx_u32)m) * (lx_u32)P;  // dz[n, c M + m]
-            const T* ws = w + (c * M + m) * K;
-            lx_readers(id, ih, iw, LX_READERS_GEOMETRY,
-                       [&](int tap, int o) { acc += lx_load(dzs + o) * lx_load(ws + tap); });
-        }
-        lx_store(dx + e, acc);
+        auto gather = [&](const int KD, const int KH, const int KW) {  /* the sum, for the kernel (KD, KH, KW) */
+            A acc = 0;
+            for (int m = 0; m < M; m++) {
+                const T* dzs = dz + (nc * (lx_u32)M + (lx_u32)m) * (lx_u32)P;  // dz[n, c M + m]
+                const T* ws = w + (c * M + m) * (KD * KH * KW);
+                lx_readers(id, ih, iw, LX_READERS_GEOMETRY,
+                           [&](int tap, int o) { acc += lx_load(dzs + o) * lx_load(ws + tap); });
+            }
+            return acc;
+        };
+        lx_store(dx + e, LX_DW_BY_SIZE(gather));
     }
 }
 
