@@ -3,8 +3,9 @@
 ``cupy.matmul`` spent 25-70 us of host time per call on the H200 run of 2026-11-25 (72 us
 on a batch of small matrices) before cuBLAS started. :func:`matmul` makes one cuBLAS call
 per product itself, with every operand as it is stored: a transposed view (``w.T``,
-``y.transpose(0, 2, 1)``) through the transpose flag, a batch of 1 through batch stride 0,
-never a copy for either. The layouts come from shapes and strides, without views.
+``y.transpose(0, 2, 1)``), or an operand the caller asks to transpose (``transpose_a``,
+``transpose_b``: no view made), through the transpose flag, a batch of 1 through batch
+stride 0, never a copy for either. The layouts come from shapes and strides, without views.
 
 cuBLAS is column-major. The memory of a row-major ``(r, c)`` matrix with row stride ``ld``
 is the column-major ``(c, r)`` matrix with leading dimension ``ld``: its transpose. So
@@ -110,14 +111,30 @@ def _operand_layout(shape, strides, item):
     return None if layout is None else layout + (stride,)
 
 
-def _operand(a):
-    """``(a, trans, ld, stride)`` (:func:`_operand_layout`); a copy in C order when ``a``
-    cannot be read as stored."""
-    layout = _operand_layout(a.shape, a.strides, a.itemsize)
+def _matrices(a, transpose):
+    """``(shape, strides)`` of ``a``, or with ``transpose`` of its matrices transposed (the last
+    two axes swapped), without a view."""
+    shape, strides = a.shape, a.strides
+    if not transpose:
+        return shape, strides
+    return shape[:-2] + (shape[-1], shape[-2]), strides[:-2] + (strides[-1], strides[-2])
+
+
+def _view(a, transpose):
+    """``a``, or the view of its matrices transposed."""
+    return a.swapaxes(-1, -2) if transpose else a
+
+
+def _operand(a, shape, strides, transpose):
+    """``(array, trans, ld, stride)``: how cuBLAS reads the operand of ``shape`` and
+    ``strides`` (``a``, or its transposed matrices with ``transpose``) as ``a`` is stored
+    (:func:`_operand_layout`), or a copy in C order when it cannot be read so."""
+    layout = _operand_layout(shape, strides, a.itemsize)
     if layout is not None:
         return (a,) + layout
-    batch, rows, cols = _batched(a.shape)[0]
-    return array_namespace(a).ascontiguousarray(a), False, max(1, cols), 0 if batch == 1 else rows * cols
+    batch, rows, cols = _batched(shape)[0]
+    copy = array_namespace(a).ascontiguousarray(_view(a, transpose))
+    return copy, False, max(1, cols), 0 if batch == 1 else rows * cols
 
 
 @functools.lru_cache(maxsize=1024)
@@ -145,7 +162,7 @@ def _store(out, product, accumulate):
     return out
 
 
-def matmul(blas, a, b, out=None, accumulate=False):
+def matmul(blas, a, b, out=None, accumulate=False, transpose_a=False, transpose_b=False):
     """``out = a @ b``, or ``out += a @ b`` with ``accumulate``, by one cuBLAS call.
 
     Parameters
@@ -158,6 +175,9 @@ def matmul(blas, a, b, out=None, accumulate=False):
         ``(batch, M, N)`` (``(M, N)`` when both are 2-D), any strides; new when None.
     accumulate : bool
         Add the product to ``out`` instead of overwriting it.
+    transpose_a, transpose_b : bool
+        Multiply by the transposes of ``a``'s (``b``'s) matrices, as ``a.swapaxes(-1, -2)``
+        would give them, without making that view (microseconds of host time on a GPU).
 
     Returns
     -------
@@ -167,7 +187,8 @@ def matmul(blas, a, b, out=None, accumulate=False):
     xp = array_namespace(a, b)
     if a.dtype != b.dtype:
         raise ValueError(f"cuda matmul: operand dtypes differ ({a.dtype}, {b.dtype})")
-    (ba, m, k), (bb, _, n) = _batched(a.shape)[0], _batched(b.shape)[0]
+    (a_shape, a_strides), (b_shape, b_strides) = _matrices(a, transpose_a), _matrices(b, transpose_b)
+    (ba, m, k), (bb, _, n) = _batched(a_shape)[0], _batched(b_shape)[0]
     batch = 0 if 0 in (ba, bb) else max(ba, bb)
     if out is None:
         out = xp.empty((batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n), a.dtype)
@@ -181,13 +202,14 @@ def matmul(blas, a, b, out=None, accumulate=False):
         return out
     layout = _output(out.shape, out.strides, out.itemsize) if out.dtype == a.dtype else None
     if layout is None:  # e.g. float16 products into a float32 sum: a product, then its sum
-        return _store(out, matmul(blas, a, b), accumulate)
+        return _store(out, matmul(blas, a, b, transpose_a=transpose_a, transpose_b=transpose_b), accumulate)
     ldc, sc = layout
-    (a, ta, lda, sa), (b, tb, ldb, sb) = _operand(a), _operand(b)
+    ca, ta, lda, sa = _operand(a, a_shape, a_strides, transpose_a)
+    cb, tb, ldb, sb = _operand(b, b_shape, b_strides, transpose_b)
     rows, items = m, batch
     if batch > 1 and sb == 0 and not ta and sa == m * lda and sc == m * ldc:
         rows, items = batch * m, 1  # one gemm over the rows of every matrix of a
     if max(rows, n, k, lda, ldb, ldc, items) > INT_MAX:  # beyond cuBLAS's ints
-        return _store(out, xp.matmul(a, b), accumulate)
-    blas.gemm_strided_batched(tb, ta, n, rows, k, b, ldb, sb, a, lda, sa, accumulate, out, ldc, sc, items)
+        return _store(out, xp.matmul(_view(a, transpose_a), _view(b, transpose_b)), accumulate)
+    blas.gemm_strided_batched(tb, ta, n, rows, k, cb, ldb, sb, ca, lda, sa, accumulate, out, ldc, sc, items)
     return out

@@ -176,40 +176,42 @@ class _Plan:
         acc = xp.result_type(dtype, xp.float32)  # the weight gradient sums in float32 at least
         dw = xp.empty(self.w.shape, acc)
         dx = xp.empty(self.x.shape, dtype)
-        wt = self.w.swapaxes(-1, -2)  # (G, Cg K, Cog), a view
         for n0, n1 in self.tiles():
             nb = n1 - n0
             dzt = _tile(dz, n0, n1)
             dzb = _batch_minor(xp, dzt, self.g)
             colsb = self.cols(n0, n1, batch_minor=True)
-            matmul(self.blas, dzb, colsb.swapaxes(-1, -2), out=dw, accumulate=n0 > 0)
+            matmul(self.blas, dzb, colsb, out=dw, accumulate=n0 > 0, transpose_b=True)
             del colsb
             if self.one_by_one:
-                _per_group(self.blas, wt, dzt, _tile(dx, n0, n1).reshape(nb, self.c, self.p))
+                _per_group(self.blas, self.w, dzt, _tile(dx, n0, n1).reshape(nb, self.c, self.p), transpose=True)
                 continue
             # (nb, C K, P): rows (c, tap), as col2im reads them
-            dcols = _per_group(self.blas, wt, dzt, xp.empty((nb, self.c * self.k, self.p), dtype))
+            dcols = _per_group(self.blas, self.w, dzt, xp.empty((nb, self.c * self.k, self.p), dtype), transpose=True)
             total = nb * self.c * self.plane
             self._launch("col2im", total, (dcols, _tile(dx, n0, n1), np.int32(total)))
         return dw.astype(dtype, copy=False).reshape(self.w_shape), dx.reshape(self.x_shape)
 
 
-def _per_group(blas, w, v, out):
-    """``out[n, g] = w[g] @ v[n, g]`` for ``w`` ``(G, R, S)``, ``v`` ``(nb, G S, P)`` and
-    C-contiguous ``out`` ``(nb, G R, P)`` (each sample's groups stacked): one strided-batched
-    gemm for one group (``w`` broadcast over the samples; no views, each a CuPy call of host
-    time), else one per group or per sample, whichever is fewer; returns ``out``."""
+def _per_group(blas, w, v, out, transpose=False):
+    """``out[n, g] = w[g] @ v[n, g]`` for ``w`` ``(G, R, S)`` (with ``transpose``: ``w[g].T``
+    for ``w`` ``(G, S, R)``, no view made), ``v`` ``(nb, G S, P)`` and C-contiguous ``out``
+    ``(nb, G R, P)`` (each sample's groups stacked): one strided-batched gemm for one group
+    (``w`` broadcast over the samples; no views, each a CuPy call of host time), else one per
+    group or per sample, whichever is fewer; returns ``out``."""
     groups, r, s = w.shape
+    if transpose:
+        r, s = s, r
     if groups == 1:
-        return matmul(blas, w, v, out=out)
+        return matmul(blas, w, v, out=out, transpose_a=transpose)
     nb, p = v.shape[0], v.shape[2]
     v4, out4 = v.reshape(nb, groups, s, p), out.reshape(nb, groups, r, p)
     if groups <= nb:
         for g in range(groups):
-            matmul(blas, w[g], v4[:, g], out=out4[:, g])
+            matmul(blas, w[g], v4[:, g], out=out4[:, g], transpose_a=transpose)
     else:
         for n in range(nb):
-            matmul(blas, w, v4[n], out=out4[n])
+            matmul(blas, w, v4[n], out=out4[n], transpose_a=transpose)
     return out
 
 

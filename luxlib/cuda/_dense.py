@@ -1,5 +1,5 @@
 """GPU ``fused_dense_bias_activation``: cuBLAS gemm (:mod:`luxlib.cuda._blas`; ``weight.T``
-and transposed views through the transpose flag) written into the output, then the
+and ``dz.T`` through the transpose flag, no views) written into the output, then the
 bias+activation kernel of ``bias_activation.cu`` as the fused epilogue, in place.
 
 Launch code against a kernel module (``mod``, see :mod:`luxlib.cuda._bias_activation`)
@@ -20,7 +20,7 @@ def supports(act, weight, x, bias):
 
 def _linear(blas, weight, x):
     """``x @ weight.T`` as a new C-contiguous ``(batch, out)`` array (x as a batch)."""
-    return matmul(blas, x if x.ndim == 2 else x[None, :], weight.T)
+    return matmul(blas, x if x.ndim == 2 else x[None, :], weight, transpose_b=True)
 
 
 def forward(mod, blas, act, weight, x, bias):
@@ -39,6 +39,6 @@ def vjp(mod, blas, act, weight, x, bias):
         dz, db = epilogue_pullback(dy)
         xb = x if x.ndim == 2 else x[None, :]
         dx = matmul(blas, dz, weight)
-        return {"weight": matmul(blas, dz.T, xb), "x": dx if x.ndim == 2 else dx[0], "bias": db}
+        return {"weight": matmul(blas, dz, xb, transpose_a=True), "x": dx if x.ndim == 2 else dx[0], "bias": db}
 
     return (y if x.ndim == 2 else y[0]), pullback

@@ -113,6 +113,51 @@ def test_matmul_matches_numpy(form_a, form_b, shapes):
     np.testing.assert_array_equal(b, keep[1])
 
 
+class _Spy(emu_blas.EmuBLAS):
+    """The emulation, recording every call's arguments (arrays as their addresses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def gemm_strided_batched(self, *args):
+        self.seen.append(tuple(a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a for a in args))
+        super().gemm_strided_batched(*args)
+
+
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+@pytest.mark.parametrize("form_b", FORMS)
+@pytest.mark.parametrize("form_a", FORMS)
+def test_matmul_transpose_flags(form_a, form_b, shapes):
+    """``transpose_a``/``transpose_b`` on the transposed storage give what the operands'
+    ``swapaxes`` views give: the same cuBLAS calls and bit-identical results (copies where
+    the storage is no BLAS form; through the namespace beyond cuBLAS's ints)."""
+    rng = np.random.default_rng(len(form_a) + 3 * len(form_b))
+    a, b = _layout(rng, shapes[0], form_a, np.float64), _layout(rng, shapes[1], form_b, np.float64)
+    at, bt = a.swapaxes(-1, -2), b.swapaxes(-1, -2)  # what the flags are given
+    for flags in ((True, False), (False, True), (True, True)):
+        args = (at if flags[0] else a, bt if flags[1] else b)
+        views, flagged = _Spy(), _Spy()
+        want = _blas.matmul(views, a, b)
+        got = _blas.matmul(flagged, *args, transpose_a=flags[0], transpose_b=flags[1])
+        np.testing.assert_array_equal(got, want)
+        scalars = lambda spy: [c[:5] + c[6:8] + c[9:12] + c[13:] for c in spy.seen]  # noqa: E731 (not the arrays)
+        assert scalars(flagged) == scalars(views)
+    out = np.zeros(np.matmul(a, b).shape, np.float32)  # float64 products summed into float32
+    np.testing.assert_array_equal(_blas.matmul(_Spy(), at, bt, out=out, transpose_a=True, transpose_b=True),
+                                  np.matmul(a, b).astype(np.float32))
+
+
+def test_matmul_transpose_flags_beyond_cublas_ints(monkeypatch):
+    blas = emu_blas.EmuBLAS()
+    monkeypatch.setattr(_blas, "INT_MAX", 4)
+    rng = np.random.default_rng(5)
+    a, b = randn(rng, (2, 5, 3)), randn(rng, (2, 2, 5))
+    got = _blas.matmul(blas, a, b, transpose_a=True, transpose_b=True)
+    np.testing.assert_array_equal(got, np.matmul(a.swapaxes(1, 2), b.swapaxes(1, 2)))
+    assert blas.calls == []
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
 def test_matmul_dtypes_and_accumulate(dtype):
     rng = np.random.default_rng(1)
