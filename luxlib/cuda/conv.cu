@@ -237,16 +237,24 @@ __global__ void dw_conv_dx(const T* __restrict__ dz, const T* __restrict__ w, T*
 
 /* The terms of dW[o, tap] = sum over n and p of dz[n, o, p] x[n, c, in(p, tap)] that this
    thread adds, for the positions j = n P + p in [j0, j1) from j0 + threadIdx.x in steps of
-   blockDim.x: f(tap, dz term, x term) for every tap whose input lies inside x (`taps`: the taps
-   of the given KD, KH, KW, or only `tap`), in order of j, and of the tap for each j. */
-template <typename T, typename F>
+   blockDim.x: f(t, dz term, x term) for the NT taps tap0 + t of the kernel (KD, KH, KW) whose
+   inputs lie inside x, in order of j, and of t for each j. The taps' coordinates are split
+   once, before the loop. */
+template <int NT, typename T, typename F>
 __device__ __forceinline__ void lx_dw_terms(const T* __restrict__ dz, const T* __restrict__ x, int o, int c, int j0,
-                                            int j1, const lx_conv& g, int KD, int KH, int KW, int tap0, int ntaps,
-                                            F f)
+                                            int j1, const lx_conv& g, int KD, int KH, int KW, int tap0, F f)
 {
     const int C = g.C, D = g.D, H = g.H, W = g.W, CO = C * g.M, plane = D * H * W;
     const lx_div32 dP = LX_DIV32(g, divP), dOW = LX_DIV32(g, divOW), dOH = LX_DIV32(g, divOH);
     const int P = (int)dP.d;
+    int kd[NT], kh[NT], kw[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const int tap = tap0 + t;
+        kw[t] = tap % KW;
+        kh[t] = tap / KW % KH;
+        kd[t] = tap / (KW * KH);
+    }
     for (int j = j0 + (int)threadIdx.x; j < j1; j += blockDim.x) {
         const lx_u32 n = dP.div((lx_u32)j);
         const int p = j - (int)n * P;
@@ -255,11 +263,10 @@ __device__ __forceinline__ void lx_dw_terms(const T* __restrict__ dz, const T* _
         const T dzv = dz[((int)n * CO + o) * P + p];
         const T* xs = x + ((int)n * C + c) * plane;
 #pragma unroll
-        for (int t = 0; t < ntaps; t++) {
-            const int tap = tap0 + t, kw = tap % KW, kh = tap / KW % KH, kd = tap / (KW * KH);
-            const int id = lx_in_coord(od, kd, KD, g.sd, g.dd, g.pd, g.flip);
-            const int ih = lx_in_coord(oh, kh, KH, g.sh, g.dh, g.ph, g.flip);
-            const int iw = lx_in_coord(ow, kw, KW, g.sw, g.dw, g.pw, g.flip);
+        for (int t = 0; t < NT; t++) {
+            const int id = lx_in_coord(od, kd[t], KD, g.sd, g.dd, g.pd, g.flip);
+            const int ih = lx_in_coord(oh, kh[t], KH, g.sh, g.dh, g.ph, g.flip);
+            const int iw = lx_in_coord(ow, kw[t], KW, g.sw, g.dw, g.pw, g.flip);
             if (id >= 0 && id < D && ih >= 0 && ih < H && iw >= 0 && iw < W) f(t, dzv, xs[(id * H + ih) * W + iw]);
         }
     }
@@ -279,7 +286,7 @@ __device__ __forceinline__ void lx_dw_all_taps(const T* __restrict__ dz, const T
     A acc[K];
 #pragma unroll
     for (int t = 0; t < K; t++) acc[t] = 0;
-    lx_dw_terms(dz, x, o, o / g.M, j0, j1, g, 1, KH, KW, 0, K,
+    lx_dw_terms<K>(dz, x, o, o / g.M, j0, j1, g, 1, KH, KW, 0,
                 [&](int t, T a, T b) { acc[t] += lx_load(&a) * lx_load(&b); });
     lx_block_sums(acc, scratch, sums);
     if ((int)threadIdx.x < K) out[threadIdx.x] = sums[threadIdx.x];
@@ -312,7 +319,7 @@ __global__ void dw_conv_dw_partial(const T* __restrict__ dz, const T* __restrict
         }
         const int o = ot / K;
         A acc = 0;
-        lx_dw_terms(dz, x, o, o / g.M, j0, j1, g, g.KD, g.KH, g.KW, ot % K, 1,
+        lx_dw_terms<1>(dz, x, o, o / g.M, j0, j1, g, g.KD, g.KH, g.KW, ot % K,
                     [&](int, T a, T b) { acc += lx_load(&a) * lx_load(&b); });
         acc = lx_block_sum(acc, scratch);
         if (threadIdx.x == 0) *out = acc;
