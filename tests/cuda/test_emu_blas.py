@@ -273,6 +273,19 @@ def test_matmul_on_gpu(cp, form_a, form_b, shapes):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+@pytest.mark.parametrize("form", FORMS)
+def test_matmul_transpose_flags_on_gpu(cp, form, shapes):
+    """The transpose flags on the transposed storage give the views' results bit for bit."""
+    rng = np.random.default_rng(len(form))
+    a, b = (_layout(rng, shape, form, np.float32, cp) for shape in shapes)
+    blas = _blas.get_blas()
+    want = _blas.matmul(blas, a, b)
+    got = _blas.matmul(blas, a.swapaxes(-1, -2), b.swapaxes(-1, -2), transpose_a=True, transpose_b=True)
+    cp.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
 def test_matmul_accumulates_into_a_strided_output_on_gpu(cp, dtype):
     rng = np.random.default_rng(6)
