@@ -117,9 +117,23 @@ class EmuFunction:
             raise NotImplementedError("dynamic shared memory is not emulated")
         if len(args) != len(self.signature):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.signature)} parameters")
-        keep = []  # buffers alive during the launch
+        copies = {}  # (address, bytes) of an array argument -> _device_copy's (array, data, block)
+        try:
+            keep, slots = self._arguments(args, copies)  # keep: what the slots point to
+            err = self._launch(_dims(grid), _dims(block), slots, SCHEDULES[self.module.schedule], self.module.seed)
+        finally:  # also when an argument is refused: the copies made so far are freed
+            for a, data, buf in copies.values():
+                if a.flags.writeable:
+                    ctypes.memmove(a.ctypes.data, data, a.nbytes)
+                _libc.free(buf)
+        if err is not None:
+            raise RuntimeError(f"{self.name}: {err.decode()}")
+
+    def _arguments(self, args, copies):
+        """``(keep, slots)``: the kernel's argument pointers after checking each argument
+        against the signature (arrays copied into ``copies``)."""
+        keep = []
         slots = (ctypes.c_void_p * len(args))()
-        copies = {}  # id of the base buffer -> (array, ctypes buffer)
         for i, (a, want) in enumerate(zip(args, self.signature)):
             if want.startswith("p"):
                 if not isinstance(a, np.ndarray):
@@ -152,15 +166,7 @@ class EmuFunction:
                 arr = np.array(a)
                 keep.append(arr)
                 slots[i] = arr.ctypes.data
-        try:
-            err = self._launch(_dims(grid), _dims(block), slots, SCHEDULES[self.module.schedule], self.module.seed)
-        finally:
-            for a, data, block in copies.values():
-                if a.flags.writeable:
-                    ctypes.memmove(a.ctypes.data, data, a.nbytes)
-                _libc.free(block)
-        if err is not None:
-            raise RuntimeError(f"{self.name}: {err.decode()}")
+        return keep, slots
 
 
 _libc = ctypes.CDLL(None)  # the sanitized runtime's allocator when the process runs under it
