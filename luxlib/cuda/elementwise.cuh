@@ -27,6 +27,12 @@ __device__ __forceinline__ lx_i64 lx_vector_head(lx_i64 n, const T* a, const P*.
     return head < n ? head : n;
 }
 
+/* Whether every pointer is 16-byte aligned */
+template <typename... P> __device__ __forceinline__ bool lx_aligned16(const P*... p)
+{
+    return ((((lx_u64)p) % 16 == 0) && ...);
+}
+
 /* the W elements at p, read (or, below, written) as one access (the emulation checks the
    alignment a GPU needs: lx_emu_check_aligned) */
 template <typename T, int W>

@@ -338,12 +338,6 @@ __device__ __forceinline__ void lx_norm_elements(const lx_norm_index ix, int act
     else run((lx_u64)0, lx_width<1>());
 }
 
-/* Whether every pointer is 16-byte aligned */
-template <typename... P> __device__ __forceinline__ bool lx_aligned16(const P*... p)
-{
-    return ((((lx_u64)p) % 16 == 0) && ...);
-}
-
 /* y = act((x - mean) * rstd * scale + bias), elementwise (grid-stride) */
 template <typename T>
 __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ scale, const T* __restrict__ bias,

@@ -83,22 +83,33 @@ def _ptx(family):
     return nc.ptx(family, "compute_90")
 
 
+def _loads_before_first_store(family, kernel, vector):
+    """Global loads before the first global store in the PTX of the float kernel; with
+    ``vector``, vector loads before the first vector store (the 16-byte loop)."""
+    ptx = _ptx(family)
+    start = ptx.index(f".entry _Z{len(kernel)}{kernel}IfE")
+    lines = ptx[start:ptx.index("\n}", start)].splitlines()
+    if vector:
+        lines = [line for line in lines if re.search(r"(ld|st)\.global(\.nc)?\.v", line)]
+    first_store = next(i for i, line in enumerate(lines) if "st.global" in line)
+    return sum("ld.global" in line for line in lines[:first_store])
+
+
+def _define(filename, name):
+    """The value of ``#define name <int>`` in a kernel source."""
+    return int(re.search(rf"#define {name} (\d+)", open(os.path.join(_modules.source_dir(), filename)).read())[1])
+
+
 @pytest.mark.parametrize("kernel", sorted(LOADS_FIRST))
 def test_loads_issued_before_the_first_store(kernel):
     """In the PTX of the float kernel, the first (vector) global store comes after the loads
     of all LX_UNROLL items: one item's loads plus LX_UNROLL - 1 more of each streamed array,
     so a thread has LX_UNROLL loads of each array in flight, not one."""
     family, vector, per_item, streams = LOADS_FIRST[kernel]
-    ptx = _ptx(family)
-    start = ptx.index(f".entry _Z{len(kernel)}{kernel}IfE")
-    lines = ptx[start:ptx.index("\n}", start)].splitlines()
-    if vector:  # the 16-byte loop: its vector loads before its first vector store
-        lines = [line for line in lines if re.search(r"(ld|st)\.global(\.nc)?\.v", line)]
-    first_store = next(i for i, line in enumerate(lines) if "st.global" in line)
-    loads = sum("ld.global" in line for line in lines[:first_store])
-    unroll = int(re.search(r"#define LX_UNROLL (\d+)", open(os.path.join(_modules.source_dir(), "common.cuh")).read())[1])
+    unroll = _define("common.cuh", "LX_UNROLL")
     assert unroll == _modules.UNROLL
-    assert loads >= (unroll * streams if vector else per_item + (unroll - 1) * streams), kernel
+    want = unroll * streams if vector else per_item + (unroll - 1) * streams
+    assert _loads_before_first_store(family, kernel, vector) >= want, kernel
 
 
 @pytest.mark.parametrize("kernel, streams", [("norm_forward", 1), ("norm_backward_dx", 2)])
@@ -106,12 +117,6 @@ def test_packed_loads_issued_before_the_first_store(kernel, streams):
     """The same for the 16-byte pack path of the elementwise normalization kernels: the
     float kernel's PACKED_STEP / 4 packs of each streamed array are loaded before the first
     pack is stored."""
-    ptx = _ptx("normalization")
-    start = ptx.index(f".entry _Z{len(kernel)}{kernel}IfE")
-    lines = [line for line in ptx[start:ptx.index("\n}", start)].splitlines()
-             if re.search(r"(ld|st)\.global(\.nc)?\.v4", line)]
-    first_store = next(i for i, line in enumerate(lines) if "st.global" in line)
-    step = int(re.search(r"#define LX_NORM_PACKED_STEP (\d+)",
-                         open(os.path.join(_modules.source_dir(), "normalization.cu")).read())[1])
+    step = _define("normalization.cu", "LX_NORM_PACKED_STEP")
     assert step == _normalization.PACKED_STEP
-    assert sum("ld.global" in line for line in lines[:first_store]) >= step // 4 * streams
+    assert _loads_before_first_store("normalization", kernel, vector=True) >= step // 4 * streams
