@@ -4,20 +4,24 @@ Importing this package registers the GPU implementations; it never imports CuPy
 (the kernels are compiled on first use, which only happens for CuPy arrays, whose
 owner has CuPy). Families so far: fast_activation/bias_activation (and the in-place
 variants), dropout, alpha_dropout, batchnorm/groupnorm/instancenorm/layernorm,
-fused_dense_bias_activation, batched_matmul, fused_conv_bias_activation. See doc/cuda.md.
+fused_dense_bias_activation, batched_matmul, fused_conv_bias_activation (on cuDNN when it is
+installed, else on kernels of our own). See doc/cuda.md.
 """
 
 from .._dispatch import register
 from . import _bias_activation, _conv, _dense, _dropout, _matmul, _normalization
 from ._blas import get_blas
+from ._cudnn import get_cudnn
 from ._modules import FAMILIES, get_module
 
 __all__ = ["FAMILIES", "get_module"]
 
 
 def _mod(family):
-    """The kernels of ``family``, or cuBLAS for ``"blas"``."""
-    return get_blas() if family == "blas" else get_module(family)
+    """The kernels of ``family``, cuBLAS for ``"blas"``, cuDNN (or None) for ``"cudnn"``."""
+    if family == "blas":
+        return get_blas()
+    return get_cudnn() if family == "cudnn" else get_module(family)
 
 
 def _fast_forward(act, x):
@@ -77,6 +81,11 @@ register("fused_dense_bias_activation", "gpu", forward=_with_modules(_dense.forw
          vjp=_with_modules(_dense.vjp, "bias_activation", "blas"), supports=_dense.supports)
 register("batched_matmul", "gpu", forward=_with_modules(_matmul.forward, "blas"),
          vjp=_with_modules(_matmul.vjp, "blas"), supports=_matmul.supports)
-register("fused_conv_bias_activation", "gpu",
-         forward=_with_modules(_conv.forward, "conv", "bias_activation", "blas"),
-         vjp=_with_modules(_conv.vjp, "conv", "bias_activation", "blas"), supports=_conv.supports)
+
+
+def _conv_with(f):
+    return lambda **kw: f(_mod("conv"), _mod("bias_activation"), _mod("blas"), dnn=_mod("cudnn"), **kw)
+
+
+register("fused_conv_bias_activation", "gpu", forward=_conv_with(_conv.forward), vjp=_conv_with(_conv.vjp),
+         supports=_conv.supports)

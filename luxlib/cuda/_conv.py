@@ -1,7 +1,8 @@
 """GPU ``fused_conv_bias_activation``: im2col kernel + cuBLAS gemm (:mod:`luxlib.cuda._blas`)
 + the bias+activation kernel as the fused epilogue; depthwise convolutions
 (``groups == C_in > 1``) by direct kernels instead of im2col and gemm, the forward one
-applying bias and activation itself.
+applying bias and activation itself. When cuDNN is installed, it runs the other
+convolutions it takes (:mod:`luxlib.cuda._cudnn`: symmetric padding), with the same epilogue.
 
 Every convolution runs as a 3-D one (leading unit spatial axes, as the looped kernels
 do). The batch is tiled so the workspace of one tile stays within ``WORKSPACE_BYTES``
@@ -279,21 +280,53 @@ class _Depthwise(_Plan):
         return dw, dx.reshape(self.x_shape)
 
 
-def _plan(mod, blas, weight, x, cdims):
-    return (_Depthwise if _is_depthwise(x, cdims) else _Plan)(mod, blas, weight, x, cdims)
+class _CuDNN:
+    """A convolution by cuDNN (:mod:`luxlib.cuda._cudnn`), with :class:`_Plan`'s interface;
+    the bias and activation stay with the epilogue kernels."""
+
+    activate = _Plan.activate
+
+    def __init__(self, dnn, conv, weight, x, cdims):
+        self.dnn, self.conv_layout, self.xp = dnn, conv, array_namespace(weight, x)
+        self.x, self.w = self.xp.ascontiguousarray(x), self.xp.ascontiguousarray(weight)
+        self.y_shape = (x.shape[0],) + cdims.output_shape[1:]
+
+    def conv(self):
+        """``conv(x, weight)`` as a new C-contiguous ``(N, C_out, P)`` array."""
+        n, c_out = self.y_shape[:2]
+        z = self.xp.empty((n, c_out, math.prod(self.y_shape[2:])), self.x.dtype)
+        return self.dnn.forward(self.conv_layout, self.x, self.w, z)
+
+    def backward(self, dz):
+        """``(dweight, dx)`` in the caller's shapes for ``dz`` (``(N, C_out, P)``)."""
+        xp, dz = self.xp, self.xp.ascontiguousarray(dz)
+        dx = self.dnn.backward_data(self.conv_layout, self.w, dz, xp.empty(self.x.shape, self.x.dtype))
+        dw = self.dnn.backward_filter(self.conv_layout, self.x, dz, xp.empty(self.w.shape, self.w.dtype))
+        return dw, dx
 
 
-def forward(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims):
+def _plan(mod, blas, weight, x, cdims, dnn=None):
+    """The depthwise kernels, cuDNN (``dnn``, when given and it takes the layout) or im2col + gemm."""
+    if _is_depthwise(x, cdims):
+        return _Depthwise(mod, blas, weight, x, cdims)
+    conv = None if dnn is None else dnn.convolution(cdims, x.shape[0], x.dtype)
+    if conv is not None:
+        return _CuDNN(dnn, conv, weight, x, cdims)
+    return _Plan(mod, blas, weight, x, cdims)
+
+
+def forward(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims, dnn=None):
     """``act(conv(x, weight) + bias)``; ``conv_mod`` holds ``conv.cu``'s kernels,
-    ``epilogue_mod`` those of ``bias_activation.cu``, ``blas`` the gemm (``_blas.get_blas``)."""
-    plan = _plan(conv_mod, blas, weight, x, cdims)
+    ``epilogue_mod`` those of ``bias_activation.cu``, ``blas`` the gemm (``_blas.get_blas``),
+    ``dnn`` cuDNN (``_cudnn.get_cudnn``; None: luxlib's kernels only)."""
+    plan = _plan(conv_mod, blas, weight, x, cdims, dnn)
     return plan.activate(epilogue_mod, act, bias, keep_z=False)[0].reshape(plan.y_shape)
 
 
-def vjp(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims):
+def vjp(conv_mod, epilogue_mod, blas, act, weight, x, bias, cdims, dnn=None):
     """``(y, pullback)``; keeps ``x``, ``weight`` and ``y`` (output-only activations) or the
     pre-bias convolution (the backward kernel adds the bias again)."""
-    plan = _plan(conv_mod, blas, weight, x, cdims)
+    plan = _plan(conv_mod, blas, weight, x, cdims, dnn)
     y, z = plan.activate(epilogue_mod, act, bias, keep_z=not act.output_only)
     if bias is not None:
         bias = plan.xp.ascontiguousarray(bias)

@@ -15,6 +15,7 @@ import sys
 import types
 
 import emu_blas
+from device_memory import Memory
 import numpy as np
 import pytest
 
@@ -24,38 +25,6 @@ HANDLE = 7
 CUDA_R_16F = 2
 COMPUTE_32F = 68
 GEMM_DEFAULT = -1
-
-
-class _DeviceArray(np.ndarray):
-    """A NumPy array that looks like a CuPy one to luxlib (its type's module) and has CuPy's
-    ``.data.ptr``: the address of its first element."""
-
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
-
-
-_DeviceArray.__module__ = "cupy"
-
-
-class _Memory:
-    """The allocations of the stand-in device: a pointer back to the rest of its buffer."""
-
-    def __init__(self):
-        self.buffers = []
-
-    def new(self, a):
-        a = np.array(a, copy=True)
-        self.buffers.append(a)
-        return a.view(_DeviceArray)
-
-    def at(self, ptr, dtype):
-        for b in self.buffers:
-            start = b.__array_interface__["data"][0]
-            if start <= ptr < start + b.nbytes:
-                flat = b.reshape(-1).view(np.uint8)[ptr - start:]
-                return flat[: flat.size - flat.size % np.dtype(dtype).itemsize].view(dtype)
-        raise AssertionError(f"pointer {ptr:#x} is in no allocation")
 
 
 def _binding(memory, calls):
@@ -98,7 +67,7 @@ def _binding(memory, calls):
 @pytest.fixture
 def device(monkeypatch):
     """``(memory, calls)`` with stand-ins for ``cupy`` and its cuBLAS binding installed."""
-    memory, calls = _Memory(), []
+    memory, calls = Memory(), []
     cupy = types.ModuleType("cupy")
     cupy.empty = lambda shape, dtype: memory.new(np.empty(shape, dtype))
     cupy.ascontiguousarray = lambda a: memory.new(np.ascontiguousarray(a))

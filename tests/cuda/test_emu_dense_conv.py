@@ -419,7 +419,9 @@ def gpu_dispatch(monkeypatch):
     """NumPy arrays dispatched to the registered GPU implementations, whose kernel modules
     are the emulated ones."""
     monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
-    monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: BLAS if family == "blas" else emu(family, "shuffle"))
+    stand_ins = {"blas": BLAS, "cudnn": None}  # no cuDNN: the emulated kernels run the convolutions
+    monkeypatch.setattr(luxlib.cuda, "_mod",
+                        lambda family: stand_ins[family] if family in stand_ins else emu(family, "shuffle"))
 
 
 _CONV_DIMS = luxlib.ConvDims((2, 2, 5, 4), (4, 2, 3, 2), padding="same")

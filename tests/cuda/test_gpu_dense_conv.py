@@ -1,7 +1,7 @@
 """On a real GPU (marked `gpu`; skipped without CuPy or a device): fused dense, batched
-matmul and conv on CuPy arrays, through the public functions, against the generic path
-on NumPy arrays (cases and tolerances of test_emu_dense_conv.py); the epilogue on
-misaligned views; the mixed-dtype warning."""
+matmul and conv (on cuDNN, and on luxlib's kernels alone) on CuPy arrays, through the
+public functions, against the generic path on NumPy arrays (cases and tolerances of
+test_emu_dense_conv.py); the epilogue on misaligned views; the mixed-dtype warning."""
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from test_emu_dense_conv import (
 import luxlib
 from luxlib import activations
 from luxlib._dispatch import _REGISTRY, trace
+from luxlib.cuda import _cudnn
 
 
 def test_registered_for_gpu():
@@ -79,13 +80,27 @@ GPU_CONV_CASES = CONV_CASES + DEPTHWISE_CASES + [
 ]
 
 
+@pytest.fixture(params=["cudnn", "kernels"])
+def engine(request, monkeypatch):
+    """The convolutions on cuDNN where it takes them (skipped without cuDNN), or on
+    luxlib's kernels alone."""
+    if request.param == "kernels":
+        monkeypatch.setattr(_cudnn, "_CUDNN", [None])
+    elif _cudnn.get_cudnn() is None:
+        pytest.skip("cuDNN 9 is not installed")
+    return request.param
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CONV_CASES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-def test_conv_on_gpu(cp, dtype, case):
+def test_conv_on_gpu(cp, engine, dtype, case):
     x_shape, w_shape, options = case
     rng = np.random.default_rng(2)
     cdims = luxlib.ConvDims(x_shape, w_shape, **options)
+    if engine == "cudnn" and all(lo == hi for lo, hi in cdims.padding) and not cdims.groups == x_shape[1] > 1:
+        # cuDNN takes every such layout (a refusal would quietly test the kernels instead)
+        assert _cudnn.get_cudnn().convolution(cdims, x_shape[0], np.dtype(dtype)) is not None
     x = rng.standard_normal(x_shape).astype(dtype)
     w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
     b, dy = rng.standard_normal(w_shape[0]).astype(dtype), rng.standard_normal(cdims.output_shape).astype(dtype)
