@@ -8,6 +8,7 @@ import sys
 from . import __version__, _memory
 from ._kernels import IMPORT_ERROR
 from ._validation import integer_in
+from .cuda._cudnn import status as cudnn_status
 
 if IMPORT_ERROR is None:
     from ._kernels import _openmp_helpers
@@ -116,7 +117,8 @@ def show_config():
         counts, ``None`` without threadpoolctl); ``memory_cache`` (the limit, idle
         bytes and blocks, hits and misses of the looped kernels' memory cache, see
         :func:`luxlib.set_memory_cache_limit`; ``None`` without the kernels); ``backends`` (``generic``,
-        ``looped``, ``gpu`` mapped to their status).
+        ``looped``, ``gpu`` mapped to their status); ``cudnn`` (whether the GPU convolutions run on
+        cuDNN: its version and library, or why not).
 
     Examples
     --------
@@ -142,6 +144,7 @@ def show_config():
             "looped": "available" if kernels else f"unavailable: {IMPORT_ERROR}",
             "gpu": _gpu_status(),
         },
+        "cudnn": cudnn_status(),
     }
     lines = [f"{key + ':':<12}{info[key]}" for key in ("luxlib", "python", "numpy", "scipy")]
     lines.append(f"{'cython:':<12}{info['cython'] or 'n/a'} (build time)")
@@ -165,5 +168,6 @@ def show_config():
         )
     lines.append("backends:")
     lines += [f"  {name + ':':<10}{status}" for name, status in info["backends"].items()]
+    lines.append(f"{'cudnn:':<12}{info['cudnn']}")
     print("\n".join(lines))
     return info

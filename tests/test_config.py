@@ -55,6 +55,7 @@ def test_show_config(capsys):
     assert info["backends"]["generic"] == "available"
     assert info["backends"]["looped"] == "available"
     assert isinstance(info["backends"]["gpu"], str)
+    assert re.search(r"^cudnn:\s+" + re.escape(info["cudnn"]) + "$", out, re.M)
     # the extensions link the OpenMP runtime, which threadpoolctl then lists
     assert any(pool["user_api"] == "openmp" for pool in info["threadpools"])
     assert re.search(r"^openmp:\s+on$", out, re.M)

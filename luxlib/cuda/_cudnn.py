@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["Convolution", "CuDNN", "get_cudnn"]
+__all__ = ["Convolution", "CuDNN", "get_cudnn", "status"]
 
 # cudnn_graph.h / cudnn_ops.h / cudnn_cnn.h (checked against the headers in
 # tests/cuda/test_cudnn_binding.py)
@@ -326,9 +326,24 @@ class CuDNN:
 _CUDNN = []
 
 
+def _disabled():
+    return os.environ.get("LUXLIB_CUDNN", "1") == "0"
+
+
 def get_cudnn():
     """The process's :class:`CuDNN`, or None without cuDNN 9 (or with ``LUXLIB_CUDNN=0``)."""
     if not _CUDNN:
-        lib = None if os.environ.get("LUXLIB_CUDNN", "1") == "0" else load_library()
+        lib = None if _disabled() else load_library()
         _CUDNN.append(None if lib is None else CuDNN(lib))
     return _CUDNN[0]
+
+
+def status():
+    """One line for :func:`luxlib.show_config`: whether the GPU convolutions use cuDNN."""
+    dnn = get_cudnn()
+    if dnn is not None:
+        v = dnn._lib.cudnnGetVersion()
+        return f"cuDNN {v // 10000}.{v // 100 % 100}.{v % 100} ({dnn._lib._name}): GPU convolutions"
+    if _disabled():
+        return "off (LUXLIB_CUDNN=0): GPU convolutions on luxlib's kernels"
+    return "cuDNN 9 not found (pip install nvidia-cudnn-cu13): GPU convolutions on luxlib's kernels"

@@ -494,5 +494,16 @@ def test_luxlib_cudnn_0_turns_it_off(monkeypatch):
     assert isinstance(_cudnn.get_cudnn(), _cudnn.CuDNN)
 
 
+def test_status(monkeypatch):
+    """show_config's line: the version and library, off, or not found."""
+    lib = types.SimpleNamespace(cudnnGetVersion=lambda: 92801, _name="/x/libcudnn.so.9")
+    monkeypatch.setattr(_cudnn, "_CUDNN", [_cudnn.CuDNN(lib)])
+    assert _cudnn.status() == "cuDNN 9.28.1 (/x/libcudnn.so.9): GPU convolutions"
+    monkeypatch.setattr(_cudnn, "_CUDNN", [None])
+    assert _cudnn.status().startswith("cuDNN 9 not found (pip install nvidia-cudnn-cu13)")
+    monkeypatch.setenv("LUXLIB_CUDNN", "0")
+    assert _cudnn.status().startswith("off (LUXLIB_CUDNN=0)")
+
+
 def test_missing_library_is_none(tmp_path):
     assert _cudnn.load_library([str(tmp_path / "libcudnn.so.9")]) is None
