@@ -312,6 +312,11 @@ def test_run_on_a_device_waits_for_every_call_and_fields_its_contenders():
             # the device's copy figure gives percentages (GB/s rows), its missing fresh one none
             assert bool(m["pct_copy_bandwidth"]) == (r["metric"] == "GB/s") and m["pct_fresh_copy_bandwidth"] == {}
     assert "device: cuda" not in report.header(result)
+    # a CUDA run's header names the GPU and whether the convolutions ran on cuDNN
+    cuda = {**result, "settings": {**result["settings"], "device": "cuda"},
+            "machine": {**result["machine"], "gpu": "H100", "gpu_memory_gib": 80, "cupy": "14.2.0",
+                        "cudnn": "cuDNN 9.28.1 (libcudnn.so.9): GPU convolutions"}}
+    assert "\nluxlib's convolutions: cuDNN 9.28.1 (libcudnn.so.9): GPU convolutions\n" in report.header(cuda)
 
 
 def test_to_numpy_reads_every_contenders_output():

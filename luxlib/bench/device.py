@@ -11,6 +11,7 @@ import statistics
 
 import numpy as np
 
+from ..cuda._cudnn import status as cudnn_status
 from .timing import copy_bandwidth, interleaved
 
 __all__ = ["CPU", "CUDA", "DeviceUnavailable", "get_device", "to_numpy"]
@@ -121,6 +122,7 @@ class CUDA(CPU):
             "gpu_memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
             "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
             "cupy": cp.__version__,
+            "cudnn": cudnn_status(),  # whether luxlib's convolutions run on cuDNN
         }
 
     def fresh_copy_bandwidth(self, quick):

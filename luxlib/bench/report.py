@@ -41,8 +41,9 @@ def header(head):
         *([f"luxlib memory cache: {_cache_state(m['luxlib_memory_cache_bytes'])} (outputs reuse freed "
            "outputs' memory; LUXLIB_MEMORY_CACHE=0 times without it)"] if "luxlib_memory_cache_bytes" in m else []),
         *([f"device: cuda, {m['gpu']} ({m['gpu_memory_gib']} GiB), CuPy {m['cupy']}; the NumPy compositions "
-           "do not take part; torch computes float32 without TF32, as luxlib does"] if s.get("device") == "cuda"
-          else []),
+           "do not take part; torch computes float32 without TF32, as luxlib does",
+           f"luxlib's convolutions: {m.get('cudnn', 'not recorded')}"]
+          if s.get("device") == "cuda" else []),
         f"copy bandwidth: {head['copy_bandwidth_gbs']:.1f} GB/s ({head['copy_bandwidth_method']})",
         *([f"fresh-output copy bandwidth: {head['fresh_copy_bandwidth_gbs']:.1f} GB/s "
            f"({head['fresh_copy_bandwidth_method']})"] if head.get("fresh_copy_bandwidth_gbs") else []),
