@@ -218,69 +218,91 @@ def test_cudnn_declines_what_it_cannot_take(lib):
 # ---- a stand-in library: the calls and their results ---------------------------------------
 
 class _StandIn:
-    """cuDNN's C functions (those of ``_cudnn.SIGNATURES``) over :class:`Memory`: descriptors
+    """cuDNN's C functions over :class:`Memory`, each a ctypes callback with the parameter
+    types of ``_cudnn.SIGNATURES``: luxlib's arguments go through the conversions of a call
+    into the real library, and arrive as C would see them (addresses, pointers). Descriptors
     are dicts, the heuristics return ``ranking`` (``(algo, status, determinism, math type,
     workspace bytes)`` entries), the convolutions run luxlib's generic path."""
 
     def __init__(self, memory, ranking):
         self.memory, self.ranking, self.objects, self.calls = memory, ranking, {}, []
-        self.destroyed = set()
+        self.destroyed, self.errors = set(), []
         self.fail = None  # a function name that returns an error status
         self.handles = []
+        functions = {"cudnnCreate": self._create_handle}
         for kind in ("Tensor", "Filter", "Convolution"):
-            setattr(self, f"cudnnCreate{kind}Descriptor", self._creator(kind))
-            setattr(self, f"cudnnDestroy{kind}Descriptor", lambda d: self.destroyed.add(d.value))
+            functions[f"cudnnCreate{kind}Descriptor"] = self._creator(kind)
+            functions[f"cudnnDestroy{kind}Descriptor"] = self._destroy
         for kind in ("Forward", "BackwardData", "BackwardFilter"):
-            setattr(self, f"cudnnGetConvolution{kind}Algorithm_v7", self._heuristics(kind))
-            setattr(self, f"cudnnGetConvolution{kind}WorkspaceSize", self._workspace_size(kind))
-            setattr(self, f"cudnnConvolution{kind}", self._run(kind))
+            functions[f"cudnnGetConvolution{kind}Algorithm_v7"] = self._heuristics
+            functions[f"cudnnGetConvolution{kind}WorkspaceSize"] = self._workspace_size
+            functions[f"cudnnConvolution{kind}"] = self._run(kind)
+        for name, argtypes in _cudnn.SIGNATURES.items():
+            f = functions.get(name) or getattr(self, "_" + name)
+            setattr(self, name, ctypes.CFUNCTYPE(ctypes.c_int, *argtypes)(self._guard(f)))
+        assert all(hasattr(self, name) for name in _cudnn.SIGNATURES)
+
+    def _guard(self, f):
+        """An assertion inside a callback cannot reach the caller: record it, return an error."""
+        def call(*args):
+            try:
+                return f(*args)
+            except Exception as exc:  # noqa: BLE001 (re-raised by the stand_in fixture)
+                self.errors.append(exc)
+                return 1001
+        return call
 
     def _new(self, out, obj):
-        key = len(self.objects) + 1
+        key = 0x1000 + 16 * len(self.objects)
         self.objects[key] = obj
-        out._obj.value = key
+        out[0] = key
         return 0
 
     def _creator(self, kind):
         return lambda out: self._new(out, {"kind": kind})
 
+    def _destroy(self, d):
+        assert d in self.objects and d not in self.destroyed
+        self.destroyed.add(d)
+        return 0
+
     def get(self, d, kind):
-        """The object behind descriptor or handle ``d`` (a ``c_void_p``), of ``kind``."""
-        assert isinstance(d, ctypes.c_void_p) and d.value not in self.destroyed
-        obj = self.objects[d.value]
+        """The object behind the descriptor or handle at address ``d``, of ``kind``."""
+        assert d in self.objects and d not in self.destroyed, d
+        obj = self.objects[d]
         assert obj["kind"] == kind
         return obj
 
     def cudnnGetErrorString(self, status):
         return b"CUDNN_STATUS_STAND_IN"
 
-    def cudnnCreate(self, out):
+    def _create_handle(self, out):
         self.handles.append(threading.get_ident())
         return self._new(out, {"kind": "Handle", "stream": None})
 
-    def cudnnSetStream(self, handle, stream):
+    def _cudnnSetStream(self, handle, stream):
         self.get(handle, "Handle")["stream"] = stream
         return 0
 
-    def cudnnSetTensorNdDescriptor(self, d, data, nb, dims, strides):
+    def _cudnnSetTensorNdDescriptor(self, d, data, nb, dims, strides):
         self.get(d, "Tensor").update(data=data, dims=tuple(dims[:nb]), strides=tuple(strides[:nb]))
         return 0
 
-    def cudnnSetFilterNdDescriptor(self, d, data, fmt, nb, dims):
+    def _cudnnSetFilterNdDescriptor(self, d, data, fmt, nb, dims):
         assert fmt == _cudnn.TENSOR_NCHW
         self.get(d, "Filter").update(data=data, dims=tuple(dims[:nb]))
         return 0
 
-    def cudnnSetConvolutionNdDescriptor(self, d, n, pads, strides, dilations, mode, compute):
+    def _cudnnSetConvolutionNdDescriptor(self, d, n, pads, strides, dilations, mode, compute):
         self.get(d, "Convolution").update(pads=tuple(pads[:n]), strides=tuple(strides[:n]),
                                           dilations=tuple(dilations[:n]), mode=mode, compute=compute)
         return 0
 
-    def cudnnSetConvolutionGroupCount(self, d, groups):
+    def _cudnnSetConvolutionGroupCount(self, d, groups):
         self.get(d, "Convolution")["groups"] = groups
         return 0
 
-    def cudnnSetConvolutionMathType(self, d, math_type):
+    def _cudnnSetConvolutionMathType(self, d, math_type):
         self.get(d, "Convolution")["math"] = math_type
         return 0
 
@@ -292,23 +314,21 @@ class _StandIn:
                                dilation=c["dilations"], groups=c["groups"],
                                cross_correlation=c["mode"] == _cudnn.CROSS_CORRELATION)
 
-    def cudnnGetConvolutionNdForwardOutputDim(self, c, x, w, nb, out):
+    def _cudnnGetConvolutionNdForwardOutputDim(self, c, x, w, nb, out):
         dims = self.cdims(x, w, c).output_shape
         assert nb == len(dims)
-        out[:nb] = dims
+        for i, d in enumerate(dims):
+            out[i] = d
         return 0
 
-    def _heuristics(self, kind):
-        def query(handle, a, b, c, d, requested, count, perf):
-            self.get(handle, "Handle")
-            assert requested == _cudnn.ALGORITHMS and len(self.ranking) <= requested
-            for i, (algo, status, det, math_type, memory) in enumerate(self.ranking):
-                perf[i].algo, perf[i].status, perf[i].determinism = algo, status, det
-                perf[i].mathType, perf[i].memory = math_type, memory
-            count._obj.value = len(self.ranking)
-            return 0
-
-        return query
+    def _heuristics(self, handle, a, b, c, d, requested, count, perf):
+        self.get(handle, "Handle")
+        assert requested == _cudnn.ALGORITHMS and len(self.ranking) <= requested
+        for i, (algo, status, det, math_type, memory) in enumerate(self.ranking):
+            perf[i].algo, perf[i].status, perf[i].determinism = algo, status, det
+            perf[i].mathType, perf[i].memory = math_type, memory
+        count[0] = len(self.ranking)
+        return 0
 
     def workspace(self, algo, conv):
         """The ranking's workspace of ``algo`` with the math type set on ``conv`` (an
@@ -317,12 +337,9 @@ class _StandIn:
         same = [r[4] for r in self.ranking if r[0] == algo and r[3] == math_type]
         return (same or [r[4] for r in self.ranking if r[0] == algo])[0]
 
-    def _workspace_size(self, kind):
-        def size(handle, a, b, c, d, algo, out):
-            out._obj.value = self.workspace(algo, c)
-            return 0
-
-        return size
+    def _workspace_size(self, handle, a, b, c, d, algo, out):
+        out[0] = self.workspace(algo, c)
+        return 0
 
     def _run(self, kind):
         dtypes = {_cudnn.DATA_HALF: np.float16, _cudnn.DATA_FLOAT: np.float32, _cudnn.DATA_DOUBLE: np.float64}
@@ -340,9 +357,9 @@ class _StandIn:
                 x_desc, y_desc, w_desc = a_desc, b_desc, out_desc
             cdims = self.cdims(x_desc, w_desc, c)
             dtype = dtypes[self.get(x_desc, "Tensor")["data"]]
+            # alpha and beta point at host scalars of the compute type
             scalar = ctypes.c_double if dtype == np.float64 else ctypes.c_float
-            assert type(alpha._obj) is scalar and type(beta._obj) is scalar
-            assert (alpha._obj.value, beta._obj.value) == (1.0, 0.0)
+            assert (scalar.from_address(alpha).value, scalar.from_address(beta).value) == (1.0, 0.0)
             assert self.get(y_desc, "Tensor")["dims"] == cdims.output_shape
             assert ws_size == self.workspace(algo, c)
             assert (ws is None) == (ws_size == 0)
@@ -389,7 +406,9 @@ def stand_in(monkeypatch):
                                       get_current_stream=lambda: types.SimpleNamespace(ptr=STREAM))
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     lib = _StandIn(memory, RANKING)
-    return _cudnn.CuDNN(lib), lib
+    yield _cudnn.CuDNN(lib), lib
+    if lib.errors:  # a check inside a stand-in function failed
+        raise lib.errors[0]
 
 
 def _expected_algorithm(dtype):
