@@ -29,7 +29,7 @@ from device_memory import Memory
 from test_emu_dense_conv import BLAS, CONV_CASES, TOL, emu, reference
 
 import luxlib
-from luxlib import activations
+from luxlib import _dispatch, activations
 from luxlib.cuda import _conv, _cudnn
 
 STREAM = 0x5EED
@@ -402,6 +402,7 @@ def stand_in(monkeypatch):
     cupy = types.ModuleType("cupy")
     cupy.empty = lambda shape, dtype: memory.new(np.empty(shape, dtype))
     cupy.ascontiguousarray = lambda a: memory.new(np.ascontiguousarray(a))
+    cupy.asarray = lambda a, dtype=None: a if dtype in (None, a.dtype) else memory.new(a.astype(dtype))
     cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
                                       get_current_stream=lambda: types.SimpleNamespace(ptr=STREAM))
     monkeypatch.setitem(sys.modules, "cupy", cupy)
@@ -447,6 +448,25 @@ def test_cudnn_plans_match_generic(stand_in, case, dtype):
             assert got.shape == want.shape and got.dtype == dtype, what
             err = np.max(np.abs(np.asarray(got, np.float64) - want))
             assert err <= TOL[dtype] * (1 + np.max(np.abs(want))), (what, err)
+
+
+def test_the_registry_passes_cudnn(stand_in, monkeypatch):
+    """The public function, dispatched to the registered GPU implementation, reaches cuDNN
+    (``luxlib.cuda._mod("cudnn")``), forward and reverse."""
+    dnn, lib = stand_in
+    stand_ins = {"blas": BLAS, "cudnn": dnn}
+    monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
+    monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: stand_ins.get(family) or emu(family))
+    cdims = luxlib.ConvDims((2, 2, 5, 5), (3, 2, 3, 3), padding=1)
+    rng = np.random.default_rng(3)
+    x, w, b, dy = (rng.standard_normal(shape) for shape in (cdims.x_shape, cdims.w_shape, (3,), cdims.output_shape))
+    y_ref, g_ref = reference(luxlib.fused_conv_bias_activation, ("relu", w, x, b, cdims), dy)
+    y, pullback = luxlib.vjp(luxlib.fused_conv_bias_activation, "relu", *map(lib.memory.new, (w, x, b)), cdims)
+    grads = pullback(lib.memory.new(dy))
+    assert [call[0] for call in lib.calls] == ["Forward", "BackwardData", "BackwardFilter"]
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-12, atol=1e-12)
+    for i in (1, 2, 3):
+        np.testing.assert_allclose(np.asarray(grads[i]), g_ref[i], rtol=1e-12, atol=1e-12)
 
 
 def test_no_acceptable_algorithm_means_im2col(stand_in):
