@@ -64,13 +64,14 @@ def _is_depthwise(x, cdims):
     return cdims.groups == x.shape[1] > 1
 
 
-class _Layout(namedtuple("_Layout", "n c g cg cog k p plane y_shape one_by_one per_sample workspace args")):
+class _Layout(namedtuple("_Layout", "n c g cg cog k p plane y_shape one_by_one per_sample workspace all_taps args")):
     """The geometry of one convolution, from the shapes and options alone (cached:
     :func:`_layout`): ``Cg``/``Cog`` input/output channels of each of ``g`` groups, ``k``
     taps, ``p`` output positions, ``plane`` input positions; ``per_sample``: elements of the
     largest array a kernel indexes, per sample; ``workspace``: bytes of the im2col path's
-    workspace per sample (0 for depthwise, which needs none); ``args``: the kernels' ``lx_conv``
-    argument (a :data:`CONV_ARGS` scalar)."""
+    workspace per sample (0 for depthwise, which needs none); ``all_taps``: a depthwise kernel
+    whose weight-gradient units take every tap (:data:`DW_ALL_TAPS`); ``args``: the kernels'
+    ``lx_conv`` argument (a :data:`CONV_ARGS` scalar)."""
 
 
 @functools.lru_cache(maxsize=256)  # host time: ~8 us of Python a call
@@ -92,8 +93,9 @@ def _layout(cdims, n, itemsize, depthwise):
     divisors = (p, c, m, plane, out3[2], out3[1], in3[2], in3[1]) + stride3
     args = struct_arg(CONV_ARGS, **dict(zip(_GEOMETRY, geometry)),
                       **{f: divisor(d, 32) for f, d in zip(_DIVISORS, divisors)})
+    all_taps = depthwise and _as_3d(w_shape[2:], 1) in DW_ALL_TAPS
     return _Layout(n, c, g, c // g, c_out // g, k, p, plane, (n, c_out) + out, one_by_one, per_sample, workspace,
-                   args)
+                   all_taps, args)
 
 
 def supports(act, weight, x, bias, cdims):
@@ -123,7 +125,7 @@ class _Plan:
         self.x_shape, self.w_shape = x.shape, weight.shape
         lay = _layout(cdims, x.shape[0], x.dtype.itemsize, _is_depthwise(x, cdims))
         (self.n, self.c, self.g, self.cg, self.cog, self.k, self.p, self.plane, self.y_shape, self.one_by_one, _, _,
-         self.args) = lay
+         self.all_taps, self.args) = lay
         self.w = self.xp.ascontiguousarray(weight).reshape(self.g, self.cog, self.cg * self.k)
         # at least one sample a tile; at most what the workspace budget and 32-bit indices allow
         tile = WORKSPACE_BYTES // lay.workspace if lay.workspace else self.n
@@ -256,7 +258,7 @@ class _Depthwise(_Plan):
         xp, dtype, m = self.xp, self.x.dtype, self.cog
         dx = xp.empty(self.x.shape, dtype)
         cols = self.c * m * self.k  # of dW and of the partials
-        all_taps = _as_3d(self.w_shape[2:], 1) in DW_ALL_TAPS
+        all_taps = self.all_taps
         units = self.c * m if all_taps else cols
         splits = max(1, min(-(-DW_TARGET_BLOCKS // units), self.nb * self.p // DW_MIN_SPLIT))
         tiles = list(self.tiles())

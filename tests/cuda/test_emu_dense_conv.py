@@ -402,10 +402,14 @@ def test_depthwise_weight_gradient_all_taps(case, monkeypatch):
     monkeypatch.setattr(_conv, "TILE_LIMIT", _conv._layout(cdims, x.shape[0], 4, True).per_sample + 1)
     for schedule in SCHEDULES:
         mods = emu("conv", schedule, max_blocks=2), emu("bias_activation", schedule)
+        assert _conv._plan(mods[0], BLAS, w, x, cdims).all_taps
         got = [_conv.vjp(*mods, BLAS, activations.relu, w, x, b, cdims)[1](dy)["weight"]]
         monkeypatch.setattr(_conv, "DW_ALL_TAPS", frozenset())
+        _conv._layout.cache_clear()  # the layouts cache whether a kernel takes every tap
+        assert not _conv._plan(mods[0], BLAS, w, x, cdims).all_taps
         got.append(_conv.vjp(*mods, BLAS, activations.relu, w, x, b, cdims)[1](dy)["weight"])
         monkeypatch.undo()
+        _conv._layout.cache_clear()
         monkeypatch.setattr(_conv, "DW_TARGET_BLOCKS", 1)
         monkeypatch.setattr(_conv, "TILE_LIMIT", _conv._layout(cdims, x.shape[0], 4, True).per_sample + 1)
         np.testing.assert_array_equal(got[0], got[1])
