@@ -10,6 +10,15 @@ copied once.
 from ._validation import array_namespace
 
 
+def c_order_steps(shape):
+    """Strides, in elements, of a C-ordered array of ``shape``."""
+    steps, step = [], 1
+    for extent in reversed(shape):
+        steps.append(step)
+        step *= extent
+    return tuple(reversed(steps))
+
+
 def _leading(n_lead, stride_lead, n_unit, stride_unit, item):
     """Row stride (elements) of matrices whose ``unit`` axis is contiguous, else None."""
     if n_unit > 1 and stride_unit != item:

@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from .._blas_layout import matrix_layout
+from .._blas_layout import c_order_steps, matrix_layout
 from .._validation import array_namespace
 
 __all__ = ["CuBLAS", "get_blas", "matmul"]
@@ -96,11 +96,6 @@ def _batched(shape, strides=None):
     return (1,) + tuple(shape), None if strides is None else (0,) + tuple(strides)
 
 
-# The layouts depend on shapes, strides and the item size only: cached, as their Python
-# arithmetic costs microseconds a product.
-
-
-@functools.lru_cache(maxsize=1024)
 def _operand_layout(shape, strides, item):
     """``(trans, ld, stride)``: how cuBLAS reads a 2-D or 3-D operand as it is stored
     (:func:`luxlib._blas_layout.blas_operand`'s rules) plus its batch stride in elements (0
@@ -111,10 +106,9 @@ def _operand_layout(shape, strides, item):
     return None if layout is None else layout + (stride,)
 
 
-def _matrices(a, transpose):
-    """``(shape, strides)`` of ``a``, or with ``transpose`` of its matrices transposed (the last
-    two axes swapped), without a view."""
-    shape, strides = a.shape, a.strides
+def _matrices(shape, strides, transpose):
+    """``(shape, strides)`` of an array, or with ``transpose`` of its matrices transposed (the
+    last two axes swapped)."""
     if not transpose:
         return shape, strides
     return shape[:-2] + (shape[-1], shape[-2]), strides[:-2] + (strides[-1], strides[-2])
@@ -125,19 +119,17 @@ def _view(a, transpose):
     return a.swapaxes(-1, -2) if transpose else a
 
 
-def _operand(a, shape, strides, transpose):
-    """``(array, trans, ld, stride)``: how cuBLAS reads the operand of ``shape`` and
-    ``strides`` (``a``, or its transposed matrices with ``transpose``) as ``a`` is stored
-    (:func:`_operand_layout`), or a copy in C order when it cannot be read so."""
-    layout = _operand_layout(shape, strides, a.itemsize)
+def _operand(shape, strides, item):
+    """``(copy, trans, ld, stride)``: how cuBLAS reads the operand of ``shape`` and ``strides``
+    as stored (:func:`_operand_layout`, ``copy`` False), or its copy in C order (``copy``
+    True) when it cannot be read so."""
+    layout = _operand_layout(shape, strides, item)
     if layout is not None:
-        return (a,) + layout
+        return (False,) + layout
     batch, rows, cols = _batched(shape)[0]
-    copy = array_namespace(a).ascontiguousarray(_view(a, transpose))
-    return copy, False, max(1, cols), 0 if batch == 1 else rows * cols
+    return True, False, max(1, cols), 0 if batch == 1 else rows * cols
 
 
-@functools.lru_cache(maxsize=1024)
 def _output(shape, strides, item):
     """``(ldc, stride)`` of a 2-D or 3-D output whose rows have unit column stride and whose
     matrices do not overlap (cuBLAS would write them concurrently), else None."""
@@ -152,6 +144,47 @@ def _output(shape, strides, item):
     if sb // item < (m - 1) * ldc + n:
         return None
     return ldc, sb // item
+
+
+# How matmul computes a product (_plan's kinds)
+_EMPTY, _ZERO, _SPLIT, _NAMESPACE, _GEMM = range(5)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(a, b, out, transpose_a, transpose_b, int_max):
+    """How :func:`matmul` computes the product of operands ``a`` and ``b`` given as ``(shape,
+    strides, itemsize)`` into ``out`` (``(shape, strides, itemsize, whether the operands'
+    dtype)``, or None for a new C-ordered output): ``(product shape, kind, gemm)``, ``gemm``
+    the cuBLAS arguments without the arrays and whether each operand is copied first.
+
+    Shapes, strides and item sizes decide everything, so the plan is cached: its Python
+    arithmetic costs microseconds a product, which on a GPU is host time."""
+    item = a[2]
+    (a_shape, a_strides), (b_shape, b_strides) = _matrices(*a[:2], transpose_a), _matrices(*b[:2], transpose_b)
+    (ba, m, k), (bb, _, n) = _batched(a_shape)[0], _batched(b_shape)[0]
+    batch = 0 if 0 in (ba, bb) else max(ba, bb)
+    shape = (batch, m, n) if 3 in (len(a_shape), len(b_shape)) else (m, n)
+    if out is None:
+        out = shape, tuple(s * item for s in c_order_steps(shape)), item, True
+    out_shape, out_strides, out_item, same_dtype = out
+    if len(out_shape) not in (2, 3) or _batched(out_shape)[0] != (batch, m, n):
+        raise ValueError(f"cuda matmul: out has shape {out_shape}, the product {(batch, m, n)}")
+    if 0 in out_shape:
+        return shape, _EMPTY, None
+    if k == 0:  # empty sums, decided here rather than by cuBLAS's quick returns
+        return shape, _ZERO, None
+    layout = _output(out_shape, out_strides, out_item) if same_dtype else None
+    if layout is None:  # e.g. float16 products into a float32 sum: a product, then its sum
+        return shape, _SPLIT, None
+    ldc, sc = layout
+    copy_a, ta, lda, sa = _operand(a_shape, a_strides, item)
+    copy_b, tb, ldb, sb = _operand(b_shape, b_strides, item)
+    rows, items = m, batch
+    if batch > 1 and sb == 0 and not ta and sa == m * lda and sc == m * ldc:
+        rows, items = batch * m, 1  # one gemm over the rows of every matrix of a
+    if max(rows, n, k, lda, ldb, ldc, items) > int_max:  # beyond cuBLAS's ints
+        return shape, _NAMESPACE, None
+    return shape, _GEMM, (copy_a, copy_b, (tb, ta, n, rows, k), (ldb, sb), (lda, sa), (ldc, sc, items))
 
 
 def _store(out, product, accumulate):
@@ -184,32 +217,27 @@ def matmul(blas, a, b, out=None, accumulate=False, transpose_a=False, transpose_
     array
         ``out``.
     """
-    xp = array_namespace(a, b)
     if a.dtype != b.dtype:
         raise ValueError(f"cuda matmul: operand dtypes differ ({a.dtype}, {b.dtype})")
-    (a_shape, a_strides), (b_shape, b_strides) = _matrices(a, transpose_a), _matrices(b, transpose_b)
-    (ba, m, k), (bb, _, n) = _batched(a_shape)[0], _batched(b_shape)[0]
-    batch = 0 if 0 in (ba, bb) else max(ba, bb)
+    shape, kind, gemm = _plan(
+        (a.shape, a.strides, a.itemsize), (b.shape, b.strides, b.itemsize),
+        None if out is None else (out.shape, out.strides, out.itemsize, out.dtype == a.dtype),
+        transpose_a, transpose_b, INT_MAX,
+    )
     if out is None:
-        out = xp.empty((batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n), a.dtype)
-    if out.ndim not in (2, 3) or _batched(out.shape)[0] != (batch, m, n):
-        raise ValueError(f"cuda matmul: out has shape {out.shape}, the product {(batch, m, n)}")
-    if out.size == 0:
-        return out
-    if k == 0:  # empty sums, decided here rather than by cuBLAS's quick returns
+        out = array_namespace(a, b).empty(shape, a.dtype)
+    if kind == _GEMM:
+        copy_a, copy_b, dims, b_layout, a_layout, c_layout = gemm
+        if copy_a:
+            a = array_namespace(a).ascontiguousarray(_view(a, transpose_a))
+        if copy_b:
+            b = array_namespace(b).ascontiguousarray(_view(b, transpose_b))
+        blas.gemm_strided_batched(*dims, b, *b_layout, a, *a_layout, accumulate, out, *c_layout)
+    elif kind == _ZERO:
         if not accumulate:
             out[...] = 0
-        return out
-    layout = _output(out.shape, out.strides, out.itemsize) if out.dtype == a.dtype else None
-    if layout is None:  # e.g. float16 products into a float32 sum: a product, then its sum
-        return _store(out, matmul(blas, a, b, transpose_a=transpose_a, transpose_b=transpose_b), accumulate)
-    ldc, sc = layout
-    ca, ta, lda, sa = _operand(a, a_shape, a_strides, transpose_a)
-    cb, tb, ldb, sb = _operand(b, b_shape, b_strides, transpose_b)
-    rows, items = m, batch
-    if batch > 1 and sb == 0 and not ta and sa == m * lda and sc == m * ldc:
-        rows, items = batch * m, 1  # one gemm over the rows of every matrix of a
-    if max(rows, n, k, lda, ldb, ldc, items) > INT_MAX:  # beyond cuBLAS's ints
-        return _store(out, xp.matmul(_view(a, transpose_a), _view(b, transpose_b)), accumulate)
-    blas.gemm_strided_batched(tb, ta, n, rows, k, cb, ldb, sb, ca, lda, sa, accumulate, out, ldc, sc, items)
+    elif kind == _SPLIT:
+        _store(out, matmul(blas, a, b, transpose_a=transpose_a, transpose_b=transpose_b), accumulate)
+    elif kind == _NAMESPACE:
+        _store(out, array_namespace(a, b).matmul(_view(a, transpose_a), _view(b, transpose_b)), accumulate)
     return out

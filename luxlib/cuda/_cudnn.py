@@ -31,6 +31,8 @@ import threading
 
 import numpy as np
 
+from .._blas_layout import c_order_steps
+
 __all__ = ["Convolution", "CuDNN", "get_cudnn", "status"]
 
 # cudnn_graph.h / cudnn_ops.h / cudnn_cnn.h (checked against the headers in
@@ -169,14 +171,6 @@ def as_nd(cdims, n):
             lead + cdims.stride, lead + cdims.dilation)
 
 
-def _contiguous_strides(dims):
-    strides, s = [], 1
-    for d in reversed(dims):
-        strides.append(s)
-        s *= d
-    return tuple(reversed(strides))
-
-
 @functools.lru_cache(maxsize=256)
 def _takes(cdims, n, dtype):
     """Whether cuDNN can take the layout: a dtype it has, symmetric padding (cuDNN pads both
@@ -201,7 +195,7 @@ class Convolution:
         self.x, self.y, self.w = made.new("Tensor"), made.new("Tensor"), made.new("Filter")
         for desc, dims in ((self.x, xd), (self.y, yd)):
             _check(lib, lib.cudnnSetTensorNdDescriptor(desc, data, len(dims), _ints(dims),
-                                                       _ints(_contiguous_strides(dims))),
+                                                       _ints(c_order_steps(dims))),
                    "cudnnSetTensorNdDescriptor")
         _check(lib, lib.cudnnSetFilterNdDescriptor(self.w, data, TENSOR_NCHW, len(wd), _ints(wd)),
                "cudnnSetFilterNdDescriptor")
