@@ -131,6 +131,8 @@ def test_draw_key(bitgen, buffered):
     assert all(0 <= k < 2**32 for k in key)
     assert isinstance(new, np.random.Generator) and new is not rng
     assert _upcoming(new) == _upcoming(reference)
+    halves = lambda g: copy.deepcopy(g).integers(0, 2**32, size=3, dtype=np.uint32).tolist()  # noqa: E731
+    assert halves(new) == halves(reference), "the half draw left in the state differs"
     assert draw_key(rng)[0] == key and draw_key(new)[0] != key
     # the copy spawns the children the original's seed sequence would
     assert [_upcoming(c) for c in new.spawn(2)] == [_upcoming(c) for c in reference.spawn(2)]
