@@ -53,8 +53,10 @@ def test_quick_run_writes_machine_and_settings(quick):
     assert m["numpy"] == np.__version__ and m["luxlib"] == luxlib.__version__
     assert (m["torch"] is not None) == HAS_TORCH
     assert result["settings"] == {
-        "quick": True, "repeats": 3, "warmup": 1, "pause_s": 0.0, "threads": m["threads"], "device": "cpu"
+        "quick": True, "repeats": 3, "warmup": 1, "pause_s": 0.0, "threads": m["threads"], "device": "cpu",
+        "calls_per_sample": 1,
     }
+    assert "each timed sample: one call, to the end of its work" in out
     assert result["copy_bandwidth_gbs"] > 0 and "np.copyto" in result["copy_bandwidth_method"]
     assert "copy bandwidth" in out and "geometric mean of luxlib/torch" in out
 
@@ -175,6 +177,7 @@ def test_list_cuda_and_bad_arguments(capsys):
         assert "--device cuda" in capsys.readouterr().err
     assert main(["--filter", "no such op"]) == 1
     assert main(["--repeats", "0"]) == 1
+    assert main(["--calls", "0"]) == 1
 
 
 def test_png_is_skipped_silently_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -257,6 +260,30 @@ def test_first_outputs_are_copies_taken_before_later_calls_change_them():
     np.testing.assert_array_equal(first["inplace"][1], np.ones(1))
 
 
+def test_back_to_back_samples_finish_once_and_give_the_time_per_call(monkeypatch):
+    """A sample of ``calls`` calls: the calls back to back, one ``finish`` (the device's
+    synchronization, timed too) after the last, the time divided by ``calls``; the first,
+    checked, output and the warm-up calls are single calls, each finished."""
+    clock, events = [0.0], []
+    monkeypatch.setattr("luxlib.bench.timing.time.perf_counter", lambda: clock[0])
+
+    def call():
+        clock[0] += 1.0
+        events.append("call")
+        return len(events)
+
+    def finish(out):
+        clock[0] += 0.5
+        events.append("finish")
+        return out
+
+    times, first, _ = interleaved({"a": call}, repeats=2, warmup=2, calls=4, finish=finish)
+    assert times == {"a": [(4 * 1.0 + 0.5) / 4] * 2}
+    assert first == {"a": 1}  # the output of the first call alone
+    sample = ["call"] * 4 + ["finish"]
+    assert events == ["call", "finish"] * 2 + sample * 2
+
+
 class CountingDevice(CPU):
     """A device that records what the runner asks of it."""
 
@@ -319,6 +346,17 @@ def test_run_on_a_device_waits_for_every_call_and_fields_its_contenders():
     assert "\nluxlib's convolutions: cuDNN 9.28.1 (libcudnn.so.9): GPU convolutions\n" in report.header(cuda)
 
 
+def test_back_to_back_run_finishes_once_a_sample_and_records_its_calls():
+    dev = CountingDevice()
+    cases = select("gemm")
+    result = run(cases, quick=True, repeats=2, device=dev, calls=3)
+    # per case and mode and contender: the first call, then two samples of 3 calls, each finished once
+    assert dev.finished == len(cases) * 2 * 2 * (1 + 2)
+    assert result["settings"]["calls_per_sample"] == 3
+    assert "each timed sample: 3 back-to-back calls, one synchronization at the end" in report.header(result)
+    assert all(m["check_ok"] for r in result["cases"] for m in r["modes"].values())
+
+
 def test_to_numpy_reads_every_contenders_output():
     x = np.arange(3.0)
     assert to_numpy(x) is x
@@ -364,6 +402,10 @@ def test_in_place_case_checks_each_mode_on_the_original_input(monkeypatch):
     (case,) = [c for c in CASES if c.name == "bias_activation_ relu"]
     record = run_case(case, quick=True, repeats=2, warmup=1, ceilings={}, pause=1e-6)
     assert wakes
+    for mode, m in record["modes"].items():
+        assert m["check_ok"] and m["check"], (mode, m["check"])
+    # the same with samples of several calls: the checked output is still that of one call
+    record = run_case(case, quick=True, repeats=2, warmup=1, ceilings={}, calls=3)
     for mode, m in record["modes"].items():
         assert m["check_ok"] and m["check"], (mode, m["check"])
 

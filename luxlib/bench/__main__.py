@@ -24,6 +24,9 @@ def _parser():
     add("--repeats", type=int, metavar="N", help="timed calls per contender (default 7, --quick 3)")
     add("--pause", type=float, metavar="S", help="seconds of sleep, then 20 ms of untimed calls, before each "
         "timed call, so the previous contender's spinning BLAS/OpenMP threads go idle (default 0.1, --quick 0)")
+    add("--calls", type=int, metavar="N", default=1, help="back-to-back calls per timed sample, one device "
+        "synchronization at its end (default 1: each call timed to its end, host and device time in a row; "
+        "more: the time per call in steady state, as torch.utils.benchmark measures)")
     add("--threads", type=int, metavar="N", help="threads for luxlib, BLAS and torch (default: luxlib's count)")
     add("--json", default="bench_results.json", metavar="PATH", help="results file (default %(default)s)")
     add("--png", metavar="PATH", help="bar chart of the ratios (skipped when matplotlib is not importable)")
@@ -59,8 +62,9 @@ def main(argv=None):
     if not cases:
         print(f"python -m luxlib.bench: no case matches --filter {args.filter!r} (see --list)", file=sys.stderr)
         return 1
-    if args.repeats is not None and args.repeats < 1 or args.threads is not None and args.threads < 1:
-        print("python -m luxlib.bench: --repeats and --threads must be at least 1", file=sys.stderr)
+    if (args.repeats is not None and args.repeats < 1 or args.threads is not None and args.threads < 1
+            or args.calls < 1):
+        print("python -m luxlib.bench: --repeats, --threads and --calls must be at least 1", file=sys.stderr)
         return 1
     if args.pause is not None and args.pause < 0:
         print("python -m luxlib.bench: --pause must not be negative", file=sys.stderr)
@@ -79,6 +83,7 @@ def main(argv=None):
         pause=default_pause if args.pause is None else args.pause,
         device=device,
         threads=args.threads,
+        calls=args.calls,
         on_start=lambda head: print(report.header(head), flush=True),
         on_case=lambda record: print(report.rows(record), flush=True),
     )

@@ -29,6 +29,13 @@ def _cache_state(limit):
     return f"up to {limit / 2**20:.0f} MiB idle" if limit else "off"
 
 
+def _sample_line(calls):
+    if calls == 1:
+        return "each timed sample: one call, to the end of its work (host and device time in a row)"
+    return (f"each timed sample: {calls} back-to-back calls, one synchronization at the end, per call "
+            "(steady state: the host queues calls while the device works)")
+
+
 def header(head):
     """The lines printed before the first row: machine, settings, copy bandwidth, columns."""
     m, s = head["machine"], head["settings"]
@@ -37,6 +44,7 @@ def header(head):
         f"{s['threads']} threads, median of {s['repeats']} interleaved repeats after {s['warmup']} warm-up, "
         f"{s.get('pause_s', 0):g} s pause before each"
         + (" [--quick: tiny shapes, numbers meaningless]" if s["quick"] else ""),
+        _sample_line(s.get("calls_per_sample", 1)),
         f"CPU: {m['cpu_model']} ({m['usable_cores']} usable cores; {' '.join(m['cpu_simd'])})",
         *([f"luxlib memory cache: {_cache_state(m['luxlib_memory_cache_bytes'])} (outputs reuse freed "
            "outputs' memory; LUXLIB_MEMORY_CACHE=0 times without it)"] if "luxlib_memory_cache_bytes" in m else []),

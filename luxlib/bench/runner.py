@@ -112,16 +112,11 @@ def rel_diff(out, ref):
     return worst
 
 
-def _until_done(f, device):
-    """``f`` as a call that ends when the device has finished the work it queued."""
-    return lambda: device.finish(f())
-
-
-def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device):
-    funcs = {who: _until_done(getattr(c, mode), device) for who, c in contenders.items() if getattr(c, mode) is not None}
+def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device, calls):
+    funcs = {who: getattr(c, mode) for who, c in contenders.items() if getattr(c, mode) is not None}
     if case.metric == "GB/s":  # timed in the same rounds, as the ceiling at this size
-        funcs[SAME_SIZE_COPY] = _until_done(device.same_size_copy(amount), device)
-    times, first, failed = interleaved(funcs, repeats, warmup, pause)
+        funcs[SAME_SIZE_COPY] = device.same_size_copy(amount)
+    times, first, failed = interleaved(funcs, repeats, warmup, pause, calls, device.finish)
     copy_times = times.pop(SAME_SIZE_COPY, None)
     first.pop(SAME_SIZE_COPY, None)
     failed.pop(SAME_SIZE_COPY, None)
@@ -157,10 +152,11 @@ def _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, devi
     return result
 
 
-def run_case(case, *, quick, repeats, warmup, ceilings, pause=0.0, torch=None, device=None):
+def run_case(case, *, quick, repeats, warmup, ceilings, pause=0.0, torch=None, device=None, calls=1):
     """Time one case on ``device`` (default the CPU); returns its JSON record
     (``skipped`` says why when it did not run). ``ceilings`` maps ``"pct_..."`` record keys
-    to the GB/s that bandwidth-bound rows are given as a percentage of."""
+    to the GB/s that bandwidth-bound rows are given as a percentage of; ``calls`` is the
+    number of back-to-back calls in a timed sample (:func:`.timing.interleaved`)."""
     device = device or CPU()
     record = {"name": case.name, "family": case.family, "dtype": "float32"}
     record.update(metric=case.metric, formula=case.formula)
@@ -184,7 +180,7 @@ def run_case(case, *, quick, repeats, warmup, ceilings, pause=0.0, torch=None, d
                 contenders[who] = case.contender(who, a, torch)
             except Exception as exc:  # e.g. an op that rejects these arguments
                 record.setdefault("failed", {})[who] = f"{type(exc).__name__}: {exc}"
-        record["modes"][mode] = _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device)
+        record["modes"][mode] = _mode(case, contenders, mode, amount, repeats, warmup, pause, ceilings, device, calls)
         del contenders
         gc.collect()
     return record
@@ -207,9 +203,9 @@ def summarize(records):
 
 
 def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, device=None, on_case=None,
-        on_start=None):
+        on_start=None, calls=1):
     """Benchmark ``cases`` on ``device`` (a :mod:`.device` object, default the CPU);
-    return the full JSON-able record.
+    return the full JSON-able record. ``calls``: back-to-back calls per timed sample.
 
     ``on_start(header)`` is called with the settings and machine record before the
     first case, ``on_case(record)`` after each case (for streaming output).
@@ -225,7 +221,7 @@ def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, 
         header = {
             "settings": {
                 "quick": quick, "repeats": repeats, "warmup": warmup, "pause_s": pause, "threads": threads,
-                "device": device.name,
+                "device": device.name, "calls_per_sample": calls,
             },
             "machine": {**machine_info(threads, torch), **device.info()},
         }
@@ -240,7 +236,7 @@ def run(cases, *, quick=False, repeats=None, warmup=1, pause=0.0, threads=None, 
         for case in cases:
             record = run_case(
                 case, quick=quick, repeats=repeats, warmup=warmup, pause=pause, ceilings=ceilings,
-                torch=torch, device=device,
+                torch=torch, device=device, calls=calls,
             )
             records.append(record)
             if on_case is not None:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 
-def interleaved(funcs, repeats, warmup=1, pause=0.0):
+def interleaved(funcs, repeats, warmup=1, pause=0.0, calls=1, finish=None):
     """Time zero-argument callables round-robin, so drift hits every contender alike.
 
     Parameters
@@ -26,11 +26,20 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
         library's OpenMP runtime), which spin for a while after a call, stop
         competing for the cores; the untimed calls wake the contender's own pools,
         so the timed call measures it in steady state, alone.
+    calls : int
+        Calls in each timed sample, back to back; the sample's time is divided by ``calls``.
+    finish : callable, optional
+        ``finish(output)`` waits until the work a call queued is done (a device
+        synchronization); it ends every untimed call and every timed sample, whose time
+        includes it. So with ``calls=1`` a sample is one call's latency (host time and
+        device time in a row); with more, the time per call in steady state, where the host
+        queues the next calls while the device works (torch.utils.benchmark's way: one
+        synchronization per block of calls), as in a training loop.
 
     Returns
     -------
     times : dict
-        ``name -> list of seconds``, for the contenders that did not raise.
+        ``name -> list of seconds`` (per call), for the contenders that did not raise.
     first : dict
         ``name -> copy of the output of the first warm-up call`` (a copy: an
         in-place contender's output is its input, which later calls change).
@@ -43,16 +52,17 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
     >>> len(times["sum"]), first["sum"], failed
     (3, 45, {})
     """
+    finish = finish or (lambda out: out)
     first, failed = {}, {}
     for name, f in funcs.items():
         try:
-            first[name] = _snapshot(f())
+            first[name] = _snapshot(finish(f()))
         except Exception as exc:  # a contender that cannot run is reported, not fatal
             failed[name] = f"{type(exc).__name__}: {exc}"
     live = [name for name in funcs if name not in failed]
     for _ in range(max(warmup, 1) - 1):
         for name in live:
-            funcs[name]()
+            finish(funcs[name]())
     times = {name: [] for name in live}
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -60,12 +70,15 @@ def interleaved(funcs, repeats, warmup=1, pause=0.0):
         for r in range(repeats):
             for k in range(len(live)):
                 name = live[(r + k) % len(live)]
+                f = funcs[name]
                 if pause:
                     time.sleep(pause)
-                    _wake(funcs[name])
+                    _wake(lambda: finish(f()))
                 start = time.perf_counter()
-                funcs[name]()
-                times[name].append(time.perf_counter() - start)
+                for _ in range(calls - 1):
+                    f()
+                finish(f())
+                times[name].append((time.perf_counter() - start) / calls)
     finally:
         if gc_was_enabled:
             gc.enable()
