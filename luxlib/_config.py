@@ -9,6 +9,7 @@ from . import __version__, _memory
 from ._kernels import IMPORT_ERROR
 from ._validation import integer_in
 from .cuda._cudnn import status as cudnn_status
+from .cuda._modules import launch_status
 
 if IMPORT_ERROR is None:
     from ._kernels import _openmp_helpers
@@ -118,7 +119,7 @@ def show_config():
         bytes and blocks, hits and misses of the looped kernels' memory cache, see
         :func:`luxlib.set_memory_cache_limit`; ``None`` without the kernels); ``backends`` (``generic``,
         ``looped``, ``gpu`` mapped to their status); ``cudnn`` (whether the GPU convolutions run on
-        cuDNN: its version and library, or why not).
+        cuDNN: its version and library, or why not); ``cuda_launch`` (how the GPU kernels launch).
 
     Examples
     --------
@@ -145,6 +146,7 @@ def show_config():
             "gpu": _gpu_status(),
         },
         "cudnn": cudnn_status(),
+        "cuda_launch": launch_status(),
     }
     lines = [f"{key + ':':<12}{info[key]}" for key in ("luxlib", "python", "numpy", "scipy")]
     lines.append(f"{'cython:':<12}{info['cython'] or 'n/a'} (build time)")
@@ -169,5 +171,6 @@ def show_config():
     lines.append("backends:")
     lines += [f"  {name + ':':<10}{status}" for name, status in info["backends"].items()]
     lines.append(f"{'cudnn:':<12}{info['cudnn']}")
+    lines.append(f"{'launches:':<12}{info['cuda_launch']}")
     print("\n".join(lines))
     return info

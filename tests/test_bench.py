@@ -342,8 +342,10 @@ def test_run_on_a_device_waits_for_every_call_and_fields_its_contenders():
     # a CUDA run's header names the GPU and whether the convolutions ran on cuDNN
     cuda = {**result, "settings": {**result["settings"], "device": "cuda"},
             "machine": {**result["machine"], "gpu": "H100", "gpu_memory_gib": 80, "cupy": "14.2.0",
-                        "cudnn": "cuDNN 9.28.1 (libcudnn.so.9): GPU convolutions"}}
+                        "cudnn": "cuDNN 9.28.1 (libcudnn.so.9): GPU convolutions",
+                        "cuda_launch": "luxlib's launcher"}}
     assert "\nluxlib's convolutions: cuDNN 9.28.1 (libcudnn.so.9): GPU convolutions\n" in report.header(cuda)
+    assert "\nluxlib's kernel launches: luxlib's launcher\n" in report.header(cuda)
 
 
 def test_back_to_back_run_finishes_once_a_sample_and_records_its_calls():

@@ -56,6 +56,7 @@ def test_show_config(capsys):
     assert info["backends"]["looped"] == "available"
     assert isinstance(info["backends"]["gpu"], str)
     assert re.search(r"^cudnn:\s+" + re.escape(info["cudnn"]) + "$", out, re.M)
+    assert re.search(r"^launches:\s+" + re.escape(info["cuda_launch"]) + "$", out, re.M)
     # the extensions link the OpenMP runtime, which threadpoolctl then lists
     assert any(pool["user_api"] == "openmp" for pool in info["threadpools"])
     assert re.search(r"^openmp:\s+on$", out, re.M)

@@ -8,7 +8,7 @@ the reason. Each new ``*.pyx`` module is added to ``_EXTENSIONS``.
 import importlib
 
 _EXTENSIONS = ("_openmp_helpers", "allocator", "activation", "conv", "dense", "matmul", "normalization", "dropout",
-               "winograd")
+               "winograd", "launch")
 
 try:
     for _name in _EXTENSIONS:

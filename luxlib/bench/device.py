@@ -11,6 +11,7 @@ import statistics
 
 import numpy as np
 
+from ..cuda import _modules
 from ..cuda._cudnn import status as cudnn_status
 from .timing import copy_bandwidth, interleaved
 
@@ -117,12 +118,14 @@ class CUDA(CPU):
         dev = cp.cuda.Device()
         props = cp.cuda.runtime.getDeviceProperties(dev.id)
         name = props["name"]
+        _modules._driver()  # binds luxlib's launcher now, as the first launch would
         return {
             "gpu": name.decode() if isinstance(name, bytes) else str(name),
             "gpu_memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
             "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
             "cupy": cp.__version__,
             "cudnn": cudnn_status(),  # whether luxlib's convolutions run on cuDNN
+            "cuda_launch": _modules.launch_status(),
         }
 
     def fresh_copy_bandwidth(self, quick):

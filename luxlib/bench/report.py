@@ -50,7 +50,8 @@ def header(head):
            "outputs' memory; LUXLIB_MEMORY_CACHE=0 times without it)"] if "luxlib_memory_cache_bytes" in m else []),
         *([f"device: cuda, {m['gpu']} ({m['gpu_memory_gib']} GiB), CuPy {m['cupy']}; the NumPy compositions "
            "do not take part; torch computes float32 without TF32, as luxlib does",
-           f"luxlib's convolutions: {m.get('cudnn', 'not recorded')}"]
+           f"luxlib's convolutions: {m.get('cudnn', 'not recorded')}",
+           f"luxlib's kernel launches: {m.get('cuda_launch', 'not recorded')}"]
           if s.get("device") == "cuda" else []),
         f"copy bandwidth: {head['copy_bandwidth_gbs']:.1f} GB/s ({head['copy_bandwidth_method']})",
         *([f"fresh-output copy bandwidth: {head['fresh_copy_bandwidth_gbs']:.1f} GB/s "

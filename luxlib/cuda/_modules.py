@@ -6,9 +6,11 @@ __half) holding every kernel of the family for that type (``name_expressions``).
 Nothing here imports CuPy at import time.
 """
 
+import ctypes
 import functools
 import hashlib
 import os
+import threading
 from collections import namedtuple
 
 import numpy as np
@@ -35,6 +37,7 @@ __all__ = [
     "grid_vectors",
     "kernel_name",
     "launch",
+    "launch_status",
     "name_expressions",
     "read_source",
     "source_dir",
@@ -158,12 +161,104 @@ def _compile(family, ctype):
 _MODULES = {}
 
 
+def _cuda_launch_address():
+    """The address of the driver's ``cuLaunchKernel`` (``libcuda``, which CuPy has loaded
+    already); OSError where there is no driver."""
+    return ctypes.cast(ctypes.CDLL("libcuda.so.1").cuLaunchKernel, ctypes.c_void_p).value
+
+
+class _Driver:
+    """What :class:`_Launcher` needs: CuPy's current device and stream, the runtime call that
+    makes a thread's CUDA context current (CuPy's launch makes the same one), the driver's
+    error, and luxlib's launch (:func:`luxlib._kernels.launch.launch`)."""
+
+    def __init__(self, cupy, launch):
+        self.get_device = cupy.cuda.runtime.getDevice
+        self.get_current_stream = cupy.cuda.get_current_stream
+        self.ensure_context = cupy.cuda.runtime.memGetInfo
+        self.error = cupy.cuda.driver.CUDADriverError
+        self.launch = launch
+
+
+_DRIVER = []  # the process's _Driver, once made
+
+
+def _cupy_launch_asked():
+    return os.environ.get("LUXLIB_CUDA_LAUNCH", "").strip().lower() == "cupy"
+
+
+def _driver():
+    """The process's :class:`_Driver`, or None where the kernels launch through CuPy's own
+    call: ``LUXLIB_CUDA_LAUNCH=cupy`` in the environment, no CUDA driver, or no launcher."""
+    if _DRIVER:
+        return _DRIVER[0]
+    if _cupy_launch_asked():
+        return None
+    try:
+        import cupy  # only reached with CuPy arrays, whose owner has CuPy
+
+        from .._kernels import launch
+
+        address = _cuda_launch_address()
+        driver = _Driver(cupy, launch.launch)
+    except (ImportError, OSError, AttributeError):
+        return None
+    launch.bind(address)
+    _DRIVER.append(driver)
+    return driver
+
+
+def launch_status():
+    """One line for :func:`luxlib.show_config` and the GPU benchmark: how the GPU kernels launch
+    (without importing CuPy: luxlib's launcher binds the driver on the first GPU launch)."""
+    if _DRIVER:
+        return "luxlib's launcher (the driver's cuLaunchKernel, its parameters built in C)"
+    if _cupy_launch_asked():
+        return "CuPy's RawKernel call (LUXLIB_CUDA_LAUNCH=cupy)"
+    return "luxlib's launcher where the CUDA driver loads (bound on the first GPU launch), else CuPy's call"
+
+
+class _Launcher:
+    """A kernel of :class:`_Kernels` (its ``cupy.RawKernel``, ``kernel``) called as CuPy's is,
+    ``launcher(grid, block, args)``, but launched by luxlib's launcher, which builds the
+    driver's parameters in C (``luxlib/_kernels/launch.pyx``; CuPy's call makes a Python object
+    per argument first: on session 12's H100 a 4-argument kernel took 6.04 us of host time
+    through it, the driver's launch alone 3.66)."""
+
+    def __init__(self, kernel, driver):
+        self.kernel, self._driver = kernel, driver
+        self._local = threading.local()
+
+    def __call__(self, grid, block, args):
+        driver = self._driver
+        device = driver.get_device()
+        function = getattr(self._local, "functions", _NO_FUNCTIONS).get(device)
+        if function is None:
+            function = self._function(device)
+        status = driver.launch(function, grid, block, args, driver.get_current_stream(device).ptr)
+        if status:
+            raise driver.error(status)
+
+    def _function(self, device):
+        """The kernel's ``CUfunction`` on ``device``, kept per thread: first the thread's CUDA
+        context is made current, as CuPy's launch does (a thread that has not called the
+        runtime has none, and the driver's launch needs one)."""
+        self._driver.ensure_context()
+        functions = self._local.__dict__.setdefault("functions", {})
+        # the RawKernel loads the module on the device and keeps it, and so the handle, alive
+        functions[device] = self.kernel.kernel.ptr
+        return functions[device]
+
+
+_NO_FUNCTIONS = {}
+
+
 class _Kernels:
     """The kernels of ``family``: a ``cupy.RawModule`` per element type, compiled on the first
     launch of one of its kernels (``compile(family, ctype)``; a family takes seconds to compile
     for each type, and a program mostly uses one), and the kernels handed out, kept (CuPy's
     ``get_function`` builds a new ``RawKernel`` on every call, tens of microseconds of launch
-    overhead)."""
+    overhead), each in a :class:`_Launcher` where luxlib's launcher runs (:func:`_driver`)."""
 
     tuning = GPU_TUNING
 
@@ -179,7 +274,9 @@ class _Kernels:
             raw = self.raw.get(ctype)
             if raw is None:
                 raw = self.raw[ctype] = self._compile(self.family, ctype)
-            kernel = self._kernels[name] = raw.get_function(name)
+            kernel = raw.get_function(name)
+            driver = _driver()
+            kernel = self._kernels[name] = kernel if driver is None else _Launcher(kernel, driver)
         return kernel
 
 
