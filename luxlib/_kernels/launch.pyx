@@ -37,17 +37,21 @@ def bind(intptr_t address):
     return before
 
 
-cdef int _dims(object dims, unsigned int* out) except -1:
+cdef int _dims(tuple dims, unsigned int* out) except -1:
     """A grid or block of 1 to 3 extents as 3, missing ones 1, each at least 1 (as CuPy's call)."""
     cdef Py_ssize_t k, n = len(dims)
+    cdef long long v
     if not 1 <= n <= 3:
         raise ValueError(f"launch: a grid or block has 1 to 3 extents, got {dims!r}")
     for k in range(3):
-        out[k] = <unsigned int>max(1, <long long>dims[k]) if k < n else 1
+        v = dims[k] if k < n else 1
+        if v > 0x7FFFFFFF:
+            raise ValueError(f"launch: an extent of {dims!r} is beyond the driver's")
+        out[k] = <unsigned int>max(1, v)
     return 0
 
 
-def launch(intptr_t function, tuple grid, tuple block, tuple args, intptr_t stream):
+def launch(intptr_t function, tuple grid, tuple block, args, intptr_t stream):
     """Launch the kernel ``function`` (a ``CUfunction``) on ``stream`` (a ``CUstream``).
 
     Parameters
@@ -56,7 +60,7 @@ def launch(intptr_t function, tuple grid, tuple block, tuple args, intptr_t stre
         The driver's handles.
     grid, block : tuple of int
         1 to 3 extents each.
-    args : tuple
+    args : sequence
         The kernel's arguments in order: arrays with ``.data.ptr`` (CuPy's), passed as that
         device pointer, and NumPy scalars (``numpy.generic``), passed as their bytes (a
         structured scalar as a struct by value). Their types must be the kernel's: nothing
@@ -67,6 +71,8 @@ def launch(intptr_t function, tuple grid, tuple block, tuple args, intptr_t stre
     int
         The driver's status (0: launched).
     """
+    if type(args) is not tuple:
+        args = tuple(args)
     cdef Py_ssize_t n = len(args), i, held = 0
     cdef void* params[MAX_ARGS]
     cdef uintptr_t pointers[MAX_ARGS]

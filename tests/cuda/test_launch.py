@@ -80,7 +80,7 @@ def test_arrays_go_as_device_pointers_scalars_and_structs_as_their_bytes(bound):
     s = np.array((2**40 + 3, -7, 0.25, (1, 2, 3)), STRUCT)[()]
     scalars = (np.int32(-2), np.int64(2**40), np.uint32(2**32 - 1), np.float32(1.5), np.float64(-0.1),
                np.float16(3), s)
-    args = (_Pointer(0xDEAD0000), *scalars, _Pointer(2**63 + 8))
+    args = [_Pointer(0xDEAD0000), *scalars, _Pointer(2**63 + 8)]  # any sequence, as CuPy's call takes
     assert _launch.launch(0xF00, (7,), (256, 2), args, STREAM) == 0
     ((f, grid, block, shared, stream, params, extra),) = bound.launches
     assert (f, grid, block, shared, stream, extra) == (0xF00, (7, 1, 1), (256, 2, 1), 0, STREAM, None)
@@ -108,6 +108,8 @@ def test_bad_arguments_are_refused_before_the_driver(bound):
         _launch.launch(1, (1, 1, 1, 1), (1,), (), 0)
     with pytest.raises(ValueError, match="1 to 3 extents"):
         _launch.launch(1, (1,), (), (), 0)
+    with pytest.raises(ValueError, match="beyond the driver's"):
+        _launch.launch(1, (2**31,), (1,), (), 0)
     with pytest.raises(ValueError, match="65 arguments, at most 64"):
         _launch.launch(1, (1,), (1,), (np.int32(0),) * 65, 0)
     assert bound.launches == []
