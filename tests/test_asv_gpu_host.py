@@ -37,3 +37,19 @@ def test_each_call_runs_the_gpu_implementation(name):
         _dispatch._kind, luxlib.cuda._mod = kind, mod  # whatever failed above, the other tests dispatch as usual
     assert record and all(backend == "gpu" for _, backend in record), record
     assert restored
+
+
+def test_the_launch_benchmark_launches_nothing_and_puts_the_binding_back():
+    from luxlib._kernels import launch
+
+    before = launch.bind(0)
+    try:
+        bench = BENCH.LaunchHostTime()
+        bench.setup()
+        bench.time_launch()  # through luxlib's launcher to the launch function that does nothing
+        assert launch.launch(1, (1,), (1,), bench.args, 0) == 0
+        bench.teardown()
+        with pytest.raises(RuntimeError, match="no launch function bound"):
+            launch.launch(1, (1,), (1,), (), 0)
+    finally:
+        launch.bind(before)

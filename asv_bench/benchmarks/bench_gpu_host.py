@@ -5,8 +5,11 @@ and cuBLAS are replaced by stand-ins that launch nothing. What is timed is luxli
 Python per call (validation, dispatch, launch planning, the glue), without CuPy's launch
 and allocation costs, which only a GPU shows (doc/cuda.md, "Our own Python per call").
 On a GPU that Python is a large part of a small op's time, so it is tracked here, where
-asv runs.
+asv runs. ``LaunchHostTime`` times luxlib's kernel launcher, which the stand-ins above
+replace, bound to a launch function that launches nothing.
 """
+
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -83,3 +86,30 @@ class GPUHostTime:
 
     def time_call(self, name):
         self.call()
+
+
+class LaunchHostTime:
+    """luxlib's kernel launcher (``luxlib/_kernels/launch.pyx`` behind ``_modules._Launcher``),
+    bound to a launch function that launches nothing: the host time luxlib adds to the
+    driver's ``cuLaunchKernel`` for a kernel of three arrays, an int and a struct (CuPy's own
+    call, which it replaces, builds a Python object per argument first)."""
+
+    def setup(self):
+        from luxlib._kernels import launch
+        from luxlib.cuda import _modules
+
+        self._launch, self._before = launch, launch.bind(launch.NOTHING)
+        stream = SimpleNamespace(ptr=0)
+        driver = SimpleNamespace(get_device=lambda: 0, get_current_stream=lambda device: stream,
+                                 ensure_context=lambda: None, error=RuntimeError, launch=launch.launch)
+        self.launcher = _modules._Launcher(SimpleNamespace(kernel=SimpleNamespace(ptr=1)), driver)
+        struct = np.zeros((), np.dtype([("n", np.int64), ("c", np.int32), ("k", np.int32, (3,))], align=True))[()]
+        arrays = tuple(SimpleNamespace(data=SimpleNamespace(ptr=p)) for p in (256, 512, 768))  # CuPy's .data.ptr
+        self.args = arrays + (np.int64(10), struct)
+        self.launcher((40,), (256,), self.args)
+
+    def teardown(self):
+        self._launch.bind(self._before)
+
+    def time_launch(self):
+        self.launcher((40,), (256,), self.args)

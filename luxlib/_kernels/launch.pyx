@@ -28,6 +28,17 @@ cdef launch_fn _launch = NULL
 cdef object _scalar = np.generic
 
 
+cdef int _launch_nothing(void* f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                         unsigned int by, unsigned int bz, unsigned int shared, void* stream, void** params,
+                         void** extra) noexcept nogil:
+    return 0
+
+
+#: the address of a launch function that launches nothing: bound, :func:`launch` costs what
+#: luxlib adds to the driver's launch (the asv benchmark of the launch code times it)
+NOTHING = <intptr_t><void*>_launch_nothing
+
+
 def bind(intptr_t address):
     """Launch through the function at ``address`` (``cuLaunchKernel``, or a stand-in with its
     signature; 0 unbinds); returns the address bound before (tests put it back)."""
