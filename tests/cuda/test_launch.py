@@ -324,8 +324,9 @@ def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
             direct[family] = emu_module.EmuModule(family)
         return direct[family]
 
-    cupy = _numpy_as_cupy()
     kernels = {family: _modules._Kernels(family, compile=emulated.compile) for family in _modules.FAMILIES}
+    # NumPy arrays keep NumPy as their namespace: the stand-in CuPy serves the DeviceArrays only
+    monkeypatch.setitem(sys.modules, "cupy", _numpy_as_cupy())
     monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
     monkeypatch.setattr(_modules, "_DRIVER", [])
     monkeypatch.setattr(_modules, "_cuda_launch_address", lambda: emulated.stand_in.address)
@@ -335,12 +336,10 @@ def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
             monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: {"blas": blas}.get(family) if family in (
                 "blas", "cudnn") else emulator_module(family))
             want = _run(f, args, 1, lambda a: a)
-            monkeypatch.setitem(sys.modules, "cupy", cupy)
             monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: {"blas": blas}.get(family) if family in (
                 "blas", "cudnn") else kernels[family])
             launches = len(emulated.stand_in.launches)
             got = _run(f, args, 1, lambda a: np.array(a).view(DeviceArray))
-            monkeypatch.delitem(sys.modules, "cupy")
             assert len(emulated.stand_in.launches) > launches, name  # the launcher ran them
             if emulated.stand_in.errors:
                 raise emulated.stand_in.errors[0]
