@@ -12,8 +12,16 @@ for _d in (_HERE, os.path.join(_HERE, "emu")):
 
 
 @pytest.fixture
-def cp():
-    """The ``cupy`` module; skips the test without CuPy or without a CUDA device."""
+def cp(request):
+    """The ``cupy`` module; skips the test without CuPy or without a CUDA device. With
+    ``LUXLIB_EMULATED_GPU=1``, a stand-in over NumPy with the emulated kernels behind luxlib's
+    GPU path (``emu/emu_cupy.py``), and tests marked ``real_cupy`` skip."""
+    if os.environ.get("LUXLIB_EMULATED_GPU") == "1":
+        if request.node.get_closest_marker("real_cupy"):
+            pytest.skip("needs the real CuPy (LUXLIB_EMULATED_GPU=1 emulates it)")
+        import emu_cupy
+
+        return emu_cupy.install(request.getfixturevalue("monkeypatch"))
     cupy = pytest.importorskip("cupy")
     if not cupy.cuda.is_available():
         pytest.skip("no CUDA device")

@@ -86,6 +86,7 @@ def test_dropout_dims_bit_identical_on_gpu(cp, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.real_cupy
 def test_dropout_with_a_cupy_generator_on_gpu(cp):
     x = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
     rng = cp.random.default_rng(5)

@@ -81,13 +81,13 @@ GPU_CONV_CASES = CONV_CASES + DEPTHWISE_CASES + [
 
 
 @pytest.fixture(params=["cudnn", "kernels"])
-def engine(request, monkeypatch):
-    """The convolutions on cuDNN where it takes them (skipped without cuDNN), or on
-    luxlib's kernels alone."""
+def engine(request, monkeypatch, cp):
+    """The convolutions on cuDNN where it takes them (skipped without cuDNN, and on the
+    emulated GPU), or on luxlib's kernels alone."""
     if request.param == "kernels":
         monkeypatch.setattr(_cudnn, "_CUDNN", [None])
     elif _cudnn.get_cudnn() is None:
-        pytest.skip("cuDNN 9 is not installed")
+        pytest.skip("cuDNN 9 is not installed (or the GPU is emulated)")
     return request.param
 
 

@@ -12,6 +12,7 @@ import threading
 import types
 
 import emu_blas
+import emu_cupy
 import emu_module
 import numpy as np
 import pytest
@@ -252,28 +253,6 @@ class _EmulatedDriver:
             raise RuntimeError(f"{kernel.name}: {err.decode()}")
 
 
-def _numpy_as_cupy():
-    """A ``cupy`` module over NumPy whose arrays are :class:`DeviceArray` s, with the CUDA
-    calls the launcher makes."""
-    cupy = types.ModuleType("cupy")
-
-    def device(f):
-        def wrapped(*args, **kwargs):
-            out = f(*args, **kwargs)
-            return out.view(DeviceArray) if type(out) is np.ndarray else out
-
-        return wrapped
-
-    for name in ("empty", "zeros", "zeros_like", "full", "ascontiguousarray", "asarray", "arange", "stack", "tile",
-                 "broadcast_to"):
-        setattr(cupy, name, device(getattr(np, name)))
-    for name in ("float16", "float32", "float64", "uint8", "uint32", "int32", "int64", "result_type", "dtype"):
-        setattr(cupy, name, getattr(np, name))
-    stand_in = _stand_in_cupy([0], [])
-    cupy.cuda = stand_in.cuda
-    return cupy
-
-
 def _calls(rng):
     """``name -> (function, positional arguments)`` of ops whose launches cover every argument
     kind: arrays, scalars, structs (normalization, conv)."""
@@ -326,7 +305,7 @@ def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
 
     kernels = {family: _modules._Kernels(family, compile=emulated.compile) for family in _modules.FAMILIES}
     # NumPy arrays keep NumPy as their namespace: the stand-in CuPy serves the DeviceArrays only
-    monkeypatch.setitem(sys.modules, "cupy", _numpy_as_cupy())
+    monkeypatch.setitem(sys.modules, "cupy", emu_cupy.numpy_as_cupy(_stand_in_cupy([0], []).cuda))
     monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
     monkeypatch.setattr(_modules, "_DRIVER", [])
     monkeypatch.setattr(_modules, "_cuda_launch_address", lambda: emulated.stand_in.address)
@@ -352,6 +331,7 @@ def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.real_cupy
 def test_launcher_equals_cupys_call_on_gpu(cp, monkeypatch):
     """On a GPU: the ops launched by luxlib's launcher, on this thread and on a new one (whose
     CUDA context the launcher makes current), equal those launched by CuPy's own call."""

@@ -1,0 +1,83 @@
+"""The GPU tests on the CPU: a stand-in ``cupy`` over NumPy whose arrays are
+:class:`device_memory.DeviceArray` s (luxlib takes them for CuPy arrays and runs its GPU path),
+with luxlib's kernel modules replaced by the emulated ones (``emu_module``), cuBLAS by
+``emu_blas`` and cuDNN by none.
+
+``LUXLIB_EMULATED_GPU=1 pytest -m gpu tests`` runs the ``gpu``-marked tests this way (the
+``cp`` fixture of ``conftest.py`` calls :func:`install`): their own code, the GPU path's launch
+code at the GPU's launch sizes (no lowered test hooks), and the kernels in the emulator. Tests
+marked ``real_cupy`` (a ``cupy.random`` generator, luxlib's launcher against CuPy's call) and
+the cuDNN engine skip. What it cannot show is what the emulator cannot (doc/cuda.md), plus
+CuPy itself: its allocations and array operations are NumPy's here.
+"""
+
+import sys
+import types
+
+import emu_blas
+import emu_module
+import numpy as np
+from device_memory import DeviceArray
+
+import luxlib.cuda
+from luxlib.cuda import _blas, _cudnn
+
+
+def _device(f):
+    """``f`` with its NumPy arrays returned as DeviceArrays (CuPy's functions return CuPy's)."""
+
+    def wrapped(*args, **kwargs):
+        out = f(*args, **kwargs)
+        return out.view(DeviceArray) if type(out) is np.ndarray else out
+
+    return wrapped
+
+
+def _asarray(a, dtype=None):
+    """A device copy of a host array, as ``cupy.asarray`` makes; a DeviceArray as it is."""
+    if isinstance(a, DeviceArray) and dtype in (None, a.dtype):
+        return a
+    return np.array(a, dtype=dtype).view(DeviceArray)
+
+
+def numpy_as_cupy(cuda):
+    """A ``cupy`` module over NumPy: NumPy's names, functions returning DeviceArrays,
+    ``asarray``/``asnumpy`` copying between host and "device", and ``cuda`` as given."""
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    cupy.asarray = _asarray
+    cupy.asnumpy = lambda a: np.array(a)
+    cupy.testing = types.SimpleNamespace(assert_array_equal=np.testing.assert_array_equal)
+
+    def attribute(name):
+        if name == "random":  # a CuPy generator is not NumPy's: the tests that need one skip
+            raise AttributeError("the emulated cupy has no random module")
+        obj = getattr(np, name)
+        return _device(obj) if callable(obj) and not isinstance(obj, type) else obj
+
+    cupy.__getattr__ = attribute
+    return cupy
+
+
+_MODULES = {}  # family -> its EmuModule, built once a process
+
+
+def _module(family):
+    if family not in _MODULES:
+        _MODULES[family] = emu_module.EmuModule(family)
+    return _MODULES[family]
+
+
+def install(monkeypatch):
+    """Puts the stand-in CuPy in ``sys.modules`` and the emulated kernels, cuBLAS and no cuDNN
+    behind luxlib's GPU path, until ``monkeypatch`` undoes it; returns the stand-in."""
+    cuda = types.SimpleNamespace(is_available=lambda: True)
+    cupy = numpy_as_cupy(cuda)
+    blas = emu_blas.EmuBLAS()
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(luxlib.cuda, "get_module", _module)
+    for owner in (luxlib.cuda, _blas):
+        monkeypatch.setattr(owner, "get_blas", lambda: blas)
+    for owner in (luxlib.cuda, _cudnn):
+        monkeypatch.setattr(owner, "get_cudnn", lambda: None)
+    return cupy
