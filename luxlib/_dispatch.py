@@ -215,6 +215,27 @@ def _select(op, arrays, kwargs):
     return "generic", _REGISTRY[(op, "generic")]
 
 
+def _run_here(op, arrays, impl, slot, kwargs):
+    """The implementation's forward, or its vjp with the pullback put in ``slot``."""
+    if slot is None:
+        return impl.forward(**kwargs)
+    out, pullback = impl.vjp(**kwargs)
+    slot.append(pullback)
+    return out
+
+
+#: how a GPU implementation runs: ``luxlib.cuda`` sets its own (``_device.run``: on the GPU
+#: that holds the arrays) when it registers the GPU implementations
+_GPU_RUN = [_run_here]
+
+
+def set_gpu_run(f):
+    """Make ``f(op, arrays, impl, slot, kwargs)`` run the GPU implementations (see
+    :func:`_run_here`); returns the one it replaces."""
+    before, _GPU_RUN[0] = _GPU_RUN[0], f
+    return before
+
+
 def run(op, arrays, **kwargs):
     """Run ``op`` on the backend chosen for ``arrays``; kwargs go to the implementation."""
     kind, impl = _select(op, arrays, kwargs)
@@ -222,14 +243,12 @@ def run(op, arrays, **kwargs):
     if record is not None:
         record.append((op, kind))
     slot = _autodiff.take_capture()
+    if kind == "gpu":
+        return _GPU_RUN[0](op, arrays, impl, slot, kwargs)
     if kind == "looped":  # the looped kernels' outputs come from the memory cache
         if slot is None:
             return _memory.run_cached(impl.forward, **kwargs)
         out, pullback = _memory.run_cached(impl.vjp, **kwargs)
         slot.append(_memory.cached(pullback))
         return out
-    if slot is None:
-        return impl.forward(**kwargs)
-    out, pullback = impl.vjp(**kwargs)
-    slot.append(pullback)
-    return out
+    return _run_here(op, arrays, impl, slot, kwargs)

@@ -26,15 +26,16 @@ BENCH = _module()
 @pytest.mark.parametrize("name", BENCH.GPUHostTime.params)
 def test_each_call_runs_the_gpu_implementation(name):
     bench = BENCH.GPUHostTime()
-    kind, mod = _dispatch._kind, luxlib.cuda._mod
+    kind, mod, gpu_run = _dispatch._kind, luxlib.cuda._mod, _dispatch._GPU_RUN[0]
     try:
         bench.setup(name)
         with _dispatch.trace() as record:
             bench.time_call(name)
         bench.teardown(name)
-        restored = (_dispatch._kind, luxlib.cuda._mod) == (kind, mod)
-    finally:
-        _dispatch._kind, luxlib.cuda._mod = kind, mod  # whatever failed above, the other tests dispatch as usual
+        restored = (_dispatch._kind, luxlib.cuda._mod, _dispatch._GPU_RUN[0]) == (kind, mod, gpu_run)
+    finally:  # whatever failed above, the other tests dispatch as usual
+        _dispatch._kind, luxlib.cuda._mod = kind, mod
+        _dispatch.set_gpu_run(gpu_run)
     assert record and all(backend == "gpu" for _, backend in record), record
     assert restored
 

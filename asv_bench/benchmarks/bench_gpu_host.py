@@ -73,16 +73,19 @@ class GPUHostTime:
     param_names = ["call"]
 
     def setup(self, name):
-        self._saved = _dispatch._kind, luxlib.cuda._mod
+        self._saved = _dispatch._kind, luxlib.cuda._mod, _dispatch._GPU_RUN[0]
         module = _Module()
         _dispatch._kind = lambda arrays: "gpu"
+        # NumPy arrays are on no GPU: the device check is timed by DeviceHostTime
+        _dispatch.set_gpu_run(_dispatch._run_here)
         # no cuDNN: the convolutions time luxlib's own launch code (im2col + gemm)
         luxlib.cuda._mod = lambda family: None if family == "cudnn" else module
         self.call = _calls()[name]
         self.call()  # plans and caches made once, as in a training loop
 
     def teardown(self, name):
-        _dispatch._kind, luxlib.cuda._mod = self._saved
+        _dispatch._kind, luxlib.cuda._mod, gpu_run = self._saved
+        _dispatch.set_gpu_run(gpu_run)
 
     def time_call(self, name):
         self.call()
@@ -113,3 +116,37 @@ class LaunchHostTime:
 
     def time_launch(self):
         self.launcher((40,), (256,), self.args)
+
+
+class DeviceHostTime:
+    """luxlib's device check of a GPU call (``luxlib/cuda/_device.py``, which ``GPUHostTime``
+    leaves out: its NumPy arrays are on no GPU): three arrays on the current device, so no
+    switch, around an implementation that does nothing. A stand-in CuPy module answers the
+    current device (CuPy's ``getDevice`` is a C call)."""
+
+    def setup(self):
+        import sys
+
+        from luxlib.cuda import _device
+
+        self._device, self._cupy = _device, sys.modules.get("cupy")
+        sys.modules["cupy"] = SimpleNamespace(cuda=SimpleNamespace(runtime=SimpleNamespace(getDevice=lambda: 0)))
+        self.arrays = tuple(SimpleNamespace(data=SimpleNamespace(device_id=0, ptr=p)) for p in (256, 512, 768))
+        self.kwargs = dict(zip(("weight", "x", "bias"), self.arrays))
+        self.impl = SimpleNamespace(forward=lambda **kw: None, vjp=lambda **kw: (None, lambda dy: None))
+        self.slot = []
+
+    def teardown(self):
+        import sys
+
+        if self._cupy is None:
+            del sys.modules["cupy"]
+        else:
+            sys.modules["cupy"] = self._cupy
+
+    def time_forward(self):
+        self._device.run("op", self.arrays, self.impl, None, self.kwargs)
+
+    def time_vjp_and_pullback(self):
+        self._device.run("op", self.arrays, self.impl, self.slot, self.kwargs)
+        self.slot.pop()(self.arrays[0])

@@ -8,13 +8,15 @@ fused_dense_bias_activation, batched_matmul, fused_conv_bias_activation (on cuDN
 installed, else on kernels of our own). See doc/cuda.md.
 """
 
-from .._dispatch import register
-from . import _bias_activation, _conv, _dense, _dropout, _matmul, _normalization
+from .._dispatch import register, set_gpu_run
+from . import _bias_activation, _conv, _dense, _device, _dropout, _matmul, _normalization
 from ._blas import get_blas
 from ._cudnn import get_cudnn
 from ._modules import FAMILIES, get_module
 
 __all__ = ["FAMILIES", "get_module"]
+
+set_gpu_run(_device.run)  # each call on the GPU that holds its arrays
 
 
 def _mod(family):

@@ -9,14 +9,25 @@ import numpy as np
 
 class DeviceArray(np.ndarray):
     """A NumPy array that looks like a CuPy one to luxlib (its type's module) and has CuPy's
-    ``.data.ptr``: the address of its first element."""
+    ``.data.ptr``, the address of its first element, and ``.data.device_id``: device 0, or the
+    device of its :func:`on_device` subclass (arrays computed from it keep its class)."""
+
+    device_id = 0
 
     @property
     def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0], device_id=self.device_id)
 
 
 DeviceArray.__module__ = "cupy"
+_ON_DEVICE = {0: DeviceArray}
+
+
+def on_device(device):
+    """The DeviceArray class of the stand-in device ``device``."""
+    if device not in _ON_DEVICE:
+        _ON_DEVICE[device] = type(f"DeviceArray{device}", (DeviceArray,), {"device_id": device, "__module__": "cupy"})
+    return _ON_DEVICE[device]
 
 
 class Memory:

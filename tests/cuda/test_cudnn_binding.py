@@ -456,6 +456,7 @@ def test_the_registry_passes_cudnn(stand_in, monkeypatch):
     dnn, lib = stand_in
     stand_ins = {"blas": BLAS, "cudnn": dnn}
     monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
+    monkeypatch.setattr(_dispatch, "_GPU_RUN", [_dispatch._run_here])  # NumPy arrays are on no GPU
     monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: stand_ins.get(family) or emu(family))
     cdims = luxlib.ConvDims((2, 2, 5, 5), (3, 2, 3, 3), padding=1)
     rng = np.random.default_rng(3)

@@ -121,6 +121,7 @@ CALLS = {
     "cuda.runtime.runtimeGetVersion": [(0, ())],
     "cuda.device.get_cublas_handle": [(0, ())],
     "cuda.driver.CUDADriverError": [(1, ())],  # _Launcher: raised with the driver's status
+    "cuda.Device": [(1, ())],  # _device: a call on its arrays' device
 }
 
 
@@ -138,6 +139,8 @@ def test_the_attributes_the_launches_read(cupy):
     assert inspect.isdatadescriptor(cupy.RawKernel.kernel)  # RawKernel.kernel: its Function here
     assert inspect.isdatadescriptor(cupy.cuda.function.Function.ptr)  # the CUfunction
     assert inspect.isdatadescriptor(cupy.ndarray.data) and inspect.isdatadescriptor(cupy.cuda.MemoryPointer.ptr)
+    assert inspect.isdatadescriptor(cupy.cuda.MemoryPointer.device_id)  # _device: an array's device
+    assert callable(cupy.cuda.Device.__enter__) and callable(cupy.cuda.Device.__exit__)
     assert cupy.cuda.Stream.null.ptr == 0  # a stream's handle (an instance attribute)
     assert cupy.cuda.runtime.CUDA_R_16F == 2  # cudaDataType's CUDA_R_16F, float16 gemms
     driver = _modules._Driver(cupy, launch=None)

@@ -423,6 +423,7 @@ def gpu_dispatch(monkeypatch):
     """NumPy arrays dispatched to the registered GPU implementations, whose kernel modules
     are the emulated ones."""
     monkeypatch.setattr(_dispatch, "_kind", lambda arrays: "gpu")
+    monkeypatch.setattr(_dispatch, "_GPU_RUN", [_dispatch._run_here])  # NumPy arrays are on no GPU
     stand_ins = {"blas": BLAS, "cudnn": None}  # no cuDNN: the emulated kernels run the convolutions
     monkeypatch.setattr(luxlib.cuda, "_mod",
                         lambda family: stand_ins[family] if family in stand_ins else emu(family, "shuffle"))

@@ -22,7 +22,7 @@ import luxlib
 import luxlib.cuda
 from luxlib import _dispatch
 from luxlib._kernels import launch as _launch
-from luxlib.cuda import _modules
+from luxlib.cuda import _device, _modules
 
 # CUresult cuLaunchKernel(CUfunction, 6 x unsigned, unsigned shared, CUstream, void**, void**)
 CU_LAUNCH_KERNEL = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *[ctypes.c_uint] * 7, ctypes.c_void_p,
@@ -314,9 +314,11 @@ def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
         for name, (f, args) in _calls(np.random.default_rng(0)).items():
             monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: {"blas": blas}.get(family) if family in (
                 "blas", "cudnn") else emulator_module(family))
+            monkeypatch.setattr(_dispatch, "_GPU_RUN", [_dispatch._run_here])  # NumPy arrays are on no GPU
             want = _run(f, args, 1, lambda a: a)
             monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: {"blas": blas}.get(family) if family in (
                 "blas", "cudnn") else kernels[family])
+            monkeypatch.setattr(_dispatch, "_GPU_RUN", [_device.run])
             launches = len(emulated.stand_in.launches)
             got = _run(f, args, 1, lambda a: np.array(a).view(DeviceArray))
             assert len(emulated.stand_in.launches) > launches, name  # the launcher ran them

@@ -1,5 +1,6 @@
 """The GPU tests on the CPU: a stand-in ``cupy`` over NumPy whose arrays are
-:class:`device_memory.DeviceArray` s (luxlib takes them for CuPy arrays and runs its GPU path),
+:class:`device_memory.DeviceArray` s (luxlib takes them for CuPy arrays and runs its GPU path)
+on stand-in devices (:class:`Devices`: a current device, and ``cuda.Device`` to switch it),
 with luxlib's kernel modules replaced by the emulated ones (``emu_module``), cuBLAS by
 ``emu_blas`` and cuDNN by none.
 
@@ -11,41 +12,64 @@ the cuDNN engine skip. What it cannot show is what the emulator cannot (doc/cuda
 CuPy itself: its allocations and array operations are NumPy's here.
 """
 
+import contextlib
 import sys
 import types
 
 import emu_blas
 import emu_module
 import numpy as np
-from device_memory import DeviceArray
+from device_memory import DeviceArray, on_device
 
 import luxlib.cuda
 from luxlib.cuda import _blas, _cudnn
 
 
-def _device(f):
-    """``f`` with its NumPy arrays returned as DeviceArrays (CuPy's functions return CuPy's)."""
+class Devices:
+    """Stand-in devices: ``current`` is CuPy's current device (``cuda.runtime.getDevice``,
+    ``with cuda.Device(d)``), where the stand-in's functions put the arrays they make."""
 
-    def wrapped(*args, **kwargs):
-        out = f(*args, **kwargs)
-        return out.view(DeviceArray) if type(out) is np.ndarray else out
+    def __init__(self):
+        self.current, self.entered = 0, []
 
-    return wrapped
+    def get_device(self):
+        return self.current
+
+    @contextlib.contextmanager
+    def device(self, device):
+        before, self.current = self.current, device
+        self.entered.append(device)
+        try:
+            yield
+        finally:
+            self.current = before
+
+    def put(self, a):
+        """``a`` (a NumPy array) as an array of the current device."""
+        return a.view(on_device(self.current))
 
 
-def _asarray(a, dtype=None):
-    """A device copy of a host array, as ``cupy.asarray`` makes; a DeviceArray as it is."""
-    if isinstance(a, DeviceArray) and dtype in (None, a.dtype):
-        return a
-    return np.array(a, dtype=dtype).view(DeviceArray)
-
-
-def numpy_as_cupy(cuda):
-    """A ``cupy`` module over NumPy: NumPy's names, functions returning DeviceArrays,
-    ``asarray``/``asnumpy`` copying between host and "device", and ``cuda`` as given."""
+def numpy_as_cupy(cuda, devices=None):
+    """A ``cupy`` module over NumPy: NumPy's names, functions returning DeviceArrays of the
+    current device of ``devices`` (a :class:`Devices`), ``asarray``/``asnumpy`` copying between
+    host and "device", and ``cuda`` as given."""
+    devices = devices or Devices()
     cupy = types.ModuleType("cupy")
     cupy.cuda = cuda
-    cupy.asarray = _asarray
+
+    def device(f):  # f with its NumPy arrays returned as DeviceArrays (CuPy's return CuPy's)
+        def wrapped(*args, **kwargs):
+            out = f(*args, **kwargs)
+            return devices.put(out) if type(out) is np.ndarray else out
+
+        return wrapped
+
+    def asarray(a, dtype=None):  # a device copy of a host array; a DeviceArray as it is
+        if isinstance(a, DeviceArray) and dtype in (None, a.dtype):
+            return a
+        return devices.put(np.array(a, dtype=dtype))
+
+    cupy.asarray = asarray
     cupy.asnumpy = lambda a: np.array(a)
     cupy.testing = types.SimpleNamespace(assert_array_equal=np.testing.assert_array_equal)
 
@@ -53,7 +77,7 @@ def numpy_as_cupy(cuda):
         if name == "random":  # a CuPy generator is not NumPy's: the tests that need one skip
             raise AttributeError("the emulated cupy has no random module")
         obj = getattr(np, name)
-        return _device(obj) if callable(obj) and not isinstance(obj, type) else obj
+        return device(obj) if callable(obj) and not isinstance(obj, type) else obj
 
     cupy.__getattr__ = attribute
     return cupy
@@ -71,8 +95,11 @@ def _module(family):
 def install(monkeypatch):
     """Puts the stand-in CuPy in ``sys.modules`` and the emulated kernels, cuBLAS and no cuDNN
     behind luxlib's GPU path, until ``monkeypatch`` undoes it; returns the stand-in."""
-    cuda = types.SimpleNamespace(is_available=lambda: True)
-    cupy = numpy_as_cupy(cuda)
+    devices = Devices()
+    cuda = types.SimpleNamespace(is_available=lambda: True, Device=devices.device,
+                                 runtime=types.SimpleNamespace(getDevice=devices.get_device))
+    cupy = numpy_as_cupy(cuda, devices)
+    cupy.devices = devices
     blas = emu_blas.EmuBLAS()
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     monkeypatch.setattr(luxlib.cuda, "get_module", _module)
