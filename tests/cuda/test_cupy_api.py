@@ -19,8 +19,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import luxlib
+from luxlib._dispatch import trace
 from luxlib.cuda import _modules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -152,8 +155,16 @@ def test_the_attributes_the_launches_read(cupy):
     assert cupy.random.Generator.__name__ == "Generator"
 
 
+def _subprocess(*args):
+    """``python *args`` importing the luxlib this process imports (the installed one in CI,
+    whose extensions are built, not the source tree's): run where that one lies, as ``python
+    -c`` and ``-m`` look in the working directory first."""
+    where = os.path.dirname(os.path.dirname(os.path.abspath(luxlib.__file__)))
+    return subprocess.run([sys.executable, *args], cwd=where, capture_output=True, text=True, timeout=300)
+
+
 def _run(code):
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = _subprocess("-c", code)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -187,8 +198,11 @@ def test_luxlib_cuda_imports_where_cupy_is_installed(cupy):
         "print(_modules._driver() is not None)\n"
         "print(_modules.launch_status())\n"
     ).splitlines()
+    with trace() as record:  # NumPy arrays run where they run without CuPy: the CPU
+        luxlib.fast_activation("relu", np.array([-1.0, 2.0], np.float32))
+    assert record[0][1] in ("looped", "generic")
     assert out[0] == "False"
-    assert out[1] == "[('fast_activation', 'looped')] [0.0, 2.0]"
+    assert out[1] == f"{record} [0.0, 2.0]"
     gpu = cupy.cuda.is_available()
     assert out[2] == ("available (CuPy, CUDA device found)" if gpu else "unavailable: CuPy finds no CUDA device")
     assert out[3] == str(_has_cuda_driver())
@@ -198,7 +212,6 @@ def test_luxlib_cuda_imports_where_cupy_is_installed(cupy):
 def test_benchmark_without_a_gpu_says_so(cupy):
     if cupy.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    out = subprocess.run([sys.executable, "-m", "luxlib.bench", "--device", "cuda", "--quick"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = _subprocess("-m", "luxlib.bench", "--device", "cuda", "--quick")
     assert out.returncode == 2
     assert out.stderr.strip() == "python -m luxlib.bench: --device cuda: CuPy finds no CUDA device"
