@@ -54,3 +54,23 @@ def test_the_launch_benchmark_launches_nothing_and_puts_the_binding_back():
             launch.launch(1, (1,), (1,), (), 0)
     finally:
         launch.bind(before)
+
+
+def test_the_device_benchmark_runs_the_device_check_and_puts_cupy_back(monkeypatch):
+    import sys
+
+    from luxlib.cuda import _device
+
+    calls = []
+    real_run = _device.run
+    monkeypatch.setattr(_device, "run", lambda *args: calls.append(args[0]) or real_run(*args))
+    before = sys.modules.get("cupy")
+    bench = BENCH.DeviceHostTime()
+    bench.setup()
+    try:
+        bench.time_forward()
+        bench.time_vjp_and_pullback()
+        assert calls == ["op", "op"] and bench.slot == []  # both through the check; the pullback ran
+    finally:
+        bench.teardown()
+    assert sys.modules.get("cupy") is before

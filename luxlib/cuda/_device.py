@@ -5,9 +5,9 @@ go there: the device of the call's mode, ``GPUBroadcastOp(device)``. Where that 
 current device, the call makes it current for its duration (``cupy.cuda.Device``), as PyTorch
 runs an op on its tensors' device. Without this, kernels launched on the current device would
 dereference another device's memory: an illegal-address fault that ends the process's CUDA
-context, or, with peer access on, a slow remote read. Arrays on different devices raise a
-``ValueError`` naming them. A pullback runs on the forward's device too, and takes a cotangent
-on that device only.
+context (or, where peer access is on, reads across the interconnect). Arrays on different
+devices raise a ``ValueError`` naming them. A pullback runs on the forward's device too, and
+takes a cotangent on that device only.
 
 The check reads each array's ``.data.device_id`` and the current device; switching happens
 only when they differ. Nothing here imports CuPy: a call with CuPy arrays finds it imported.

@@ -205,8 +205,10 @@ def test_luxlib_cuda_imports_where_cupy_is_installed(cupy):
     assert out[1] == f"{record} [0.0, 2.0]"
     gpu = cupy.cuda.is_available()
     assert out[2] == ("available (CuPy, CUDA device found)" if gpu else "unavailable: CuPy finds no CUDA device")
-    assert out[3] == str(_has_cuda_driver())
-    assert out[4].startswith("luxlib's launcher (" if _has_cuda_driver() else "luxlib's launcher where")
+    bound = _has_cuda_driver() and not _modules._cupy_launch_asked()  # LUXLIB_CUDA_LAUNCH=cupy: never
+    assert out[3] == str(bound)
+    assert out[4].startswith("luxlib's launcher (" if bound else "CuPy's RawKernel call"
+                             if _modules._cupy_launch_asked() else "luxlib's launcher where")
 
 
 def test_benchmark_without_a_gpu_says_so(cupy):
