@@ -21,7 +21,7 @@ __all__ = ["run"]
 def run(op, arrays, impl, slot, kwargs):
     """:func:`luxlib._dispatch.run` for the GPU implementation ``impl`` of ``op``: its forward,
     or (``slot`` a capture slot of :func:`luxlib.vjp`) its vjp with the pullback appended to
-    ``slot``, on the device of ``arrays``. One function, no helpers, for the common case: it
+    ``slot``, on the device of ``arrays``. The check is written out here, not in helpers: it
     runs on every GPU call."""
     device = None
     for x in arrays:
