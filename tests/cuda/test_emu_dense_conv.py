@@ -32,16 +32,12 @@ LEAKY = activations.leakyrelu.with_params(a=0.2)
 SMOOTH_ACTS = [activations.identity, activations.gelu, activations.sigmoid, activations.tanh]
 ACTS = SMOOTH_ACTS + [activations.relu, LEAKY]
 
-_MODULES = {}
 #: the emulated cuBLAS of every product here
 BLAS = emu_blas.EmuBLAS()
 
 
 def emu(family, schedule="inorder", max_blocks=None):
-    key = (family, schedule, max_blocks)
-    if key not in _MODULES:
-        _MODULES[key] = emu_module.EmuModule(family, schedule=schedule, seed=99, max_blocks=max_blocks)
-    return _MODULES[key]
+    return emu_module.shared(family, schedule, 99, max_blocks)
 
 
 def acts_for(dtype):

@@ -26,14 +26,8 @@ ACTS = ALL_ACTS
 SHAPES = [(1,), (255,), (257,), (1, 1), (3, 33), (2, 31), (2, 3, 5), (1, 2, 255), (2, 1, 256),
           (3, 2, 257), (2, 3, 4, 5)]
 
-_MODULES = {}
-
-
 def emu(family, schedule="inorder", max_blocks=None, seed=1234):
-    key = (family, schedule, max_blocks, seed)
-    if key not in _MODULES:
-        _MODULES[key] = emu_module.EmuModule(family, schedule=schedule, seed=seed, max_blocks=max_blocks)
-    return _MODULES[key]
+    return emu_module.shared(family, schedule, seed, max_blocks)
 
 
 def _launch(mod):

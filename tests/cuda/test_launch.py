@@ -241,7 +241,7 @@ class _EmulatedDriver:
 
     def get_function(self, name):
         family = next(f for f, (_, names) in _modules.FAMILIES.items() if name[: name.index("<")] in names)
-        self.kernels.append(emu_module.EmuModule(family).get_function(name))
+        self.kernels.append(emu_module.shared(family).get_function(name))
         return _Kernel({0: len(self.kernels)}, [0])  # handle i + 1: kernel i (0 is no function)
 
     def _run(self, f, grid, block, params):
@@ -296,13 +296,6 @@ def _run(f, args, dy_seed, to_device, to_host=np.asarray):
 def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
     emulated = _EmulatedDriver()
     blas = emu_blas.EmuBLAS()
-    direct = {}
-
-    def emulator_module(family):  # the emulator's own calling convention (NumPy arrays)
-        if family not in direct:
-            direct[family] = emu_module.EmuModule(family)
-        return direct[family]
-
     kernels = {family: _modules._Kernels(family, compile=emulated.compile) for family in _modules.FAMILIES}
     # NumPy arrays keep NumPy as their namespace: the stand-in CuPy serves the DeviceArrays only
     monkeypatch.setitem(sys.modules, "cupy", emu_cupy.numpy_as_cupy(_stand_in_cupy([0], []).cuda))
@@ -313,7 +306,7 @@ def test_ops_through_the_launcher_equal_the_emulators_calls(monkeypatch):
     try:
         for name, (f, args) in _calls(np.random.default_rng(0)).items():
             monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: {"blas": blas}.get(family) if family in (
-                "blas", "cudnn") else emulator_module(family))
+                "blas", "cudnn") else emu_module.shared(family))  # the emulator's own calling convention
             monkeypatch.setattr(_dispatch, "_GPU_RUN", [_dispatch._run_here])  # NumPy arrays are on no GPU
             want = _run(f, args, 1, lambda a: a)
             monkeypatch.setattr(luxlib.cuda, "_mod", lambda family: {"blas": blas}.get(family) if family in (

@@ -83,15 +83,6 @@ def numpy_as_cupy(cuda, devices=None):
     return cupy
 
 
-_MODULES = {}  # family -> its EmuModule, built once a process
-
-
-def _module(family):
-    if family not in _MODULES:
-        _MODULES[family] = emu_module.EmuModule(family)
-    return _MODULES[family]
-
-
 def install(monkeypatch):
     """Puts the stand-in CuPy in ``sys.modules`` and the emulated kernels, cuBLAS and no cuDNN
     behind luxlib's GPU path, until ``monkeypatch`` undoes it; returns the stand-in."""
@@ -102,7 +93,7 @@ def install(monkeypatch):
     cupy.devices = devices
     blas = emu_blas.EmuBLAS()
     monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setattr(luxlib.cuda, "get_module", _module)
+    monkeypatch.setattr(luxlib.cuda, "get_module", emu_module.shared)
     for owner in (luxlib.cuda, _blas):
         monkeypatch.setattr(owner, "get_blas", lambda: blas)
     for owner in (luxlib.cuda, _cudnn):

@@ -239,3 +239,19 @@ class EmuModule:
                 raise KeyError(f"{name} is not a name expression of this module")
             f = self._functions[name] = EmuFunction(self, name, self.exprs.index(name))
         return f
+
+
+_SHARED = {}
+
+
+def shared(family, schedule="inorder", seed=0, max_blocks=None):
+    """The process's one :class:`EmuModule` of ``family`` with these options (built on first
+    use), for tests that launch kernels without changing the module's test hooks."""
+    key = (family, schedule, seed, max_blocks)
+    with _LOCK:
+        mod = _SHARED.get(key)
+    if mod is None:
+        mod = EmuModule(family, schedule=schedule, seed=seed, max_blocks=max_blocks)
+        with _LOCK:
+            mod = _SHARED.setdefault(key, mod)
+    return mod
