@@ -1,6 +1,7 @@
 """Tests of the CPU emulation itself (tests/cuda/emu): barriers, shared memory, warp
 shuffles and atomics behave as on a GPU; a missing barrier, a divergent barrier, an
-out-of-bounds index (under AddressSanitizer) and a mistyped argument are caught. The
+out-of-bounds index (of an argument under AddressSanitizer, of a ``__shared__`` array under
+UBSan's bounds check) and a mistyped argument are caught. The
 last test runs the kernel comparisons once more under AddressSanitizer."""
 
 import os
@@ -53,6 +54,14 @@ template <typename T> __global__ void copy(const T* x, T* out, int n, int past)
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n + past) out[i] = x[i];
 }
+/* out[i] = x[i + past] through a __shared__ array: one element past its end when `past` is 1 */
+template <typename T> __global__ void shared_past(const T* x, T* out, int past)
+{
+    __shared__ T s[LX_WARP];
+    s[threadIdx.x] = x[threadIdx.x];
+    __syncthreads();
+    out[threadIdx.x] = s[threadIdx.x + past];
+}
 /* x[4 i + k] to out[4 i + k], a 16-byte pack a thread */
 template <typename T> __global__ void copy_packs(const T* x, T* out)
 {
@@ -61,7 +70,7 @@ template <typename T> __global__ void copy_packs(const T* x, T* out)
 }
 '''
 EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
-         "copy_packs<float>"]
+         "shared_past<float>", "copy_packs<float>"]
 
 
 def module(schedule="inorder", seed=0, sanitize=False):
@@ -163,24 +172,39 @@ def _asan_env():
     return env
 
 
-def test_out_of_bounds_is_caught_under_asan():
+#: kernel, its launch with ``past`` last (1: one element past the end), what the sanitizers say
+PAST_THE_END = {
+    "global": ("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(past)))", "heap-buffer-overflow"),
+    "shared": ("shared_past<float>", "f((1,), (32,), (x, out, np.int32(past)))",
+               "index 32 out of bounds for type 'float [32]'"),
+}
+
+
+@pytest.mark.parametrize("memory", list(PAST_THE_END))
+def test_out_of_bounds_is_caught_under_asan(memory):
+    """An index one past the end of a kernel argument's buffer (AddressSanitizer) or of a
+    ``__shared__`` array (UBSan's bounds check) aborts the sanitized build with its report;
+    the same launch in bounds runs."""
+    name, call, report = PAST_THE_END[memory]
     script = textwrap.dedent(f"""
         import sys, numpy as np
         sys.path.insert(0, {HERE!r})
         from test_emu_harness import module
-        f = module(sanitize=True).get_function("copy<float>")
-        x, out = np.ones(40, np.float32), np.zeros(40, np.float32)
-        f((2,), (32,), (x, out, np.int32(40), np.int32(0)))
-        assert out.sum() == 40
+        f = module(sanitize=True).get_function({name!r})
+        x, out = np.arange(40, dtype=np.float32), np.zeros(40, np.float32)
+        past = 0
+        {call}
+        assert out[:32].tolist() == list(range(32))
         print("in bounds ok", flush=True)
-        f((2,), (32,), (x, out, np.int32(40), np.int32(1)))
+        past = 1
+        {call}
         print("not caught", flush=True)
     """)
     res = subprocess.run([sys.executable, "-c", script], env=_asan_env(), capture_output=True, text=True,
                          timeout=300)
     assert "in bounds ok" in res.stdout, res.stderr[-3000:]
     assert "not caught" not in res.stdout
-    assert res.returncode != 0 and "heap-buffer-overflow" in res.stderr, res.stderr[-3000:]
+    assert res.returncode != 0 and report in res.stderr, res.stderr[-3000:]
 
 
 def test_kernels_under_asan():

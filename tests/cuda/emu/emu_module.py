@@ -6,7 +6,8 @@ kernel as ``cupy.RawModule(...).get_function`` would, so the luxlib launch code 
 unchanged. Arguments are checked against the kernel's C signature (a pointer takes a
 C-contiguous ndarray of the pointee's dtype, a scalar a NumPy scalar of exactly the
 parameter's type); each array is copied into a buffer of exactly its size for the
-launch and copied back, so AddressSanitizer sees overruns of any argument.
+launch and copied back, so AddressSanitizer sees overruns of any argument (sanitized builds
+also check every index into a fixed-size array, ``__shared__`` ones included).
 
 Builds (g++) are cached by content hash in ``$LUXLIB_EMU_CACHE`` (default: a
 directory under the temporary directory).
@@ -66,7 +67,9 @@ def build(source_text, filename, exprs, sanitize=False):
              "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas",
              "-I" + HERE, "-I" + _modules.source_dir()]
     if sanitize:
-        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        # ASan sees the arrays' buffers; UBSan's bounds check sees an index past a fixed-size
+        # array, __shared__ ones included (ASan does not instrument their section)
+        flags += ["-fsanitize=address,bounds", "-fno-sanitize-recover=bounds", "-fno-omit-frame-pointer"]
     code = _generated(source_text, filename, exprs)
     with open(os.path.join(HERE, "cuda_emu.h"), "rb") as f:
         header = f.read()
