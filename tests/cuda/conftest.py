@@ -1,6 +1,7 @@
 import os
 import sys
 
+import numpy as np
 import pytest
 
 # helpers of this directory (uniquely named: `tests/cuda` itself must not shadow the
@@ -26,3 +27,13 @@ def cp(request):
     if not cupy.cuda.is_available():
         pytest.skip("no CUDA device")
     return cupy
+
+
+@pytest.fixture(autouse=True)
+def _undefined_allocations(monkeypatch):
+    """``numpy.empty`` returns 0xFF bytes here (``device_memory.poisoned_empty``): the launch
+    code allocates with ``xp.empty``, and an element that no kernel writes must show, as it
+    would on a GPU."""
+    import device_memory
+
+    monkeypatch.setattr(np, "empty", device_memory.poisoned_empty)

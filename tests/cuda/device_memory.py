@@ -1,10 +1,24 @@
 """A stand-in device memory for the binding tests: NumPy arrays that look like CuPy arrays
-(their type's module is ``cupy``; CuPy's ``.data.ptr``), and the way back from a pointer to
-the allocation behind it."""
+(their type's module is ``cupy``; CuPy's ``.data.ptr``), the way back from a pointer to
+the allocation behind it, and allocations whose contents are undefined as a GPU's are."""
 
 import types
 
 import numpy as np
+
+
+_NUMPY_EMPTY = np.empty
+
+
+def poisoned_empty(shape, dtype=float, order="C", **kwargs):
+    """``numpy.empty`` with every byte 0xFF for numeric dtypes: an element that a kernel (or
+    the launch code) leaves unwritten reads as NaN or -1, as a GPU allocation's undefined
+    contents would show, where a fresh NumPy allocation is often zeros (a partial sum nobody
+    wrote would add nothing)."""
+    a = _NUMPY_EMPTY(shape, dtype, order, **kwargs)
+    if a.dtype.kind in "fciu":
+        (a.T if a.flags.f_contiguous and not a.flags.c_contiguous else a).reshape(-1).view(np.uint8).fill(0xFF)
+    return a
 
 
 class DeviceArray(np.ndarray):

@@ -214,3 +214,16 @@ def test_kernels_under_asan():
     res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "AddressSanitizer" not in res.stderr
+
+
+def test_allocations_here_have_undefined_contents():
+    """In these tests ``numpy.empty`` (the launch code's ``xp.empty`` on NumPy arrays) and the
+    emulated GPU's ``cupy.empty`` give 0xFF bytes, not the zeros of a fresh NumPy allocation:
+    an element that no kernel writes shows as NaN or -1."""
+    import emu_cupy
+
+    assert np.isnan(np.empty((1 << 20,), np.float32)).all()  # a fresh mapping: zeros in NumPy
+    assert (np.empty((3, 5), np.int64, order="F") == -1).all()
+    cupy = emu_cupy.numpy_as_cupy(None)
+    y = cupy.empty((4, 3), np.float64)
+    assert type(y).__module__ == "cupy" and np.isnan(y).all()

@@ -19,7 +19,7 @@ import types
 import emu_blas
 import emu_module
 import numpy as np
-from device_memory import DeviceArray, on_device
+from device_memory import DeviceArray, on_device, poisoned_empty
 
 import luxlib.cuda
 from luxlib.cuda import _blas, _cudnn
@@ -52,7 +52,8 @@ class Devices:
 def numpy_as_cupy(cuda, devices=None):
     """A ``cupy`` module over NumPy: NumPy's names, functions returning DeviceArrays of the
     current device of ``devices`` (a :class:`Devices`), ``asarray``/``asnumpy`` copying between
-    host and "device", and ``cuda`` as given."""
+    host and "device", ``empty`` filled with 0xFF bytes (``device_memory.poisoned_empty``), and
+    ``cuda`` as given."""
     devices = devices or Devices()
     cupy = types.ModuleType("cupy")
     cupy.cuda = cuda
@@ -70,6 +71,7 @@ def numpy_as_cupy(cuda, devices=None):
         return devices.put(np.array(a, dtype=dtype))
 
     cupy.asarray = asarray
+    cupy.empty = device(poisoned_empty)  # undefined contents, as a GPU allocation's
     cupy.asnumpy = lambda a: np.array(a)
     cupy.testing = types.SimpleNamespace(assert_array_equal=np.testing.assert_array_equal)
 
