@@ -1,8 +1,8 @@
 """Tests of the CPU emulation itself (tests/cuda/emu): barriers, shared memory, warp
 shuffles and atomics behave as on a GPU; a missing barrier, a divergent barrier, an
 out-of-bounds index (of an argument under AddressSanitizer, of a ``__shared__`` array under
-UBSan's bounds check) and a mistyped argument are caught. The
-last test runs the kernel comparisons once more under AddressSanitizer."""
+UBSan's bounds check) and a mistyped argument are caught; allocations here read 0xFF bytes.
+``test_kernels_under_asan`` runs the kernel comparisons once more under the sanitizers."""
 
 import os
 import subprocess

@@ -26,6 +26,7 @@ ACTS = ALL_ACTS
 SHAPES = [(1,), (255,), (257,), (1, 1), (3, 33), (2, 31), (2, 3, 5), (1, 2, 255), (2, 1, 256),
           (3, 2, 257), (2, 3, 4, 5)]
 
+
 def emu(family, schedule="inorder", max_blocks=None, seed=1234):
     return emu_module.shared(family, schedule, seed, max_blocks)
 
