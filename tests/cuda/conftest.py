@@ -2,7 +2,13 @@ import os
 import sys
 
 import numpy as np
+import numpy.ma  # noqa: F401
 import pytest
+import scipy.special  # noqa: F401
+
+# numpy.ma and scipy.special are imported before _undefined_allocations patches numpy.empty:
+# on their first import they copy numpy's functions (numpy.ma wraps numpy.empty and reads its
+# docstring), which must be NumPy's own
 
 # helpers of this directory (uniquely named: `tests/cuda` itself must not shadow the
 # `cuda` namespace of cuda-python)

@@ -2,6 +2,7 @@
 (their type's module is ``cupy``; CuPy's ``.data.ptr``), the way back from a pointer to
 the allocation behind it, and allocations whose contents are undefined as a GPU's are."""
 
+import functools
 import types
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 _NUMPY_EMPTY = np.empty
 
 
+@functools.wraps(_NUMPY_EMPTY)  # NumPy's docstring: what copies numpy.empty (numpy.ma) reads
 def poisoned_empty(shape, dtype=float, order="C", **kwargs):
     """``numpy.empty`` with every byte 0xFF for numeric dtypes: an element that a kernel (or
     the launch code) leaves unwritten reads as NaN or -1, as a GPU allocation's undefined
