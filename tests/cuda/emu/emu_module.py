@@ -14,6 +14,7 @@ directory under the temporary directory).
 """
 
 import ctypes
+import functools
 import hashlib
 import os
 import subprocess
@@ -244,17 +245,8 @@ class EmuModule:
         return f
 
 
-_SHARED = {}
-
-
+@functools.cache
 def shared(family, schedule="inorder", seed=0, max_blocks=None):
     """The process's one :class:`EmuModule` of ``family`` with these options (built on first
     use), for tests that launch kernels without changing the module's test hooks."""
-    key = (family, schedule, seed, max_blocks)
-    with _LOCK:
-        mod = _SHARED.get(key)
-    if mod is None:
-        mod = EmuModule(family, schedule=schedule, seed=seed, max_blocks=max_blocks)
-        with _LOCK:
-            mod = _SHARED.setdefault(key, mod)
-    return mod
+    return EmuModule(family, schedule=schedule, seed=seed, max_blocks=max_blocks)
