@@ -8,22 +8,18 @@ References run the generic path on the inputs cast to float64; a result passes w
 activations only (a pre-activation rounded across 0 would flip relu's derivative).
 """
 
-import os
-import subprocess
-import sys
 import warnings
 
 import emu_blas
 import emu_module
 import numpy as np
 import pytest
+import sanitized
 
 import luxlib
 from luxlib import _dispatch, _validation, activations
 from luxlib.cuda import _bias_activation, _conv, _dense, _matmul
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 
 DTYPES = [np.float16, np.float32, np.float64]
 TOL = {np.float16: 1e-2, np.float32: 2e-5, np.float64: 1e-12}
@@ -590,16 +586,11 @@ def test_mixed_dtypes_do_not_warn_for_numpy():
     assert y.dtype == np.float64
 
 
-# ---- the kernels once more under AddressSanitizer ---------------------------------------
+# ---- the kernels once more under each sanitizer -----------------------------------------
 
 
-def test_dense_conv_under_asan():
-    from test_emu_harness import _asan_env
-
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-           ("(matches_generic and inorder and not 33 and not 40) or tiles or transposed or two_stage and inorder"
-            " or depthwise_weight")]
-    res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "AddressSanitizer" not in res.stderr
-    assert " passed" in res.stdout
+@pytest.mark.parametrize("sanitizer", list(sanitized.RUNTIMES))
+def test_dense_conv_under_sanitizer(sanitizer):
+    sanitized.run_tests(sanitizer, "test_emu_dense_conv.py",
+                        "(matches_generic and inorder and not 33 and not 40) or tiles or transposed"
+                        " or two_stage and inorder or depthwise_weight")

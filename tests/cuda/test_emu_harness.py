@@ -1,8 +1,9 @@
 """Tests of the CPU emulation itself (tests/cuda/emu): barriers, shared memory, warp
-shuffles and atomics behave as on a GPU; a missing barrier, a divergent barrier, an
-out-of-bounds index (of an argument under AddressSanitizer, of a ``__shared__`` array under
-UBSan's bounds check) and a mistyped argument are caught; allocations here read 0xFF bytes.
-``test_kernels_under_asan`` runs the kernel comparisons once more under the sanitizers."""
+shuffles and atomics behave as on a GPU; a missing barrier (by the shuffled schedule, and as
+a race under ThreadSanitizer whatever the schedule), a divergent barrier, an out-of-bounds
+index (of an argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds
+check) and a mistyped argument are caught; allocations here read 0xFF bytes.
+``test_kernels_under_sanitizer`` runs the kernel comparisons once more under each sanitizer."""
 
 import os
 import subprocess
@@ -12,9 +13,9 @@ import textwrap
 import emu_module
 import numpy as np
 import pytest
+import sanitized
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 
 KERNELS = r'''
 #include "common.cuh"
@@ -62,6 +63,35 @@ template <typename T> __global__ void shared_past(const T* x, T* out, int past)
     __syncthreads();
     out[threadIdx.x] = s[threadIdx.x + past];
 }
+/* out[i] = the value lane i ^ 1 of the warp wrote to shared memory, after `sync`: 0 none,
+   1 __syncwarp, 2 a shuffle (which orders no memory accesses) */
+template <typename T> __global__ void swap_pairs(const T* x, T* out, int sync)
+{
+    __shared__ T s[LX_WARP];
+    s[threadIdx.x] = x[threadIdx.x];
+    if (sync == 1) __syncwarp();
+    if (sync == 2) (void)__shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1);
+    out[threadIdx.x] = s[threadIdx.x ^ 1];
+}
+/* two tiles of blockDim.x elements through one __shared__ array: out[n t + i] = x[n t + i + 1]
+   (the last element: its own); `barrier` 0 leaves out the barrier that keeps the second
+   tile's writes after the first tile's reads */
+template <typename T> __global__ void tiles(const T* x, T* out, int barrier)
+{
+    __shared__ T s[LX_WARP];
+    const int n = blockDim.x, i = threadIdx.x;
+    for (int t = 0; t < 2; t++) {
+        s[i] = x[n * t + i];
+        __syncthreads();
+        out[n * t + i] = s[i + 1 < n ? i + 1 : i];
+        if (barrier) __syncthreads();
+    }
+}
+/* out[0] = 1 by thread 0 and, when `both` is 1, by thread 1 too */
+template <typename T> __global__ void both_write(T* out, int both)
+{
+    if (threadIdx.x == 0 || (both && threadIdx.x == 1)) out[0] = (T)1;
+}
 /* x[4 i + k] to out[4 i + k], a 16-byte pack a thread */
 template <typename T> __global__ void copy_packs(const T* x, T* out)
 {
@@ -70,10 +100,10 @@ template <typename T> __global__ void copy_packs(const T* x, T* out)
 }
 '''
 EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
-         "shared_past<float>", "copy_packs<float>"]
+         "shared_past<float>", "swap_pairs<float>", "tiles<float>", "both_write<float>", "copy_packs<float>"]
 
 
-def module(schedule="inorder", seed=0, sanitize=False):
+def module(schedule="inorder", seed=0, sanitize=None):
     return emu_module.EmuModule(source=KERNELS, exprs=EXPRS, schedule=schedule, seed=seed, sanitize=sanitize,
                                 filename="harness.cu")
 
@@ -165,55 +195,68 @@ def test_arguments_are_type_checked():
         f((1,), (32,), (x, out, np.int32(4)))
 
 
-def _asan_env():
-    lib = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0", LUXLIB_EMU_SANITIZE="1")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(HERE, "emu"), HERE, ROOT, env.get("PYTHONPATH", "")])
-    return env
-
-
-#: kernel, its launch with ``past`` last (1: one element past the end), what the sanitizers say
-PAST_THE_END = {
-    "global": ("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(past)))", "heap-buffer-overflow"),
-    "shared": ("shared_past<float>", "f((1,), (32,), (x, out, np.int32(past)))",
-               "index 32 out of bounds for type 'float [32]'"),
+#: a kernel, its launch with ``bad`` last (0: a correct launch, 1: the fault), and the sanitizer
+#: that catches the fault with its report:
+#: - one element past the end of an argument's buffer (AddressSanitizer) or of a ``__shared__``
+#:   array (UBSan's bounds check);
+#: - races between threads of a block (ThreadSanitizer): a missing ``__syncthreads`` (with the
+#:   reader of a neighbour's element one thread below it, which the in-order schedule runs
+#:   after the writer: the result is right); a missing ``__syncwarp``, and a shuffle in its
+#:   place; a missing barrier between two iterations of a loop (which the in-order schedule
+#:   hides, and which a thread that runs ahead into the next iteration must not hide from
+#:   TSan: cuda_emu.h's generations of barriers); two threads writing one element of global
+#:   memory.
+HAZARDS = {
+    "past global": ("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(bad)))", "address",
+                    "heap-buffer-overflow"),
+    "past shared": ("shared_past<float>", "f((1,), (32,), (x, out, np.int32(bad)))", "address",
+                    "index 32 out of bounds for type 'float [32]'"),
+    "no syncthreads": ("rotate<float>", "f((1,), (32,), (x, out, np.int32(1 - bad), np.int32(-1)))", "thread",
+                       "Location is global 'rotate<float>(float const*, float*, int, int)::s'"),
+    "no syncwarp": ("swap_pairs<float>", "f((1,), (32,), (x, out, np.int32(1 - bad)))", "thread",
+                    "Location is global 'swap_pairs<float>(float const*, float*, int)::s'"),
+    "shuffle for syncwarp": ("swap_pairs<float>", "f((1,), (32,), (x, out, np.int32(1 + bad)))", "thread",
+                             "Location is global 'swap_pairs<float>(float const*, float*, int)::s'"),
+    "loop": ("tiles<float>", "f((1,), (16,), (x, out, np.int32(1 - bad)))", "thread",
+             "Location is global 'tiles<float>(float const*, float*, int)::s'"),
+    "global write": ("both_write<float>", "f((1,), (32,), (out, np.int32(bad)))", "thread",
+                     "Location is heap block"),
 }
 
 
-@pytest.mark.parametrize("memory", list(PAST_THE_END))
-def test_out_of_bounds_is_caught_under_asan(memory):
-    """An index one past the end of a kernel argument's buffer (AddressSanitizer) or of a
-    ``__shared__`` array (UBSan's bounds check) aborts the sanitized build with its report;
-    the same launch in bounds runs."""
-    name, call, report = PAST_THE_END[memory]
+@pytest.mark.parametrize("hazard", list(HAZARDS))
+def test_hazard_is_caught_under_sanitizer(hazard):
+    """Each fault of :data:`HAZARDS` ends the sanitized run with the sanitizer's report; the
+    same launch without the fault runs and gives the right result first."""
+    name, call, sanitizer, report = HAZARDS[hazard]
     script = textwrap.dedent(f"""
         import sys, numpy as np
         sys.path.insert(0, {HERE!r})
         from test_emu_harness import module
-        f = module(sanitize=True).get_function({name!r})
+        f = module().get_function({name!r})
         x, out = np.arange(40, dtype=np.float32), np.zeros(40, np.float32)
-        past = 0
+        bad = 0
         {call}
-        assert out[:32].tolist() == list(range(32))
-        print("in bounds ok", flush=True)
-        past = 1
+        expected = {{"rotate<float>": np.maximum(np.arange(32) - 1, 0), "swap_pairs<float>": np.arange(32) ^ 1,
+                     "tiles<float>": np.minimum(np.arange(32) + 1, [15] * 16 + [31] * 16),
+                     "both_write<float>": [1] + [0] * 31}}.get({name!r}, np.arange(32))
+        assert out[:32].tolist() == list(expected), out
+        print("correct launch ok", flush=True)
+        bad = 1
         {call}
         print("not caught", flush=True)
     """)
-    res = subprocess.run([sys.executable, "-c", script], env=_asan_env(), capture_output=True, text=True,
-                         timeout=300)
-    assert "in bounds ok" in res.stdout, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-c", script], env=sanitized.env(sanitizer), capture_output=True,
+                         text=True, timeout=300)
+    assert "correct launch ok" in res.stdout, res.stderr[-3000:]
     assert "not caught" not in res.stdout
     assert res.returncode != 0 and report in res.stderr, res.stderr[-3000:]
 
 
-def test_kernels_under_asan():
-    """Every kernel once more, built with AddressSanitizer (in order; one shape per kernel path)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(HERE, "test_emu_kernels.py"),
-           "-k", "inorder and (257 or 33 or dropout) or dims or empty"]
-    res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "AddressSanitizer" not in res.stderr
+@pytest.mark.parametrize("sanitizer", list(sanitized.RUNTIMES))
+def test_kernels_under_sanitizer(sanitizer):
+    """Every kernel once more, built under the sanitizer (in order; one shape per kernel path)."""
+    sanitized.run_tests(sanitizer, "test_emu_kernels.py", "inorder and (257 or 33 or dropout) or dims or empty")
 
 
 def test_allocations_here_have_undefined_contents():

@@ -11,13 +11,11 @@ accumulate in double), 1e-3 (float16: computed in float32, every stored value ro
 once to float16, 2**-11 relative).
 """
 
-import os
-import subprocess
-import sys
 
 import emu_module
 import numpy as np
 import pytest
+import sanitized
 from _helpers import (
     ALL_ACT_IDS,
     ALL_ACTS,
@@ -38,8 +36,6 @@ from luxlib._dispatch import _REGISTRY, _Impl
 from luxlib.cuda import _modules, _normalization
 from luxlib.cuda._modules import kernel_name, struct_arg, tuning
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 
 DTYPES = [np.float16, np.float32, np.float64]
 TOL = {np.float16: 1e-3, np.float32: 1e-5, np.float64: 1e-12}
@@ -633,16 +629,11 @@ def test_declines_what_it_cannot_run():
     assert not ln(act=activations.relu, x=x, scale=np.ones((2, 1, 4), np.float32), bias=None, axes=(2,), epsilon=EPS)
 
 
-def test_under_asan():
-    """The kernel comparisons once more, built with AddressSanitizer (every case in one
-    schedule and dtype, the two-stage cases, one-element groups, layernorm's rows kernels)."""
-    from test_emu_harness import _asan_env
-
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           os.path.join(HERE, "test_emu_normalization.py"), "-k",
-           ("(matches_generic and inorder and float32) or (two_stage and float64) or one_element"
-            " or (rows_kernels and inorder and float32)")]
-    res = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "AddressSanitizer" not in res.stderr
-    assert " passed" in res.stdout and " deselected" in res.stdout
+@pytest.mark.parametrize("sanitizer", list(sanitized.RUNTIMES))
+def test_under_sanitizer(sanitizer):
+    """The kernel comparisons once more, built under the sanitizer (every case in one schedule
+    and dtype, the two-stage cases, one-element groups, layernorm's rows kernels, and the
+    kernels whose blocks loop: a race between two iterations shows only there)."""
+    sanitized.run_tests(sanitizer, "test_emu_normalization.py",
+                        "(matches_generic and inorder and float32) or (two_stage and float64) or one_element"
+                        " or (rows_kernels and inorder and float32) or (kernels_stride and float32)")

@@ -7,8 +7,8 @@
 // __shared__ memory (one static instance, shared by the fibers of the block), barriers,
 // shuffles and atomics behave as on a GPU. The order in which runnable fibers run can be
 // in order or shuffled (seeded), which exposes missing barriers. Divergent barriers,
-// shuffles naming exited lanes and deadlocks are reported as errors, not hangs.
-// See doc/cuda.md for what this cannot show.
+// shuffles naming exited lanes and deadlocks are reported as errors, not hangs. Built with
+// -fsanitize=thread it is a race check (below). See doc/cuda.md for what this cannot show.
 #ifndef LUXLIB_CUDA_EMU_H
 #define LUXLIB_CUDA_EMU_H
 #define LUXLIB_CUDA_EMU 1
@@ -32,6 +32,28 @@
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #define LX_EMU_ASAN 1
+#endif
+
+// Under ThreadSanitizer (the race check) every CUDA thread is a TSan fiber and the switches
+// between fibers establish no order; the order a GPU guarantees is declared instead: a
+// launch's (and a block's) start after what came before it, __syncthreads among the threads
+// of a block, __syncwarp among its lanes. TSan then reports two threads of a block that
+// access the same memory, one of them writing, with no barrier between them, whatever the
+// schedule. The emulator's own accesses to its state, which its scheduler and fibers hand to
+// each other through those switches, are not checked (LX_EMU_UNCHECKED: for the rest of the
+// enclosing scope).
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define LX_EMU_TSAN 1
+extern "C" void __tsan_ignore_thread_begin(void);
+extern "C" void __tsan_ignore_thread_end(void);
+struct LxEmuUnchecked {
+    LxEmuUnchecked() { __tsan_ignore_thread_begin(); }
+    ~LxEmuUnchecked() { __tsan_ignore_thread_end(); }
+};
+#define LX_EMU_UNCHECKED LxEmuUnchecked lx_emu_unchecked_
+#else
+#define LX_EMU_UNCHECKED
 #endif
 
 #define __global__
@@ -78,6 +100,7 @@ struct Fiber {
     unsigned mask;  // lanes of a warp-level barrier
     uint3 idx;
     void* fake_stack;
+    void* tsan;  // its TSan fiber
 };
 
 #ifndef LX_EMU_STACK
@@ -91,6 +114,15 @@ struct Fiber {
 struct Runtime {
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;
+    std::vector<void*> tsan_fibers;  // one per stack, kept across launches
+    void* tsan_sched = nullptr;      // the scheduler's (the launching thread's)
+    // TSan synchronization objects (their addresses): a block's start, its threads' exits,
+    // __syncthreads, and each warp's __syncwarp. The barriers' alternate between two objects
+    // by generation (counted as the scheduler releases them): a thread that resumes from a
+    // barrier must not acquire what a thread released at the next one, which it reaches
+    // first when it runs first.
+    char sync_start, sync_exit, sync_block[2], sync_warp[32][2];
+    unsigned block_gen = 0, warp_gen[32] = {};
     ucontext_t sched;
     int current = -1;
     int nthreads = 0;
@@ -103,10 +135,12 @@ struct Runtime {
     void* sched_fake = nullptr;
 };
 
-static Runtime rt;
+// never destroyed: its destructor at exit would race, for ThreadSanitizer, with the fibers
+static Runtime& rt = *new Runtime();
 
 inline void fail(const std::string& msg)
 {
+    LX_EMU_UNCHECKED;
     if (rt.error.empty()) rt.error = msg;
 }
 
@@ -122,6 +156,9 @@ inline void enter_fiber_side()
 inline void yield_to_scheduler(bool dying = false)
 {
     Fiber& f = rt.fibers[rt.current];
+#ifdef LX_EMU_TSAN
+    __tsan_switch_to_fiber(rt.tsan_sched, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef LX_EMU_ASAN
     __sanitizer_start_switch_fiber(dying ? nullptr : &f.fake_stack, rt.sched_stack_bottom, rt.sched_stack_size);
 #else
@@ -131,10 +168,31 @@ inline void yield_to_scheduler(bool dying = false)
     enter_fiber_side();
 }
 
+// a TSan release (or acquire) of the synchronization object at `sync`; nothing without TSan
+inline void release(void* sync)
+{
+#ifdef LX_EMU_TSAN
+    __tsan_release(sync);
+#else
+    (void)sync;
+#endif
+}
+
+inline void acquire(void* sync)
+{
+#ifdef LX_EMU_TSAN
+    __tsan_acquire(sync);
+#else
+    (void)sync;
+#endif
+}
+
 inline void fiber_entry()
 {
     enter_fiber_side();
+    acquire(&rt.sync_start);
     rt.body();
+    release(&rt.sync_exit);
     rt.fibers[rt.current].state = DONE;
     yield_to_scheduler(true);
 }
@@ -143,24 +201,34 @@ inline int linear_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y +
 
 inline void syncthreads()
 {
+    char* sync = &rt.sync_block[rt.block_gen % 2];
     rt.fibers[rt.current].state = BLOCK_WAIT;
+    release(sync);
     yield_to_scheduler();
+    acquire(sync);
 }
 
-inline void syncwarp(unsigned mask)
+// a warp-level barrier of the lanes in `mask`; `ordered`: it orders their memory accesses
+// (__syncwarp does, a shuffle does not). The race check's generations assume that the lanes
+// of a warp meet at the same barriers (full masks, as every kernel has).
+inline void syncwarp(unsigned mask, bool ordered)
 {
     Fiber& f = rt.fibers[rt.current];
-    int lane = linear_tid() % 32;
+    int lane = linear_tid() % 32, warp = linear_tid() / 32;
+    char* sync = &rt.sync_warp[warp][rt.warp_gen[warp] % 2];
     if (!(mask >> lane & 1u)) fail("__syncwarp/shuffle called by a lane outside its mask");
     f.state = WARP_WAIT;
     f.mask = mask;
+    if (ordered) release(sync);
     yield_to_scheduler();
+    if (ordered) acquire(sync);
 }
 
 // run one block: every fiber to completion
 inline void run_block(bool shuffle, std::mt19937& gen)
 {
     const int n = rt.nthreads;
+    release(&rt.sync_start);  // the block starts after everything before it
     for (int t = 0; t < n; t++) {
         Fiber& f = rt.fibers[t];
         getcontext(&f.ctx);
@@ -185,6 +253,9 @@ inline void run_block(bool shuffle, std::mt19937& gen)
         for (int t : order) {
             rt.current = t;
             threadIdx = rt.fibers[t].idx;
+#ifdef LX_EMU_TSAN
+            __tsan_switch_to_fiber(rt.fibers[t].tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef LX_EMU_ASAN
             __sanitizer_start_switch_fiber(&rt.sched_fake, rt.fibers[t].stack, LX_EMU_STACK);
 #endif
@@ -200,7 +271,10 @@ inline void run_block(bool shuffle, std::mt19937& gen)
             done += rt.fibers[t].state == DONE;
             bwait += rt.fibers[t].state == BLOCK_WAIT;
         }
-        if (done == n) return;
+        if (done == n) {
+            acquire(&rt.sync_exit);  // what comes after the block sees its writes
+            return;
+        }
         // release warp barriers whose lanes have all arrived with the same mask
         bool released = false;
         for (int w = 0; w * 32 < n; w++) {
@@ -224,12 +298,14 @@ inline void run_block(bool shuffle, std::mt19937& gen)
             if (ready) {
                 for (int l = 0; l < 32; l++)
                     if (mask >> l & 1u) rt.fibers[w * 32 + l].state = RUN;
+                rt.warp_gen[w]++;
                 released = true;
             }
         }
         if (released) continue;
         if (bwait == n) {
             for (int t = 0; t < n; t++) rt.fibers[t].state = RUN;
+            rt.block_gen++;
             continue;
         }
         char msg[200];
@@ -275,6 +351,7 @@ void call(void (*k)(A...), void** args, std::index_sequence<I...>)
 template <typename... A>
 const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void** args, int schedule, unsigned seed)
 {
+    LX_EMU_UNCHECKED;
     static std::string last;
     rt.error.clear();
     gridDim = dim3(g[0], g[1], g[2]);
@@ -290,8 +367,21 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
     }
     rt.nthreads = n;
     rt.fibers.resize(n);
-    while ((int)rt.stacks.size() < n) rt.stacks.push_back((char*)malloc(LX_EMU_STACK));
-    for (int t = 0; t < n; t++) rt.fibers[t].stack = rt.stacks[t];
+    while ((int)rt.stacks.size() < n) {
+        rt.stacks.push_back((char*)malloc(LX_EMU_STACK));
+#ifdef LX_EMU_TSAN
+        rt.tsan_fibers.push_back(__tsan_create_fiber(0));
+#else
+        rt.tsan_fibers.push_back(nullptr);
+#endif
+    }
+#ifdef LX_EMU_TSAN
+    rt.tsan_sched = __tsan_get_current_fiber();
+#endif
+    for (int t = 0; t < n; t++) {
+        rt.fibers[t].stack = rt.stacks[t];
+        rt.fibers[t].tsan = rt.tsan_fibers[t];
+    }
     rt.slots.assign(((n + 31) / 32) * 32, 0);
     rt.body = [k, args]() { call(k, args, std::index_sequence_for<A...>{}); };
     std::mt19937 gen(seed);
@@ -306,6 +396,13 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
             memset(__start_lx_emu_shared, 0xFF, (size_t)(__stop_lx_emu_shared - __start_lx_emu_shared));
         run_block(schedule == 1, gen);
         if (!rt.error.empty()) {
+#ifdef LX_EMU_TSAN
+            // fibers left inside a kernel may be in an unchecked scope: new ones for the next launch
+            for (void*& f : rt.tsan_fibers) {
+                __tsan_destroy_fiber(f);
+                f = __tsan_create_fiber(0);
+            }
+#endif
             last = rt.error;
             return last.c_str();
         }
@@ -323,16 +420,17 @@ inline void lx_emu_check_aligned(const void* p, size_t bytes)
 }
 
 inline void __syncthreads() { emu::syncthreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::syncwarp(mask, true); }
 
 // shuffles: write the value to the lane's slot, wait for the warp, read, wait again
 template <typename V> inline V lx_emu_shfl(unsigned mask, V v, int src_of_lane_delta, int mode, int width)
 {
     static_assert(sizeof(V) <= 8, "shuffle of a type larger than 8 bytes");
+    LX_EMU_UNCHECKED;  // the slots: a shuffle orders no memory accesses
     const int lane = emu::linear_tid() % 32, warp = emu::linear_tid() / 32;
     unsigned long long* slot = &emu::rt.slots[warp * 32];
     memcpy(&slot[lane], &v, sizeof(V));
-    emu::syncwarp(mask);
+    emu::syncwarp(mask, false);
     int base = lane - lane % width, src;
     if (mode == 0) src = lane + src_of_lane_delta < base + width ? lane + src_of_lane_delta : lane;  // down
     else if (mode == 1) src = lane - src_of_lane_delta >= base ? lane - src_of_lane_delta : lane;  // up
@@ -341,7 +439,7 @@ template <typename V> inline V lx_emu_shfl(unsigned mask, V v, int src_of_lane_d
     if (src >= 32 || !(mask >> src & 1u)) emu::fail("shuffle reads a lane outside the mask");
     V out;
     memcpy(&out, &slot[src < 32 ? src : lane], sizeof(V));
-    emu::syncwarp(mask);
+    emu::syncwarp(mask, false);
     return out;
 }
 template <typename V> inline V __shfl_down_sync(unsigned m, V v, unsigned d, int w = 32) { return lx_emu_shfl(m, v, (int)d, 0, w); }
@@ -349,12 +447,13 @@ template <typename V> inline V __shfl_up_sync(unsigned m, V v, unsigned d, int w
 template <typename V> inline V __shfl_xor_sync(unsigned m, V v, int d, int w = 32) { return lx_emu_shfl(m, v, d, 2, w); }
 template <typename V> inline V __shfl_sync(unsigned m, V v, int s, int w = 32) { return lx_emu_shfl(m, v, s, 3, w); }
 
-// atomics: fibers never interleave inside one, so plain read-modify-write is atomic
-template <typename V> inline V atomicAdd(V* p, V v) { V old = *p; *p = old + v; return old; }
-template <typename V> inline V atomicMax(V* p, V v) { V old = *p; *p = old < v ? v : old; return old; }
-template <typename V> inline V atomicMin(V* p, V v) { V old = *p; *p = v < old ? v : old; return old; }
-template <typename V> inline V atomicExch(V* p, V v) { V old = *p; *p = v; return old; }
-template <typename V> inline V atomicCAS(V* p, V cmp, V v) { V old = *p; if (old == cmp) *p = v; return old; }
+// atomics: fibers never interleave inside one, so plain read-modify-write is atomic (the race
+// check does not see them)
+template <typename V> inline V atomicAdd(V* p, V v) { LX_EMU_UNCHECKED; V old = *p; *p = old + v; return old; }
+template <typename V> inline V atomicMax(V* p, V v) { LX_EMU_UNCHECKED; V old = *p; *p = old < v ? v : old; return old; }
+template <typename V> inline V atomicMin(V* p, V v) { LX_EMU_UNCHECKED; V old = *p; *p = v < old ? v : old; return old; }
+template <typename V> inline V atomicExch(V* p, V v) { LX_EMU_UNCHECKED; V old = *p; *p = v; return old; }
+template <typename V> inline V atomicCAS(V* p, V cmp, V v) { LX_EMU_UNCHECKED; V old = *p; if (old == cmp) *p = v; return old; }
 inline void __threadfence() {}
 
 #endif

@@ -6,8 +6,10 @@ kernel as ``cupy.RawModule(...).get_function`` would, so the luxlib launch code 
 unchanged. Arguments are checked against the kernel's C signature (a pointer takes a
 C-contiguous ndarray of the pointee's dtype, a scalar a NumPy scalar of exactly the
 parameter's type); each array is copied into a buffer of exactly its size for the
-launch and copied back, so AddressSanitizer sees overruns of any argument (sanitized builds
-also check every index into a fixed-size array, ``__shared__`` ones included).
+launch and copied back, so AddressSanitizer sees overruns of any argument (its builds also
+check every index into a fixed-size array, ``__shared__`` ones included). Builds under
+ThreadSanitizer (the race check) report two threads of a block that access the same memory
+without a barrier between them, one of them writing.
 
 Builds (g++) are cached by content hash in ``$LUXLIB_EMU_CACHE`` (default: a
 directory under the temporary directory).
@@ -39,8 +41,21 @@ const char* lx_emu_launch(const unsigned* grid, const unsigned* block, void** ar
 """
 
 
+#: sanitizer -> g++ flags (the process must have the sanitizer's runtime preloaded)
+SANITIZERS = {
+    # ASan sees the arrays' buffers; UBSan's bounds check sees an index past a fixed-size
+    # array, __shared__ ones included (ASan does not instrument their section)
+    "address": ("-fsanitize=address,bounds", "-fno-sanitize-recover=bounds", "-fno-omit-frame-pointer"),
+    "thread": ("-fsanitize=thread", "-fno-omit-frame-pointer"),
+}
+
+
 def sanitize_default():
-    return os.environ.get("LUXLIB_EMU_SANITIZE") == "1"
+    """The sanitizer named by ``LUXLIB_EMU_SANITIZE`` (``address`` or ``thread``), or None."""
+    name = os.environ.get("LUXLIB_EMU_SANITIZE") or None
+    if name not in (None, *SANITIZERS):
+        raise ValueError(f"LUXLIB_EMU_SANITIZE={name!r}: not one of {sorted(SANITIZERS)}")
+    return name
 
 
 def cache_dir():
@@ -61,16 +76,15 @@ def _generated(source_text, filename, exprs):
     return "\n".join(lines) + "\n"
 
 
-def build(source_text, filename, exprs, sanitize=False):
+def build(source_text, filename, exprs, sanitize=None):
     """Compile ``source_text`` (a .cu file's text) with the emulation header into a shared
-    library exporting ``lx_sig_<i>``/``lx_launch_<i>`` for each name expression."""
+    library exporting ``lx_sig_<i>``/``lx_launch_<i>`` for each name expression, built under
+    the sanitizer ``sanitize`` (a key of :data:`SANITIZERS`) if given."""
     flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
              "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas",
              "-I" + HERE, "-I" + _modules.source_dir()]
     if sanitize:
-        # ASan sees the arrays' buffers; UBSan's bounds check sees an index past a fixed-size
-        # array, __shared__ ones included (ASan does not instrument their section)
-        flags += ["-fsanitize=address,bounds", "-fno-sanitize-recover=bounds", "-fno-omit-frame-pointer"]
+        flags += SANITIZERS[sanitize]
     code = _generated(source_text, filename, exprs)
     with open(os.path.join(HERE, "cuda_emu.h"), "rb") as f:
         header = f.read()
@@ -214,8 +228,9 @@ class EmuModule:
     schedule : {"inorder", "shuffle"}
     seed : int
         Seed of the shuffled schedule.
-    sanitize : bool
-        Build with AddressSanitizer (the process must have libasan preloaded).
+    sanitize : {None, "address", "thread"}
+        Build under this sanitizer (the process must have its runtime preloaded); default
+        :func:`sanitize_default`.
     max_blocks : int, optional
         Lower cap on grid-stride grids (exercises the grid-stride loops).
     source, exprs : str, list of str
