@@ -117,8 +117,8 @@ struct Runtime {
     std::vector<void*> tsan_fibers;  // one per stack, kept across launches
     void* tsan_sched = nullptr;      // the scheduler's (the launching thread's)
     // TSan synchronization objects (their addresses): a block's start, its threads' exits,
-    // __syncthreads, and each warp's __syncwarp. The barriers' alternate between two objects
-    // by generation (counted as the scheduler releases them): a thread that resumes from a
+    // __syncthreads, and each warp's __syncwarp. A barrier's objects alternate between two
+    // generations (counted as the scheduler releases it): a thread that resumes from a
     // barrier must not acquire what a thread released at the next one, which it reaches
     // first when it runs first.
     char sync_start, sync_exit, sync_block[2], sync_warp[32][2];
