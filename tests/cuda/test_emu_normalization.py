@@ -11,7 +11,6 @@ accumulate in double), 1e-3 (float16: computed in float32, every stored value ro
 once to float16, 2**-11 relative).
 """
 
-
 import emu_module
 import numpy as np
 import pytest
