@@ -1,6 +1,6 @@
 """Runs of the emulated kernels under a sanitizer, in a subprocess with its runtime preloaded:
 AddressSanitizer (with UBSan's bounds check) for out-of-bounds accesses, ThreadSanitizer for
-races between the threads of a block (``cuda_emu.h``)."""
+races between threads, of a block or of two blocks (``cuda_emu.h``)."""
 
 import os
 import subprocess

@@ -523,11 +523,13 @@ def test_offset_buffers_are_misaligned(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 def test_two_stage_bias_gradient(dtype, schedule, monkeypatch):
     """db split over several blocks per channel (rows of (N, C), elements of (N, C, S)),
-    summed by bias_act_db_finalize; uneven and empty last splits included."""
+    summed by bias_act_db_finalize (of two blocks for 300 channels); uneven and empty last
+    splits included."""
     mod = emu("bias_activation", schedule)
     monkeypatch.setattr(_bias_activation, "DB_MIN_SPLIT_ROWS", 1)
     monkeypatch.setattr(_bias_activation, "DB_MIN_SPLIT_ELEMENTS", 1)
-    for target, shape in ((8, (37, 5)), (3, (10, 40)), (16, (3, 4, 50)), (7, (2, 3, 5)), (9, (7, 1, 3))):
+    for target, shape in ((8, (37, 5)), (3, (10, 40)), (16, (3, 4, 50)), (7, (2, 3, 5)), (9, (7, 1, 3)),
+                          (20, (3, 300))):
         monkeypatch.setattr(_bias_activation, "DB_TARGET_BLOCKS", target)
         rng = np.random.default_rng(target)
         x, dy, b = randn(rng, shape, dtype), randn(rng, shape, dtype), randn(rng, (shape[1],), dtype)
@@ -593,4 +595,4 @@ def test_mixed_dtypes_do_not_warn_for_numpy():
 def test_dense_conv_under_sanitizer(sanitizer):
     sanitized.run_tests(sanitizer, "test_emu_dense_conv.py",
                         "(matches_generic and inorder and not 33 and not 40) or tiles or transposed"
-                        " or two_stage and inorder or depthwise_weight")
+                        " or two_stage and inorder or depthwise_weight or conv_grid_stride")

@@ -1,14 +1,17 @@
 """Tests of the CPU emulation itself (tests/cuda/emu): barriers, shared memory, warp
 shuffles and atomics behave as on a GPU; a missing barrier (by the shuffled schedule, and as
-a race under ThreadSanitizer whatever the schedule), a divergent barrier, an out-of-bounds
-index (of an argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds
-check) and a mistyped argument are caught; allocations here read 0xFF bytes.
+a race under ThreadSanitizer whatever the schedule), a block reading another's output or two
+blocks writing one element (as races), a divergent barrier, an out-of-bounds index (of an
+argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds check) and a
+mistyped argument are caught; allocations and each block's ``__shared__`` memory read 0xFF
+bytes.
 ``test_kernels_under_sanitizer`` runs the kernel comparisons once more under each sanitizer."""
 
 import os
 import subprocess
 import sys
 import textwrap
+import typing
 
 import emu_module
 import numpy as np
@@ -92,6 +95,27 @@ template <typename T> __global__ void both_write(T* out, int both)
 {
     if (threadIdx.x == 0 || (both && threadIdx.x == 1)) out[0] = (T)1;
 }
+/* out[i] = x[i] (through __shared__ memory, which every block uses), plus, when `chained` is 1,
+   the element before it that the block before wrote: a block that reads another block's
+   output (right only when the blocks run in order) */
+template <typename T> __global__ void chain(const T* x, T* out, int chained)
+{
+    __shared__ T s[32];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    s[blockDim.x - 1 - threadIdx.x] = x[i];
+    __syncthreads();
+    T v = s[blockDim.x - 1 - threadIdx.x];
+    if (chained && blockIdx.x > 0 && threadIdx.x == 0) v += out[i - 1];
+    out[i] = v;
+}
+/* out[i] = an element of a __shared__ array that no thread of the block wrote before; then
+   the thread writes it */
+template <typename T> __global__ void unwritten(T* out)
+{
+    __shared__ T s[32];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+    s[threadIdx.x] = (T)1;
+}
 /* x[4 i + k] to out[4 i + k], a 16-byte pack a thread */
 template <typename T> __global__ void copy_packs(const T* x, T* out)
 {
@@ -100,7 +124,8 @@ template <typename T> __global__ void copy_packs(const T* x, T* out)
 }
 '''
 EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
-         "shared_past<float>", "swap_pairs<float>", "tiles<float>", "both_write<float>", "copy_packs<float>"]
+         "shared_past<float>", "swap_pairs<float>", "tiles<float>", "both_write<float>", "chain<float>",
+         "unwritten<float>", "copy_packs<float>"]
 
 
 def module(schedule="inorder", seed=0, sanitize=None):
@@ -161,6 +186,15 @@ def test_misaligned_pack_is_an_error():
             f((1,), (4,), (x, y))
 
 
+@pytest.mark.parametrize("schedule", ["inorder", "shuffle"])
+def test_unwritten_shared_memory_reads_nan(schedule):
+    """Each block finds its ``__shared__`` memory filled with 0xFF bytes (NaN), whatever the
+    block before it wrote there (a GPU leaves it undefined), in a kernel that is a template."""
+    out = np.zeros(64, np.float32)
+    module(schedule).get_function("unwritten<float>")((2,), (32,), (out,))
+    assert np.isnan(out).all(), out
+
+
 def test_divergent_barrier_is_an_error():
     with pytest.raises(RuntimeError, match="barrier divergence"):
         module().get_function("divergent<float>")((1,), (64,), (np.zeros(64, np.float32),))
@@ -195,8 +229,24 @@ def test_arguments_are_type_checked():
         f((1,), (32,), (x, out, np.int32(4)))
 
 
-#: a kernel, its launch with ``bad`` last (0: a correct launch, 1: the fault), and the sanitizer
-#: that catches the fault with its report:
+class Hazard(typing.NamedTuple):
+    """A fault that a sanitizer catches, and the same launch without it."""
+
+    kernel: str
+    #: the launch of ``f`` (the kernel) on ``x`` (0, 1, 2, ... 39) and ``out`` (zeros), with
+    #: ``bad`` last: 0 for the correct launch, 1 for the fault
+    call: str
+    sanitizer: str
+    #: in the sanitizer's report of the fault
+    report: str
+    #: ``out[:32]`` after the correct launch
+    expected: tuple = tuple(range(32))
+
+
+def _shared(kernel, signature):
+    return f"Location is global '{kernel}({signature})::s'"
+
+
 #: - one element past the end of an argument's buffer (AddressSanitizer) or of a ``__shared__``
 #:   array (UBSan's bounds check);
 #: - races between threads of a block (ThreadSanitizer): a missing ``__syncthreads`` (with the
@@ -205,22 +255,32 @@ def test_arguments_are_type_checked():
 #:   place; a missing barrier between two iterations of a loop (which the in-order schedule
 #:   hides, and which a thread that runs ahead into the next iteration must not hide from
 #:   TSan: cuda_emu.h's generations of barriers); two threads writing one element of global
-#:   memory.
+#:   memory;
+#: - races between blocks (ThreadSanitizer): two blocks writing one element, and a block
+#:   reading what the block before it wrote (right when the blocks run in order, as here; its
+#:   correct launch has both blocks use one ``__shared__`` array, which must not be a race).
 HAZARDS = {
-    "past global": ("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(bad)))", "address",
-                    "heap-buffer-overflow"),
-    "past shared": ("shared_past<float>", "f((1,), (32,), (x, out, np.int32(bad)))", "address",
-                    "index 32 out of bounds for type 'float [32]'"),
-    "no syncthreads": ("rotate<float>", "f((1,), (32,), (x, out, np.int32(1 - bad), np.int32(-1)))", "thread",
-                       "Location is global 'rotate<float>(float const*, float*, int, int)::s'"),
-    "no syncwarp": ("swap_pairs<float>", "f((1,), (32,), (x, out, np.int32(1 - bad)))", "thread",
-                    "Location is global 'swap_pairs<float>(float const*, float*, int)::s'"),
-    "shuffle for syncwarp": ("swap_pairs<float>", "f((1,), (32,), (x, out, np.int32(1 + bad)))", "thread",
-                             "Location is global 'swap_pairs<float>(float const*, float*, int)::s'"),
-    "loop": ("tiles<float>", "f((1,), (16,), (x, out, np.int32(1 - bad)))", "thread",
-             "Location is global 'tiles<float>(float const*, float*, int)::s'"),
-    "global write": ("both_write<float>", "f((1,), (32,), (out, np.int32(bad)))", "thread",
-                     "Location is heap block"),
+    "past global": Hazard("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(bad)))", "address",
+                          "heap-buffer-overflow"),
+    "past shared": Hazard("shared_past<float>", "f((1,), (32,), (x, out, np.int32(bad)))", "address",
+                          "index 32 out of bounds for type 'float [32]'"),
+    "no syncthreads": Hazard("rotate<float>", "f((1,), (32,), (x, out, np.int32(1 - bad), np.int32(-1)))", "thread",
+                             _shared("rotate<float>", "float const*, float*, int, int"),
+                             tuple(np.maximum(np.arange(32) - 1, 0))),
+    "no syncwarp": Hazard("swap_pairs<float>", "f((1,), (32,), (x, out, np.int32(1 - bad)))", "thread",
+                          _shared("swap_pairs<float>", "float const*, float*, int"), tuple(np.arange(32) ^ 1)),
+    "shuffle for syncwarp": Hazard("swap_pairs<float>", "f((1,), (32,), (x, out, np.int32(1 + bad)))", "thread",
+                                   _shared("swap_pairs<float>", "float const*, float*, int"),
+                                   tuple(np.arange(32) ^ 1)),
+    "loop": Hazard("tiles<float>", "f((1,), (16,), (x, out, np.int32(1 - bad)))", "thread",
+                   _shared("tiles<float>", "float const*, float*, int"),
+                   tuple(np.minimum(np.arange(32) + 1, [15] * 16 + [31] * 16))),
+    "global write": Hazard("both_write<float>", "f((1,), (32,), (out, np.int32(bad)))", "thread",
+                           "Location is heap block", (1,) + (0,) * 31),
+    "blocks write": Hazard("both_write<float>", "f((1 + bad,), (32,), (out, np.int32(0)))", "thread",
+                           "Location is heap block", (1,) + (0,) * 31),
+    "block reads a block": Hazard("chain<float>", "f((2,), (16,), (x, out, np.int32(bad)))", "thread",
+                                  "Location is heap block"),
 }
 
 
@@ -228,35 +288,32 @@ HAZARDS = {
 def test_hazard_is_caught_under_sanitizer(hazard):
     """Each fault of :data:`HAZARDS` ends the sanitized run with the sanitizer's report; the
     same launch without the fault runs and gives the right result first."""
-    name, call, sanitizer, report = HAZARDS[hazard]
+    h = HAZARDS[hazard]
     script = textwrap.dedent(f"""
         import sys, numpy as np
         sys.path.insert(0, {HERE!r})
         from test_emu_harness import module
-        f = module().get_function({name!r})
+        f = module().get_function({h.kernel!r})
         x, out = np.arange(40, dtype=np.float32), np.zeros(40, np.float32)
         bad = 0
-        {call}
-        expected = {{"rotate<float>": np.maximum(np.arange(32) - 1, 0), "swap_pairs<float>": np.arange(32) ^ 1,
-                     "tiles<float>": np.minimum(np.arange(32) + 1, [15] * 16 + [31] * 16),
-                     "both_write<float>": [1] + [0] * 31}}.get({name!r}, np.arange(32))
-        assert out[:32].tolist() == list(expected), out
+        {h.call}
+        assert out[:32].tolist() == {[float(v) for v in h.expected]!r}, out
         print("correct launch ok", flush=True)
         bad = 1
-        {call}
+        {h.call}
         print("not caught", flush=True)
     """)
-    res = subprocess.run([sys.executable, "-c", script], env=sanitized.env(sanitizer), capture_output=True,
+    res = subprocess.run([sys.executable, "-c", script], env=sanitized.env(h.sanitizer), capture_output=True,
                          text=True, timeout=300)
     assert "correct launch ok" in res.stdout, res.stderr[-3000:]
     assert "not caught" not in res.stdout
-    assert res.returncode != 0 and report in res.stderr, res.stderr[-3000:]
+    assert res.returncode != 0 and h.report in res.stderr, res.stderr[-3000:]
 
 
 @pytest.mark.parametrize("sanitizer", list(sanitized.RUNTIMES))
 def test_kernels_under_sanitizer(sanitizer):
     """Every kernel once more, built under the sanitizer (in order; one shape per kernel path)."""
-    sanitized.run_tests(sanitizer, "test_emu_kernels.py", "inorder and (257 or 33 or dropout) or dims or empty")
+    sanitized.run_tests(sanitizer, "test_emu_kernels.py", "inorder and (257 or 33 or dropout) or dims or empty or grid_stride")
 
 
 def test_allocations_here_have_undefined_contents():

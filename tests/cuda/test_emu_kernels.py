@@ -55,9 +55,10 @@ def test_bias_activation_matches_generic(dtype, shape, schedule):
         check_bias_activation(_launch(mod), act, x, None, dy)
 
 
-@pytest.mark.parametrize("shape", [(1,), (7, 3), (3, 2, 600)], ids=str)
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (3, 2, 600), (3, 2, 1500)], ids=str)
 def test_bias_activation_grid_stride(shape):
-    """Grids capped below the work: every kernel's grid-stride loop covers the rest."""
+    """Grids capped below the work: every kernel's grid-stride loop covers the rest (the
+    elementwise kernels' too from 9000 elements: one block covers 4096 a step)."""
     mod = emu("bias_activation", "shuffle", max_blocks=2)
     x, bias, dy = make_inputs(shape, np.float32, seed=3)
     for act in (activations.relu, activations.gelu):
@@ -188,12 +189,17 @@ def test_dropout_dims(case, dtype):
     assert products == (["multiply_channel"] * 2 if case < 5 else [])
 
 
-def test_dropout_grid_stride():
-    mod = emu("dropout", "shuffle", max_blocks=2)
-    x = np.random.default_rng(0).standard_normal((3001,)).astype(np.float32)
-    (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.5)
-    np.testing.assert_array_equal(m, m_ref)
-    np.testing.assert_array_equal(y, y_ref)
+@pytest.mark.parametrize("shape, dims", [((3001,), None), ((3, 3001), 0)], ids=str)
+def test_dropout_grid_stride(shape, dims):
+    """Grids capped at 2 blocks, below the work (the mask's for 3001 elements; the products'
+    for 9003, which take three blocks of 4096): the grid-stride loops cover the rest."""
+    mod = _Launches(emu("dropout", "shuffle", max_blocks=2))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    (y, m, _, dx), (y_ref, m_ref, _, dx_ref) = _dropout_both(mod, x, 0.5, dims)
+    for a, b in ((y, y_ref), (m, m_ref), (dx, dx_ref)):
+        np.testing.assert_array_equal(a, b)
+    if dims is not None:
+        assert [g for name, g in mod.launches if name == "multiply_channel"] == [(2,), (2,)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)

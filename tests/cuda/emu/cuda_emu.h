@@ -36,14 +36,18 @@
 
 // Under ThreadSanitizer (the race check) every CUDA thread is a TSan fiber and the switches
 // between fibers establish no order; the order a GPU guarantees is declared instead: a
-// launch's (and a block's) start after what came before it, __syncthreads among the threads
-// of a block, __syncwarp among its lanes. TSan then reports two threads of a block that
-// access the same memory, one of them writing, with no barrier between them, whatever the
-// schedule. The emulator's own accesses to its state, which its scheduler and fibers hand to
-// each other through those switches, are not checked (LX_EMU_UNCHECKED: for the rest of the
-// enclosing scope).
+// launch's start after what came before it, __syncthreads among the threads of a block,
+// __syncwarp among its lanes. TSan then reports two threads that access the same memory, one
+// of them writing, with no barrier between them, whatever the schedule. Threads of different
+// blocks are unordered too, within a group of blocks (group_blocks) that run on distinct
+// fibers and stacks; the __shared__ section, which every block reuses, is mapped anew before
+// each block, which clears TSan's record of it (hence its pages of its own: shared_section.ld).
+// The emulator's own accesses to its state, which its scheduler and fibers hand to each other
+// through those switches, are not checked (LX_EMU_UNCHECKED: for the rest of the enclosing
+// scope).
 #if defined(__SANITIZE_THREAD__)
 #include <sanitizer/tsan_interface.h>
+#include <sys/mman.h>
 #define LX_EMU_TSAN 1
 extern "C" void __tsan_ignore_thread_begin(void);
 extern "C" void __tsan_ignore_thread_end(void);
@@ -60,9 +64,12 @@ struct LxEmuUnchecked {
 #define __device__
 #define __host__
 #define __forceinline__ inline
-// __shared__ variables: static (one instance for the fibers of a block), all in one
-// section that is filled with 0xFF bytes (NaN floats, -1 integers) before every block, so
-// reading shared memory before writing it shows (a GPU leaves it undefined)
+// __shared__ variables: static (one instance for the fibers of a block), all in one section,
+// on pages of its own (shared_section.ld), that is filled with 0xFF bytes (NaN floats, -1
+// integers) before every block, so reading shared memory before writing it shows (a GPU
+// leaves it undefined). GCC ignores the section attribute on a template's statics (every
+// kernel is a template) and puts each in a section of its own, `.bss.<its mangled name>`,
+// which the linker script gathers too; the emulator has no function-local statics in templates.
 #define __shared__ static __attribute__((section("lx_emu_shared")))
 extern "C" char __start_lx_emu_shared[] __attribute__((weak));
 extern "C" char __stop_lx_emu_shared[] __attribute__((weak));
@@ -103,6 +110,11 @@ struct Fiber {
     void* tsan;  // its TSan fiber
 };
 
+// the threads of a group of blocks under the race check (at least two blocks a group)
+#ifndef LX_EMU_GROUP_THREADS
+#define LX_EMU_GROUP_THREADS 2048
+#endif
+
 #ifndef LX_EMU_STACK
 #ifdef LX_EMU_ASAN
 #define LX_EMU_STACK (256 * 1024)
@@ -111,17 +123,25 @@ struct Fiber {
 #endif
 #endif
 
+// TSan synchronization objects (their addresses) of a block: __syncthreads, and each warp's
+// __syncwarp. A barrier's objects alternate between two generations (counted as the scheduler
+// releases it): a thread that resumes from a barrier must not acquire what a thread released
+// at the next one, which it reaches first when it runs first.
+struct BlockSync {
+    char block[2], warp[32][2];
+};
+
 struct Runtime {
-    std::vector<Fiber> fibers;
+    std::vector<Fiber> fibers;  // the running block's threads
+    // stacks and TSan fibers in pairs, kept across launches: the threads of the k-th block of
+    // a group run on slots [k n, (k + 1) n)
     std::vector<char*> stacks;
-    std::vector<void*> tsan_fibers;  // one per stack, kept across launches
-    void* tsan_sched = nullptr;      // the scheduler's (the launching thread's)
-    // TSan synchronization objects (their addresses): a block's start, its threads' exits,
-    // __syncthreads, and each warp's __syncwarp. A barrier's objects alternate between two
-    // generations (counted as the scheduler releases it): a thread that resumes from a
-    // barrier must not acquire what a thread released at the next one, which it reaches
-    // first when it runs first.
-    char sync_start, sync_exit, sync_block[2], sync_warp[32][2];
+    std::vector<void*> tsan_fibers;
+    void* tsan_sched = nullptr;  // the scheduler's (the launching thread's)
+    // a launch's start, its threads' exits (acquired by the scheduler after a group)
+    char sync_start, sync_exit;
+    std::vector<BlockSync> syncs;  // one per block of a group
+    BlockSync* sync = nullptr;     // the running block's
     unsigned block_gen = 0, warp_gen[32] = {};
     ucontext_t sched;
     int current = -1;
@@ -192,8 +212,11 @@ inline void fiber_entry()
     enter_fiber_side();
     acquire(&rt.sync_start);
     rt.body();
-    release(&rt.sync_exit);
-    rt.fibers[rt.current].state = DONE;
+    {
+        LX_EMU_UNCHECKED;  // ended before the switch: the TSan fiber runs other blocks later
+        release(&rt.sync_exit);
+        rt.fibers[rt.current].state = DONE;
+    }
     yield_to_scheduler(true);
 }
 
@@ -201,7 +224,8 @@ inline int linear_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y +
 
 inline void syncthreads()
 {
-    char* sync = &rt.sync_block[rt.block_gen % 2];
+    LX_EMU_UNCHECKED;
+    char* sync = &rt.sync->block[rt.block_gen % 2];
     rt.fibers[rt.current].state = BLOCK_WAIT;
     release(sync);
     yield_to_scheduler();
@@ -213,9 +237,10 @@ inline void syncthreads()
 // of a warp meet at the same barriers (full masks, as every kernel has).
 inline void syncwarp(unsigned mask, bool ordered)
 {
+    LX_EMU_UNCHECKED;
     Fiber& f = rt.fibers[rt.current];
     int lane = linear_tid() % 32, warp = linear_tid() / 32;
-    char* sync = &rt.sync_warp[warp][rt.warp_gen[warp] % 2];
+    char* sync = &rt.sync->warp[warp][rt.warp_gen[warp] % 2];
     if (!(mask >> lane & 1u)) fail("__syncwarp/shuffle called by a lane outside its mask");
     f.state = WARP_WAIT;
     f.mask = mask;
@@ -228,7 +253,7 @@ inline void syncwarp(unsigned mask, bool ordered)
 inline void run_block(bool shuffle, std::mt19937& gen)
 {
     const int n = rt.nthreads;
-    release(&rt.sync_start);  // the block starts after everything before it
+    release(&rt.sync_start);  // the block starts after what came before its group
     for (int t = 0; t < n; t++) {
         Fiber& f = rt.fibers[t];
         getcontext(&f.ctx);
@@ -271,10 +296,7 @@ inline void run_block(bool shuffle, std::mt19937& gen)
             done += rt.fibers[t].state == DONE;
             bwait += rt.fibers[t].state == BLOCK_WAIT;
         }
-        if (done == n) {
-            acquire(&rt.sync_exit);  // what comes after the block sees its writes
-            return;
-        }
+        if (done == n) return;
         // release warp barriers whose lanes have all arrived with the same mask
         bool released = false;
         for (int w = 0; w * 32 < n; w++) {
@@ -347,27 +369,22 @@ void call(void (*k)(A...), void** args, std::index_sequence<I...>)
     k(*static_cast<typename std::decay<A>::type*>(args[I])...);
 }
 
-// schedule: 0 in order, 1 shuffled (threads and blocks) with `seed`
-template <typename... A>
-const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void** args, int schedule, unsigned seed)
+// blocks a group: under the race check, as many as LX_EMU_GROUP_THREADS threads (at least 2),
+// whose threads run unordered with each other's; otherwise one
+inline int group_blocks(int nthreads)
 {
-    LX_EMU_UNCHECKED;
-    static std::string last;
-    rt.error.clear();
-    gridDim = dim3(g[0], g[1], g[2]);
-    blockDim = dim3(b[0], b[1], b[2]);
-    const int n = (int)(b[0] * b[1] * b[2]);
-    if (n < 1 || n > 1024 || b[0] > 1024 || b[1] > 1024 || b[2] > 64) {
-        last = "invalid block dimensions";
-        return last.c_str();
-    }
-    if (g[0] < 1 || g[1] < 1 || g[2] < 1 || g[1] > 65535 || g[2] > 65535) {
-        last = "invalid grid dimensions";
-        return last.c_str();
-    }
-    rt.nthreads = n;
-    rt.fibers.resize(n);
-    while ((int)rt.stacks.size() < n) {
+#ifdef LX_EMU_TSAN
+    return std::max(2, LX_EMU_GROUP_THREADS / nthreads);
+#else
+    (void)nthreads;
+    return 1;
+#endif
+}
+
+// stacks, each with its TSan fiber, up to `count`
+inline void add_slots(size_t count)
+{
+    while (rt.stacks.size() < count) {
         rt.stacks.push_back((char*)malloc(LX_EMU_STACK));
 #ifdef LX_EMU_TSAN
         rt.tsan_fibers.push_back(__tsan_create_fiber(0));
@@ -375,37 +392,91 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
         rt.tsan_fibers.push_back(nullptr);
 #endif
     }
+}
+
+// after a failed launch, new stacks and TSan fibers: its fibers may have been left in an
+// unchecked scope, and a later launch's fibers must not race with their accesses to the stacks
+inline void renew_slots()
+{
 #ifdef LX_EMU_TSAN
-    rt.tsan_sched = __tsan_get_current_fiber();
-#endif
-    for (int t = 0; t < n; t++) {
-        rt.fibers[t].stack = rt.stacks[t];
-        rt.fibers[t].tsan = rt.tsan_fibers[t];
+    for (size_t i = 0; i < rt.stacks.size(); i++) {
+        __tsan_destroy_fiber(rt.tsan_fibers[i]);
+        free(rt.stacks[i]);  // TSan forgets the accesses to memory that is freed
+        rt.stacks[i] = (char*)malloc(LX_EMU_STACK);
+        rt.tsan_fibers[i] = __tsan_create_fiber(0);
     }
-    rt.slots.assign(((n + 31) / 32) * 32, 0);
-    rt.body = [k, args]() { call(k, args, std::index_sequence_for<A...>{}); };
+#endif
+}
+
+// __shared__ memory as a block finds it: 0xFF bytes. Under the race check its pages are also
+// mapped anew, which clears TSan's record of the blocks before (on a GPU each has its own).
+inline void reset_shared()
+{
+    if (__start_lx_emu_shared == nullptr) return;
+    const size_t size = (size_t)(__stop_lx_emu_shared - __start_lx_emu_shared);
+#ifdef LX_EMU_TSAN
+    if (((uintptr_t)__start_lx_emu_shared | size) % 4096) {
+        fail("the __shared__ section is not whole pages (link with shared_section.ld)");
+        return;
+    }
+    if (size && mmap(__start_lx_emu_shared, size, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0) == MAP_FAILED) {
+        fail("remapping the __shared__ section failed");
+        return;
+    }
+#endif
+    memset(__start_lx_emu_shared, 0xFF, size);
+}
+
+// schedule: 0 in order, 1 shuffled (threads and blocks) with `seed`
+template <typename... A>
+const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void** args, int schedule, unsigned seed)
+{
+    LX_EMU_UNCHECKED;
+    rt.error.clear();
+    gridDim = dim3(g[0], g[1], g[2]);
+    blockDim = dim3(b[0], b[1], b[2]);
+    const int n = (int)(b[0] * b[1] * b[2]);
+    if (n < 1 || n > 1024 || b[0] > 1024 || b[1] > 1024 || b[2] > 64) {
+        rt.error = "invalid block dimensions";
+        return rt.error.c_str();
+    }
+    if (g[0] < 1 || g[1] < 1 || g[2] < 1 || g[1] > 65535 || g[2] > 65535) {
+        rt.error = "invalid grid dimensions";
+        return rt.error.c_str();
+    }
     std::mt19937 gen(seed);
     std::vector<uint3> blocks;
     for (unsigned z = 0; z < g[2]; z++)
         for (unsigned y = 0; y < g[1]; y++)
             for (unsigned x = 0; x < g[0]; x++) blocks.push_back(uint3{x, y, z});
     if (schedule == 1) std::shuffle(blocks.begin(), blocks.end(), gen);
-    for (const uint3& bi : blocks) {
-        blockIdx = bi;
-        if (__start_lx_emu_shared != nullptr)
-            memset(__start_lx_emu_shared, 0xFF, (size_t)(__stop_lx_emu_shared - __start_lx_emu_shared));
-        run_block(schedule == 1, gen);
-        if (!rt.error.empty()) {
+    const int group = (int)std::min(blocks.size(), (size_t)group_blocks(n));
+    add_slots((size_t)group * n);
 #ifdef LX_EMU_TSAN
-            // fibers left inside a kernel may be in an unchecked scope: new ones for the next launch
-            for (void*& f : rt.tsan_fibers) {
-                __tsan_destroy_fiber(f);
-                f = __tsan_create_fiber(0);
-            }
+    rt.tsan_sched = __tsan_get_current_fiber();
 #endif
-            last = rt.error;
-            return last.c_str();
+    rt.nthreads = n;
+    rt.fibers.resize(n);
+    rt.syncs.resize(group);
+    rt.slots.assign(((n + 31) / 32) * 32, 0);
+    rt.body = [k, args]() { call(k, args, std::index_sequence_for<A...>{}); };
+    for (size_t i = 0; i < blocks.size(); i++) {
+        const int slot = (int)(i % group);
+        for (int t = 0; t < n; t++) {
+            rt.fibers[t].stack = rt.stacks[slot * n + t];
+            rt.fibers[t].tsan = rt.tsan_fibers[slot * n + t];
         }
+        rt.sync = &rt.syncs[slot];
+        blockIdx = blocks[i];
+        reset_shared();
+        if (rt.error.empty()) run_block(schedule == 1, gen);
+        if (!rt.error.empty()) {
+            renew_slots();
+            return rt.error.c_str();
+        }
+        // the next group, and what follows the launch, comes after the threads of this one
+        if (slot == group - 1 || i + 1 == blocks.size()) acquire(&rt.sync_exit);
     }
     return nullptr;
 }

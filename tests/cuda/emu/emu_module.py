@@ -8,8 +8,8 @@ C-contiguous ndarray of the pointee's dtype, a scalar a NumPy scalar of exactly 
 parameter's type); each array is copied into a buffer of exactly its size for the
 launch and copied back, so AddressSanitizer sees overruns of any argument (its builds also
 check every index into a fixed-size array, ``__shared__`` ones included). Builds under
-ThreadSanitizer (the race check) report two threads of a block that access the same memory
-without a barrier between them, one of them writing.
+ThreadSanitizer (the race check) report two threads that access the same memory without a
+barrier between them, one of them writing: two threads of a block, or of two blocks.
 
 Builds (g++) are cached by content hash in ``$LUXLIB_EMU_CACHE`` (default: a
 directory under the temporary directory).
@@ -82,12 +82,14 @@ def build(source_text, filename, exprs, sanitize=None):
     the sanitizer ``sanitize`` (a key of :data:`SANITIZERS`) if given."""
     flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
              "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas",
-             "-I" + HERE, "-I" + _modules.source_dir()]
+             "-I" + HERE, "-I" + _modules.source_dir(), "-Wl,-T," + os.path.join(HERE, "shared_section.ld")]
     if sanitize:
         flags += SANITIZERS[sanitize]
     code = _generated(source_text, filename, exprs)
-    with open(os.path.join(HERE, "cuda_emu.h"), "rb") as f:
-        header = f.read()
+    header = b""
+    for name in ("cuda_emu.h", "shared_section.ld"):
+        with open(os.path.join(HERE, name), "rb") as f:
+            header += f.read()
     key = hashlib.sha256(
         code.encode() + header + _modules.headers_digest().encode() + " ".join(flags).encode()
     ).hexdigest()[:20]
