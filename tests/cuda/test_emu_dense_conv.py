@@ -300,6 +300,8 @@ DEPTHWISE_CASES = [
     ((2, 2, 6, 5), (4, 1, 3, 3), dict(stride=(2, 1), padding=1, groups=2)),
     ((1, 2, 3, 4, 5), (2, 1, 1, 3, 3), dict(padding=1, stride=(2, 1, 1), groups=2, cross_correlation=False)),
     ((1, 2, 7, 6), (2, 1, 5, 5), dict(padding=((2, 1), (3, 2)), groups=2)),
+    # 288 weights: the weight gradient's finalize has two blocks
+    ((1, 32, 3, 3), (32, 1, 3, 3), dict(padding=1, groups=32)),
 ]
 
 

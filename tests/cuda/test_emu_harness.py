@@ -313,7 +313,8 @@ def test_hazard_is_caught_under_sanitizer(hazard):
 @pytest.mark.parametrize("sanitizer", list(sanitized.RUNTIMES))
 def test_kernels_under_sanitizer(sanitizer):
     """Every kernel once more, built under the sanitizer (in order; one shape per kernel path)."""
-    sanitized.run_tests(sanitizer, "test_emu_kernels.py", "inorder and (257 or 33 or dropout) or dims or empty or grid_stride")
+    sanitized.run_tests(sanitizer, "test_emu_kernels.py",
+                        "inorder and (257 or 33 or dropout) or dims or empty or grid_stride")
 
 
 def test_allocations_here_have_undefined_contents():
