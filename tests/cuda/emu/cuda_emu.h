@@ -110,9 +110,11 @@ struct Fiber {
     void* tsan;  // its TSan fiber
 };
 
-// the threads of a group of blocks under the race check (at least two blocks a group)
+// the threads of a group of blocks under the race check (at least two blocks a group). Each is
+// a TSan fiber, kept for later launches, and TSan allows a process 8128 threads: every kernel
+// family's library keeps its own, up to 1024 for blocks of up to 512 threads (the largest).
 #ifndef LX_EMU_GROUP_THREADS
-#define LX_EMU_GROUP_THREADS 2048
+#define LX_EMU_GROUP_THREADS 1024
 #endif
 
 #ifndef LX_EMU_STACK
