@@ -2,8 +2,8 @@
 shuffles and atomics behave as on a GPU; a missing barrier (by the shuffled schedule, and as
 a race under ThreadSanitizer whatever the schedule), a block reading another's output or two
 blocks writing one element (as races), a divergent barrier, an out-of-bounds index (of an
-argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds check) and a
-mistyped argument are caught; allocations and each block's ``__shared__`` memory read 0xFF
+argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds check, into one
+through a pointer under AddressSanitizer) and a mistyped argument are caught; allocations and each block's ``__shared__`` memory read 0xFF
 bytes.
 ``test_kernels_under_sanitizer`` runs the kernel comparisons once more under each sanitizer."""
 
@@ -66,6 +66,16 @@ template <typename T> __global__ void shared_past(const T* x, T* out, int past)
     __syncthreads();
     out[threadIdx.x] = s[threadIdx.x + past];
 }
+/* block_sum with, when `few` is 1, a scratch array of 4 elements: too few for a block of more
+   than 4 warps (lx_block_sum writes an element a warp, through a pointer) */
+template <typename T> __global__ void block_sum_few(const T* x, T* out, int n, int few)
+{
+    __shared__ T scratch[LX_WARP];
+    __shared__ T four[4];
+    T v = (int)threadIdx.x < n ? x[threadIdx.x] : (T)0;
+    v = lx_block_sum(v, few ? four : scratch);
+    if (threadIdx.x == 0) out[blockIdx.x] = v;
+}
 /* out[i] = the value lane i ^ 1 of the warp wrote to shared memory, after `sync`: 0 none,
    1 __syncwarp, 2 a shuffle (which orders no memory accesses) */
 template <typename T> __global__ void swap_pairs(const T* x, T* out, int sync)
@@ -94,6 +104,11 @@ template <typename T> __global__ void tiles(const T* x, T* out, int barrier)
 template <typename T> __global__ void both_write(T* out, int both)
 {
     if (threadIdx.x == 0 || (both && threadIdx.x == 1)) out[0] = (T)1;
+}
+/* out[0] = 1 by thread 0 of the first block and of the last */
+template <typename T> __global__ void first_last_write(T* out)
+{
+    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1)) out[0] = (T)1;
 }
 /* out[i] = x[i] (through __shared__ memory, which every block uses), plus, when `chained` is 1,
    the element before it that the block before wrote: a block that reads another block's
@@ -125,7 +140,8 @@ template <typename T> __global__ void copy_packs(const T* x, T* out)
 '''
 EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
          "shared_past<float>", "swap_pairs<float>", "tiles<float>", "both_write<float>", "chain<float>",
-         "unwritten<float>", "copy_packs<float>"]
+         "unwritten<float>", "copy_packs<float>", "block_sum_few<float>",
+         "first_last_write<float>"]
 
 
 def module(schedule="inorder", seed=0, sanitize=None):
@@ -244,11 +260,12 @@ class Hazard(typing.NamedTuple):
 
 
 def _shared(kernel, signature):
-    return f"Location is global '{kernel}({signature})::s'"
+    return f"Location is global '(anonymous namespace)::{kernel}({signature})::s'"
 
 
 #: - one element past the end of an argument's buffer (AddressSanitizer) or of a ``__shared__``
-#:   array (UBSan's bounds check);
+#:   array (UBSan's bounds check), and elements past a ``__shared__`` array written through a
+#:   pointer (AddressSanitizer);
 #: - races between threads of a block (ThreadSanitizer): a missing ``__syncthreads`` (with the
 #:   reader of a neighbour's element one thread below it, which the in-order schedule runs
 #:   after the writer: the result is right); a missing ``__syncwarp``, and a shuffle in its
@@ -258,12 +275,16 @@ def _shared(kernel, signature):
 #:   memory;
 #: - races between blocks (ThreadSanitizer): two blocks writing one element, and a block
 #:   reading what the block before it wrote (right when the blocks run in order, as here; its
-#:   correct launch has both blocks use one ``__shared__`` array, which must not be a race).
+#:   correct launch has both blocks use one ``__shared__`` array, which must not be a race);
+#:   the first and the last of 34 blocks of 32 threads writing one element (more blocks than
+#:   the emulator has sets of fibers for: the last runs on the fibers of the second).
 HAZARDS = {
     "past global": Hazard("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(bad)))", "address",
                           "heap-buffer-overflow"),
     "past shared": Hazard("shared_past<float>", "f((1,), (32,), (x, out, np.int32(bad)))", "address",
                           "index 32 out of bounds for type 'float [32]'"),
+    "past shared, by pointer": Hazard("block_sum_few<float>", "f((1,), (256,), (x, out, np.int32(40), np.int32(bad)))",
+                                      "address", "global-buffer-overflow", (780,) + (0,) * 31),
     "no syncthreads": Hazard("rotate<float>", "f((1,), (32,), (x, out, np.int32(1 - bad), np.int32(-1)))", "thread",
                              _shared("rotate<float>", "float const*, float*, int, int"),
                              tuple(np.maximum(np.arange(32) - 1, 0))),
@@ -281,6 +302,8 @@ HAZARDS = {
                            "Location is heap block", (1,) + (0,) * 31),
     "block reads a block": Hazard("chain<float>", "f((2,), (16,), (x, out, np.int32(bad)))", "thread",
                                   "Location is heap block"),
+    "blocks far apart write": Hazard("first_last_write<float>", "f((1 + 33 * bad,), (32,), (out,))", "thread",
+                                     "Location is heap block", (1,) + (0,) * 31),
 }
 
 

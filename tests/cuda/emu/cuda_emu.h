@@ -39,8 +39,9 @@
 // launch's start after what came before it, __syncthreads among the threads of a block,
 // __syncwarp among its lanes. TSan then reports two threads that access the same memory, one
 // of them writing, with no barrier between them, whatever the schedule. Threads of different
-// blocks are unordered too, within a group of blocks (group_blocks) that run on distinct
-// fibers and stacks; the __shared__ section, which every block reuses, is mapped anew before
+// blocks are unordered too: the blocks run in turn on a few sets of fibers and stacks
+// (fiber_sets), and a block comes after only the blocks that ran on its set before it (its
+// fibers ran them); the __shared__ section, which every block reuses, is mapped anew before
 // each block, which clears TSan's record of it (hence its pages of its own: shared_section.ld).
 // The emulator's own accesses to its state, which its scheduler and fibers hand to each other
 // through those switches, are not checked (LX_EMU_UNCHECKED: for the rest of the enclosing
@@ -68,8 +69,11 @@ struct LxEmuUnchecked {
 // on pages of its own (shared_section.ld), that is filled with 0xFF bytes (NaN floats, -1
 // integers) before every block, so reading shared memory before writing it shows (a GPU
 // leaves it undefined). GCC ignores the section attribute on a template's statics (every
-// kernel is a template) and puts each in a section of its own, `.bss.<its mangled name>`,
-// which the linker script gathers too; the emulator has no function-local statics in templates.
+// kernel is a template) and puts each in a section of its own, `.bss.<its mangled name>`
+// (emu_module builds with -fdata-sections), which the linker script gathers too; the emulator
+// has no function-local statics. Under AddressSanitizer each __shared__ array has a redzone
+// after it (the kernels have internal linkage: emu_module._generated), so an overrun through a
+// pointer into it is reported; the fill skips the redzones.
 #define __shared__ static __attribute__((section("lx_emu_shared")))
 extern "C" char __start_lx_emu_shared[] __attribute__((weak));
 extern "C" char __stop_lx_emu_shared[] __attribute__((weak));
@@ -110,11 +114,11 @@ struct Fiber {
     void* tsan;  // its TSan fiber
 };
 
-// the threads of a group of blocks under the race check (at least two blocks a group). Each is
-// a TSan fiber, kept for later launches, and TSan allows a process 8128 threads: every kernel
+// the threads of the sets of fibers under the race check (at least two sets). Each is a TSan
+// fiber, kept for later launches, and TSan allows a process 8128 threads: every kernel
 // family's library keeps its own, up to 1024 for blocks of up to 512 threads (the largest).
-#ifndef LX_EMU_GROUP_THREADS
-#define LX_EMU_GROUP_THREADS 1024
+#ifndef LX_EMU_FIBER_THREADS
+#define LX_EMU_FIBER_THREADS 1024
 #endif
 
 #ifndef LX_EMU_STACK
@@ -135,14 +139,14 @@ struct BlockSync {
 
 struct Runtime {
     std::vector<Fiber> fibers;  // the running block's threads
-    // stacks and TSan fibers in pairs, kept across launches: the threads of the k-th block of
-    // a group run on slots [k n, (k + 1) n)
+    // stacks and TSan fibers in pairs, kept across launches: the threads of a block that runs
+    // on the k-th set run on slots [k n, (k + 1) n)
     std::vector<char*> stacks;
     std::vector<void*> tsan_fibers;
     void* tsan_sched = nullptr;  // the scheduler's (the launching thread's)
-    // a launch's start, its threads' exits (acquired by the scheduler after a group)
+    // a launch's start, its threads' exits (acquired by the scheduler at the launch's end)
     char sync_start, sync_exit;
-    std::vector<BlockSync> syncs;  // one per block of a group
+    std::vector<BlockSync> syncs;  // one per set of fibers
     BlockSync* sync = nullptr;     // the running block's
     unsigned block_gen = 0, warp_gen[32] = {};
     ucontext_t sched;
@@ -255,7 +259,7 @@ inline void syncwarp(unsigned mask, bool ordered)
 inline void run_block(bool shuffle, std::mt19937& gen)
 {
     const int n = rt.nthreads;
-    release(&rt.sync_start);  // the block starts after what came before its group
+    release(&rt.sync_start);  // the block starts after what came before the launch
     for (int t = 0; t < n; t++) {
         Fiber& f = rt.fibers[t];
         getcontext(&f.ctx);
@@ -371,12 +375,12 @@ void call(void (*k)(A...), void** args, std::index_sequence<I...>)
     k(*static_cast<typename std::decay<A>::type*>(args[I])...);
 }
 
-// blocks a group: under the race check, as many as LX_EMU_GROUP_THREADS threads (at least 2),
-// whose threads run unordered with each other's; otherwise one
-inline int group_blocks(int nthreads)
+// sets of fibers for blocks of `nthreads` threads: under the race check, as many as
+// LX_EMU_FIBER_THREADS threads make (at least 2); otherwise one
+inline int fiber_sets(int nthreads)
 {
 #ifdef LX_EMU_TSAN
-    return std::max(2, LX_EMU_GROUP_THREADS / nthreads);
+    return std::max(2, LX_EMU_FIBER_THREADS / nthreads);
 #else
     (void)nthreads;
     return 1;
@@ -427,7 +431,19 @@ inline void reset_shared()
         return;
     }
 #endif
+#ifdef LX_EMU_ASAN
+    // the arrays between their redzones (whose poison a memset would report)
+    char* p = __start_lx_emu_shared;
+    char* const end = p + size;
+    while (p < end) {
+        char* bad = (char*)__asan_region_is_poisoned(p, (size_t)(end - p));
+        memset(p, 0xFF, (size_t)((bad ? bad : end) - p));
+        for (p = bad ? bad : end; p < end && __asan_address_is_poisoned(p); ++p) {
+        }
+    }
+#else
     memset(__start_lx_emu_shared, 0xFF, size);
+#endif
 }
 
 // schedule: 0 in order, 1 shuffled (threads and blocks) with `seed`
@@ -453,23 +469,25 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
         for (unsigned y = 0; y < g[1]; y++)
             for (unsigned x = 0; x < g[0]; x++) blocks.push_back(uint3{x, y, z});
     if (schedule == 1) std::shuffle(blocks.begin(), blocks.end(), gen);
-    const int group = (int)std::min(blocks.size(), (size_t)group_blocks(n));
-    add_slots((size_t)group * n);
+    const int sets = (int)std::min(blocks.size(), (size_t)fiber_sets(n));
+    add_slots((size_t)sets * n);
 #ifdef LX_EMU_TSAN
     rt.tsan_sched = __tsan_get_current_fiber();
 #endif
     rt.nthreads = n;
     rt.fibers.resize(n);
-    rt.syncs.resize(group);
+    rt.syncs.resize(sets);
     rt.slots.assign(((n + 31) / 32) * 32, 0);
     rt.body = [k, args]() { call(k, args, std::index_sequence_for<A...>{}); };
     for (size_t i = 0; i < blocks.size(); i++) {
-        const int slot = (int)(i % group);
+        // block i on set i % sets: it comes after the blocks i - sets, i - 2 sets, ... (whose
+        // threads ran on its fibers and released its barriers' objects), not after the others
+        const int set = (int)(i % sets);
         for (int t = 0; t < n; t++) {
-            rt.fibers[t].stack = rt.stacks[slot * n + t];
-            rt.fibers[t].tsan = rt.tsan_fibers[slot * n + t];
+            rt.fibers[t].stack = rt.stacks[set * n + t];
+            rt.fibers[t].tsan = rt.tsan_fibers[set * n + t];
         }
-        rt.sync = &rt.syncs[slot];
+        rt.sync = &rt.syncs[set];
         blockIdx = blocks[i];
         reset_shared();
         if (rt.error.empty()) run_block(schedule == 1, gen);
@@ -477,9 +495,8 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
             renew_slots();
             return rt.error.c_str();
         }
-        // the next group, and what follows the launch, comes after the threads of this one
-        if (slot == group - 1 || i + 1 == blocks.size()) acquire(&rt.sync_exit);
     }
+    acquire(&rt.sync_exit);  // what follows the launch comes after its threads
     return nullptr;
 }
 

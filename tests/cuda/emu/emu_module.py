@@ -43,9 +43,11 @@ const char* lx_emu_launch(const unsigned* grid, const unsigned* block, void** ar
 
 #: sanitizer -> g++ flags (the process must have the sanitizer's runtime preloaded)
 SANITIZERS = {
-    # ASan sees the arrays' buffers; UBSan's bounds check sees an index past a fixed-size
-    # array, __shared__ ones included (ASan does not instrument their section)
-    "address": ("-fsanitize=address,bounds", "-fno-sanitize-recover=bounds", "-fno-omit-frame-pointer"),
+    # ASan sees the arrays' buffers and the __shared__ arrays (their section too, with redzones
+    # between them: an overrun through a pointer); UBSan's bounds check sees an index past any
+    # fixed-size array, the kernels' register arrays included
+    "address": ("-fsanitize=address,bounds", "-fno-sanitize-recover=bounds", "-fsanitize-sections=lx_emu_shared",
+                "-fno-omit-frame-pointer"),
     "thread": ("-fsanitize=thread", "-fno-omit-frame-pointer"),
 }
 
@@ -65,9 +67,13 @@ def cache_dir():
 
 
 def _generated(source_text, filename, exprs):
-    lines = ['#include "cuda_emu.h"', source_text, "", 'extern "C" {']
+    # the kernels in an unnamed namespace: AddressSanitizer protects the statics (the __shared__
+    # arrays) of internal templates only, not of templates with external linkage
+    lines = ['#include "cuda_emu.h"', "namespace {", source_text, "}", ""]
+    lines += [f"static const std::string lx_sig_text_{i} = emu::signature(&{e});" for i, e in enumerate(exprs)]
+    lines.append('extern "C" {')
     for i, e in enumerate(exprs):
-        lines.append(f"const char* lx_sig_{i}(void) {{ static std::string s = emu::signature(&{e}); return s.c_str(); }}")
+        lines.append(f"const char* lx_sig_{i}(void) {{ return lx_sig_text_{i}.c_str(); }}")
         lines.append(
             f"const char* lx_launch_{i}(const unsigned* g, const unsigned* b, void** a, int s, unsigned seed)"
             f" {{ return emu::launch(&{e}, g, b, a, s, seed); }}"
@@ -80,8 +86,10 @@ def build(source_text, filename, exprs, sanitize=None):
     """Compile ``source_text`` (a .cu file's text) with the emulation header into a shared
     library exporting ``lx_sig_<i>``/``lx_launch_<i>`` for each name expression, built under
     the sanitizer ``sanitize`` (a key of :data:`SANITIZERS`) if given."""
-    flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
-             "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas",
+    # -fdata-sections: each static of the kernels (internal, _generated) in a section of its own,
+    # `.bss._ZZ<name>`, which the linker script gathers into the __shared__ section
+    flags = ["-std=c++17", "-O1", "-g", "-fPIC", "-shared", "-fdata-sections", "-ffp-contract=off",
+             "-fno-fast-math", "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unknown-pragmas",
              "-I" + HERE, "-I" + _modules.source_dir(), "-Wl,-T," + os.path.join(HERE, "shared_section.ld")]
     if sanitize:
         flags += SANITIZERS[sanitize]
