@@ -2,9 +2,9 @@
 shuffles and atomics behave as on a GPU; a missing barrier (by the shuffled schedule, and as
 a race under ThreadSanitizer whatever the schedule), a block reading another's output or two
 blocks writing one element (as races), a divergent barrier, an out-of-bounds index (of an
-argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds check, into one
-through a pointer under AddressSanitizer) and a mistyped argument are caught; allocations and each block's ``__shared__`` memory read 0xFF
-bytes.
+argument under AddressSanitizer, of a ``__shared__`` array under UBSan's bounds check, past one
+through a pointer under AddressSanitizer) and a mistyped argument are caught; allocations and
+each block's ``__shared__`` memory read 0xFF bytes.
 ``test_kernels_under_sanitizer`` runs the kernel comparisons once more under each sanitizer."""
 
 import os
@@ -140,8 +140,7 @@ template <typename T> __global__ void copy_packs(const T* x, T* out)
 '''
 EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
          "shared_past<float>", "swap_pairs<float>", "tiles<float>", "both_write<float>", "chain<float>",
-         "unwritten<float>", "copy_packs<float>", "block_sum_few<float>",
-         "first_last_write<float>"]
+         "unwritten<float>", "copy_packs<float>", "block_sum_few<float>", "first_last_write<float>"]
 
 
 def module(schedule="inorder", seed=0, sanitize=None):
@@ -283,8 +282,9 @@ HAZARDS = {
                           "heap-buffer-overflow"),
     "past shared": Hazard("shared_past<float>", "f((1,), (32,), (x, out, np.int32(bad)))", "address",
                           "index 32 out of bounds for type 'float [32]'"),
-    "past shared, by pointer": Hazard("block_sum_few<float>", "f((1,), (256,), (x, out, np.int32(40), np.int32(bad)))",
-                                      "address", "global-buffer-overflow", (780,) + (0,) * 31),
+    "past shared, by pointer": Hazard("block_sum_few<float>",
+                                      "f((1,), (256,), (x, out, np.int32(40), np.int32(bad)))", "address",
+                                      "global-buffer-overflow", (780,) + (0,) * 31),
     "no syncthreads": Hazard("rotate<float>", "f((1,), (32,), (x, out, np.int32(1 - bad), np.int32(-1)))", "thread",
                              _shared("rotate<float>", "float const*, float*, int, int"),
                              tuple(np.maximum(np.arange(32) - 1, 0))),

@@ -43,8 +43,9 @@ const char* lx_emu_launch(const unsigned* grid, const unsigned* block, void** ar
 
 #: sanitizer -> g++ flags (the process must have the sanitizer's runtime preloaded)
 SANITIZERS = {
-    # ASan sees the arrays' buffers and the __shared__ arrays (their section too, with redzones
-    # between them: an overrun through a pointer); UBSan's bounds check sees an index past any
+    # ASan sees the arrays' buffers, and an overrun of a __shared__ array through a pointer by
+    # the redzones between them (-fsanitize-sections: also where a kernel is not a template and
+    # its arrays are in their own section); UBSan's bounds check sees an index past any
     # fixed-size array, the kernels' register arrays included
     "address": ("-fsanitize=address,bounds", "-fno-sanitize-recover=bounds", "-fsanitize-sections=lx_emu_shared",
                 "-fno-omit-frame-pointer"),
