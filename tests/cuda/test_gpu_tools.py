@@ -1,0 +1,116 @@
+"""The GPU session's tools (``tools/gpu``), which run only on a lent GPU machine, checked here
+so that they still run when one comes: the session script's stages, deadline and launcher
+fallback with a stand-in Python, and the launcher A/B's rounds and cases (on the emulated GPU:
+each case reaches luxlib's GPU path)."""
+
+import importlib.util
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from luxlib._dispatch import trace
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools" / "gpu"
+SESSION = TOOLS / "session.sh"
+
+
+def _launch_ab():
+    spec = importlib.util.spec_from_file_location("launch_ab", TOOLS / "launch_ab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _session(tmp_path, *stages, launcher="1 passed", prints="", **env):
+    """Runs the session script with a stand-in Python that logs each call (its arguments and
+    ``LUXLIB_CUDA_LAUNCH``) and prints ``launcher`` for the launcher's test (exit status 1
+    unless it passed), ``prints`` for the others; returns (the process, the calls,
+    summary.txt)."""
+    calls = tmp_path / "calls"
+    stub = tmp_path / "python"
+    stub.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "launch=${{LUXLIB_CUDA_LAUNCH:-}} $*" >> {calls}
+        if [[ "$*" == *test_launch.py* ]]; then
+            echo "{launcher}"
+            [[ "{launcher}" == *passed* ]]
+        else
+            echo "{prints}"
+        fi
+        """))
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    run_env = dict(os.environ, PYTHON=str(stub), OUT=str(out), **env)
+    run_env.pop("LUXLIB_CUDA_LAUNCH", None)
+    proc = subprocess.run(["bash", str(SESSION), *stages], env=run_env, capture_output=True, text=True, timeout=60)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    summary = (out / "summary.txt").read_text() if (out / "summary.txt").exists() else ""
+    return proc, [line for line in lines if " -c " not in line], summary
+
+
+def test_session_script_parses():
+    subprocess.run(["bash", "-n", str(SESSION)], check=True)
+
+
+def test_session_refuses_an_unknown_stage(tmp_path):
+    proc, calls, _ = _session(tmp_path, "tests", "benchmark")
+    assert proc.returncode == 2 and "unknown stage 'benchmark'" in proc.stderr
+    assert calls == []  # nothing ran
+
+
+@pytest.mark.parametrize("launcher", ["1 passed", "1 failed", "1 skipped"])
+def test_the_later_stages_use_luxlibs_launcher_only_where_its_test_passed(tmp_path, launcher):
+    proc, calls, summary = _session(tmp_path, "launcher", "bench", "steady", launcher=launcher)
+    passed = launcher == "1 passed"
+    assert proc.returncode == (0 if passed else 1), proc.stdout + proc.stderr  # the launcher stage's status
+    way = "" if passed else "cupy"
+    assert len(calls) == 3 and "tests/cuda/test_launch.py" in calls[0] and calls[0].startswith("launch= ")
+    assert calls[1].startswith(f"launch={way} -m luxlib.bench --device cuda --json")
+    assert calls[2].startswith(f"launch={way} -m luxlib.bench --device cuda --calls 20")
+    assert ("LUXLIB_CUDA_LAUNCH=cupy" in summary) != passed and "bench: exit 0" in summary
+
+
+@pytest.mark.parametrize("skip, ran", [("no CUDA device", False), ("could not import 'cupy': No module", False),
+                                       ("cuDNN 9 is not installed", True)])
+def test_gpu_tests_skipped_for_want_of_a_device_fail_the_session(tmp_path, skip, ran):
+    line = f"SKIPPED [3] tests/cuda/test_gpu.py:33: {skip}"
+    proc, calls, summary = _session(tmp_path, "tests", prints=line)
+    assert [c.split()[1:4] for c in calls] == [["-m", "pytest", "-q"]] * 2  # the GPU set, test_cupy_api
+    assert line in summary  # every such skip is named
+    assert (proc.returncode == 0) == ran and ("the GPU set did not run" in summary) != ran
+
+
+def test_stages_past_the_deadline_are_skipped(tmp_path):
+    proc, calls, summary = _session(tmp_path, "bench", DEADLINE="5")
+    assert proc.returncode == 124 and calls == []
+    assert "bench: skipped" in summary
+
+
+def test_launch_ab_rounds_alternate_which_way_goes_first():
+    ab = _launch_ab()
+    events, now = [], [0.0]
+
+    def clock():
+        now[0] += 1.0
+        return now[0]
+
+    ways = {"cupy": lambda: events.append("cupy"), "luxlib": lambda: events.append("luxlib")}
+    times = ab.alternate(ways, {"op": lambda: None}, rounds=4, n=10, sync=lambda: None, clock=clock)
+    assert events == ["cupy", "luxlib", "luxlib", "cupy"] * 2
+    assert times == {"op": {"cupy": [1e5] * 4, "luxlib": [1e5] * 4}}  # 1 s a sample over 10 calls
+    lines = ab.report({"op": {"cupy": [2.0, 4.0, 3.0], "luxlib": [1.0, 1.5, 2.0]}})
+    assert lines[1].split()[-3:] == ["3.00", "1.50", "0.500"]
+
+
+def test_launch_ab_cases_run_on_the_gpu_path(monkeypatch):
+    import emu_cupy
+
+    cupy = emu_cupy.install(monkeypatch)
+    for name, call in _launch_ab().cases(cupy, np.random.default_rng(0)).items():
+        with trace() as record:
+            call()
+        assert record and all(backend == "gpu" for _, backend in record), (name, record)
