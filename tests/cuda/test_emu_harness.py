@@ -110,6 +110,12 @@ template <typename T> __global__ void first_last_write(T* out)
 {
     if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1)) out[0] = (T)1;
 }
+/* out[blockIdx.x] = 1 by thread 0 of every block: the blocks of a column of a 2-D grid write
+   one element */
+template <typename T> __global__ void column_write(T* out)
+{
+    if (threadIdx.x == 0) out[blockIdx.x] = (T)1;
+}
 /* out[i] = x[i] (through __shared__ memory, which every block uses), plus, when `chained` is 1,
    the element before it that the block before wrote: a block that reads another block's
    output (right only when the blocks run in order) */
@@ -140,7 +146,8 @@ template <typename T> __global__ void copy_packs(const T* x, T* out)
 '''
 EXPRS = ["block_sum<float>", "rotate<float>", "divergent<float>", "xor_max<float>", "count<int>", "copy<float>",
          "shared_past<float>", "swap_pairs<float>", "tiles<float>", "both_write<float>", "chain<float>",
-         "unwritten<float>", "copy_packs<float>", "block_sum_few<float>", "first_last_write<float>"]
+         "unwritten<float>", "copy_packs<float>", "block_sum_few<float>", "first_last_write<float>",
+         "column_write<float>"]
 
 
 def module(schedule="inorder", seed=0, sanitize=None):
@@ -276,7 +283,9 @@ def _shared(kernel, signature):
 #:   reading what the block before it wrote (right when the blocks run in order, as here; its
 #:   correct launch has both blocks use one ``__shared__`` array, which must not be a race);
 #:   the first and the last of 34 blocks of 32 threads writing one element (more blocks than
-#:   the emulator has sets of fibers for: the last runs on the fibers of the second).
+#:   the emulator has sets of fibers for: the last is of the second run of blocks); the blocks
+#:   of each column of a 4 x 8 grid of 256-thread blocks writing one element (4 sets: a set per
+#:   column, as ``i % sets`` gave, would order them).
 HAZARDS = {
     "past global": Hazard("copy<float>", "f((2,), (32,), (x, out, np.int32(40), np.int32(bad)))", "address",
                           "heap-buffer-overflow"),
@@ -304,6 +313,8 @@ HAZARDS = {
                                   "Location is heap block"),
     "blocks far apart write": Hazard("first_last_write<float>", "f((1 + 33 * bad,), (32,), (out,))", "thread",
                                      "Location is heap block", (1,) + (0,) * 31),
+    "blocks of a column write": Hazard("column_write<float>", "f((4, 1 + 7 * bad), (256,), (out,))", "thread",
+                                       "Location is heap block", (1,) * 4 + (0,) * 28),
 }
 
 

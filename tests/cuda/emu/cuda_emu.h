@@ -40,9 +40,10 @@
 // __syncwarp among its lanes. TSan then reports two threads that access the same memory, one
 // of them writing, with no barrier between them, whatever the schedule. Threads of different
 // blocks are unordered too: the blocks run in turn on a few sets of fibers and stacks
-// (fiber_sets), and a block comes after only the blocks that ran on its set before it (its
-// fibers ran them); the __shared__ section, which every block reuses, is mapped anew before
-// each block, which clears TSan's record of it (hence its pages of its own: shared_section.ld).
+// (fiber_sets; each run of as many blocks takes every set once, rotated by a hash), and a
+// block comes after only the blocks that ran on its set before it (its fibers ran them); the
+// __shared__ section, which every block reuses, is mapped anew before each block, which
+// clears TSan's record of it (hence its pages of its own: shared_section.ld).
 // The emulator's own accesses to its state, which its scheduler and fibers hand to each other
 // through those switches, are not checked (LX_EMU_UNCHECKED: for the rest of the enclosing
 // scope).
@@ -156,6 +157,7 @@ struct Runtime {
     std::function<void()> body;
     // warp exchange slots: [warp][lane]
     std::vector<unsigned long long> slots;
+    unsigned long long launches = 0;  // launches so far (each draws its blocks' sets anew)
     const void* sched_stack_bottom = nullptr;
     size_t sched_stack_size = 0;
     void* sched_fake = nullptr;
@@ -387,6 +389,14 @@ inline int fiber_sets(int nthreads)
 #endif
 }
 
+// SplitMix64's finalizer: every bit of `v` reaches every bit of the result
+inline unsigned long long mix64(unsigned long long v)
+{
+    v = (v ^ (v >> 30)) * 0xBF58476D1CE4E5B9ull;
+    v = (v ^ (v >> 27)) * 0x94D049BB133111EBull;
+    return v ^ (v >> 31);
+}
+
 // stacks, each with its TSan fiber, up to `count`
 inline void add_slots(size_t count)
 {
@@ -479,10 +489,16 @@ const char* launch(void (*k)(A...), const unsigned* g, const unsigned* b, void**
     rt.syncs.resize(sets);
     rt.slots.assign(((n + 31) / 32) * 32, 0);
     rt.body = [k, args]() { call(k, args, std::index_sequence_for<A...>{}); };
+    const unsigned long long launch_key = rt.launches++ * 0x9E3779B97F4A7C15ull;
     for (size_t i = 0; i < blocks.size(); i++) {
-        // block i on set i % sets: it comes after the blocks i - sets, i - 2 sets, ... (whose
-        // threads ran on its fibers and released its barriers' objects), not after the others
-        const int set = (int)(i % sets);
+        // block i on a set: it comes after the blocks that ran on that set before it (whose
+        // threads ran on its fibers and released its barriers' objects), not after the others.
+        // Each run of `sets` blocks takes every set once, rotated by an offset drawn from a
+        // hash of the run and the launch's number: two blocks of one run are never on one
+        // set, two of different runs are with chance 1 / sets. (Set i % sets would order
+        // every two blocks of a column of a grid whose width is a multiple of `sets`.)
+        const unsigned long long run = i / sets, offset = mix64(run + launch_key) % sets;
+        const int set = (int)((i % sets + offset) % sets);
         for (int t = 0; t < n; t++) {
             rt.fibers[t].stack = rt.stacks[set * n + t];
             rt.fibers[t].tsan = rt.tsan_fibers[set * n + t];
