@@ -12,7 +12,6 @@ the cuDNN engine skip. What it cannot show is what the emulator cannot (doc/cuda
 CuPy itself: its allocations and array operations are NumPy's here.
 """
 
-import contextlib
 import sys
 import types
 
@@ -35,18 +34,27 @@ class Devices:
     def get_device(self):
         return self.current
 
-    @contextlib.contextmanager
-    def device(self, device):
-        before, self.current = self.current, device
-        self.entered.append(device)
-        try:
-            yield
-        finally:
-            self.current = before
+    def device(self, device=None):
+        """``cuda.Device(device)``: the device, the current one by default (its ``id``); in a
+        ``with`` block, the current device."""
+        return _Device(self, self.current if device is None else device)
 
     def put(self, a):
         """``a`` (a NumPy array) as an array of the current device."""
         return a.view(on_device(self.current))
+
+
+class _Device:
+    def __init__(self, devices, id):
+        self.devices, self.id = devices, id
+
+    def __enter__(self):
+        self.before, self.devices.current = self.devices.current, self.id
+        self.devices.entered.append(self.id)
+        return self
+
+    def __exit__(self, *exc):
+        self.devices.current = self.before
 
 
 def numpy_as_cupy(cuda, devices=None):
@@ -89,9 +97,13 @@ def install(monkeypatch):
     """Puts the stand-in CuPy in ``sys.modules`` and the emulated kernels, cuBLAS and no cuDNN
     behind luxlib's GPU path, until ``monkeypatch`` undoes it; returns the stand-in."""
     devices = Devices()
-    cuda = types.SimpleNamespace(is_available=lambda: True, Device=devices.device,
-                                 runtime=types.SimpleNamespace(getDevice=devices.get_device))
+    # the runtime's calls that luxlib and its benchmark's CUDA device make
+    runtime = types.SimpleNamespace(getDevice=devices.get_device, deviceSynchronize=lambda: None,
+                                    runtimeGetVersion=lambda: 0,
+                                    getDeviceProperties=lambda d: {"name": b"emulated", "totalGlobalMem": 0})
+    cuda = types.SimpleNamespace(is_available=lambda: True, Device=devices.device, runtime=runtime)
     cupy = numpy_as_cupy(cuda, devices)
+    cupy.__version__ = "emulated"
     cupy.devices = devices
     blas = emu_blas.EmuBLAS()
     monkeypatch.setitem(sys.modules, "cupy", cupy)
