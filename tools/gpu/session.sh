@@ -4,8 +4,8 @@
 #
 #     bash tools/gpu/session.sh [STAGE ...]          # default: every stage, in the order below
 #
-# Stages, most important first (each has a time limit; a stage that no longer fits in what is
-# left of DEADLINE seconds is skipped and says so):
+# Stages, most important first (each has a time limit, cut to what is left of DEADLINE seconds;
+# a stage with under 20 s left is skipped and says so):
 #   build      the Cython extensions (luxlib's launcher is one; the CPU references need them)
 #   launcher   the launcher's GPU test; if it fails, the later stages run with CuPy's call
 #              (LUXLIB_CUDA_LAUNCH=cupy) and summary.txt says so
@@ -25,7 +25,7 @@ STAGES=(build launcher tests bench steady cudnn launch_ab)
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-570}  # seconds for all stages: under the device tool's 600 s a call
-JOBS=${JOBS:-8}
+JOBS=${JOBS:-8}  # pytest-xdist workers
 
 for stage in "$@"; do
     if [[ " ${STAGES[*]} " != *" $stage "* ]]; then
@@ -75,7 +75,7 @@ for stage in "${STAGES[@]}"; do
         # lent machines have no network)
         "$PY" -c "import threadpoolctl" 2>/dev/null ||
             "$PY" -m pip install -q --no-index --no-deps threadpoolctl-*.whl >"$OUT/pip.log" 2>&1
-        run build 240 "$PY" setup.py build_ext --inplace -j "$JOBS" ;;
+        run build 240 "$PY" setup.py build_ext --inplace -j "$(nproc)" ;;
     launcher)
         run launcher 120 "$PY" -m pytest -q -rs -m gpu tests/cuda/test_launch.py
         if ! grep -q "1 passed" "$OUT/launcher.log" 2>/dev/null; then  # a skip (no CuPy, no device) is no pass
