@@ -1,7 +1,8 @@
 """The GPU session's tools (``tools/gpu``), which run only on a lent GPU machine, checked here
 so that they still run when one comes: the session script's stages, deadline and launcher
-fallback with a stand-in Python, and the launcher A/B's rounds and cases (on the emulated GPU:
-each case reaches luxlib's GPU path)."""
+fallback with a stand-in Python, and the launcher A/B's rounds, its switch between the two
+launch paths (stand-in driver and compiler) and its cases (on the emulated GPU: each reaches
+luxlib's GPU path)."""
 
 import importlib.util
 import os
@@ -114,3 +115,29 @@ def test_launch_ab_cases_run_on_the_gpu_path(monkeypatch):
         with trace() as record:
             call()
         assert record and all(backend == "gpu" for _, backend in record), (name, record)
+
+
+def test_launch_ab_ways_switch_the_launch_path(monkeypatch):
+    """Each way makes current kernels of its own, launched by CuPy's call ("cupy") or wrapped
+    in luxlib's launcher ("luxlib"); the driver and the compiler are stand-ins here."""
+    import luxlib.cuda
+    from luxlib.cuda import _modules
+
+    class Raw:
+        def get_function(self, name):
+            return ("raw kernel", name)
+
+    driver = object()
+    monkeypatch.setattr(_modules, "_driver", lambda: driver)
+    monkeypatch.setattr(luxlib.cuda, "_mod", luxlib.cuda._mod)  # both restored after the test
+    monkeypatch.setattr(luxlib.cuda, "get_blas", lambda: "cuBLAS")
+    ways, sets = _launch_ab()._ways(lambda family: _modules._Kernels(family, compile=lambda f, ctype: Raw()))
+    for way in ("luxlib", "cupy", "luxlib"):
+        ways[way]()
+        kernel = luxlib.cuda._mod("bias_activation").get_function("act_forward<float>")
+        assert luxlib.cuda._mod("bias_activation") is sets[way]["bias_activation"]
+        if way == "luxlib":
+            assert isinstance(kernel, _modules._Launcher) and kernel._driver is driver
+        else:
+            assert kernel == ("raw kernel", "act_forward<float>")
+    assert luxlib.cuda._mod("blas") == "cuBLAS"

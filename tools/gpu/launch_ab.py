@@ -91,13 +91,13 @@ def report(times):
     return lines
 
 
-def _ways():
-    """``(ways, kernel sets)``: "cupy" and "luxlib", each making its own kernel modules current
-    in ``luxlib.cuda`` with the launch of its name."""
+def _ways(kernels_of=_modules._Kernels):
+    """``(ways, kernel sets)``: "cupy" and "luxlib", each making its own kernel modules
+    (``kernels_of(family)``) current in ``luxlib.cuda`` with the launch of its name."""
     bound = _modules._driver
     ways, sets = {}, {}
     for way, driver in (("cupy", lambda: None), ("luxlib", bound)):
-        kernels = {family: _modules._Kernels(family) for family in _modules.FAMILIES}
+        kernels = {family: kernels_of(family) for family in _modules.FAMILIES}
         sets[way] = kernels
 
         def make_current(kernels=kernels, driver=driver):
