@@ -6,9 +6,9 @@
 #
 # Stages, most important first (each has a time limit, cut to what is left of DEADLINE seconds;
 # a stage with under 20 s left is skipped and says so):
-#   build      the Cython extensions (luxlib's launcher is one; the CPU references need them)
-#   launcher   the launcher's GPU test; if it fails, the later stages run with CuPy's call
-#              (LUXLIB_CUDA_LAUNCH=cupy) and summary.txt says so
+#   build      the Cython extensions (luxlib's launcher is one of them)
+#   launcher   the launcher's GPU test; unless it passed (a skip does not), the later stages
+#              run with CuPy's call (LUXLIB_CUDA_LAUNCH=cupy) and summary.txt says so
 #   tests      pytest -m gpu (the whole GPU conformance set), then test_cupy_api on this CuPy
 #   bench      python -m luxlib.bench --device cuda, synchronized single calls (--calls 1)
 #   steady     the same with --calls 20 (back-to-back calls, one synchronization)
