@@ -94,7 +94,7 @@ def report(times):
 def _ways(kernels_of=_modules._Kernels):
     """``(ways, kernel sets)``: "cupy" and "luxlib", each making its own kernel modules
     (``kernels_of(family)``) current in ``luxlib.cuda`` with the launch of its name."""
-    bound = _modules._driver
+    bound, mod = _modules._driver, luxlib.cuda._mod
     ways, sets = {}, {}
     for way, driver in (("cupy", lambda: None), ("luxlib", bound)):
         kernels = {family: kernels_of(family) for family in _modules.FAMILIES}
@@ -102,8 +102,7 @@ def _ways(kernels_of=_modules._Kernels):
 
         def make_current(kernels=kernels, driver=driver):
             _modules._driver = driver
-            luxlib.cuda._mod = lambda family: kernels[family] if family in kernels else (
-                luxlib.cuda.get_blas() if family == "blas" else luxlib.cuda.get_cudnn())
+            luxlib.cuda._mod = lambda family: kernels[family] if family in kernels else mod(family)
 
         ways[way] = make_current
     return ways, sets
