@@ -1,4 +1,5 @@
-"""cuDNN's convolutions for the GPU path, used when cuDNN 9 is installed (never required).
+"""cuDNN's convolutions for the GPU path, an opt-in (``LUXLIB_CUDNN=1``) where cuDNN 9 is
+installed; never required.
 
 CuPy 14 dropped its cuDNN binding, so this module binds the few C functions it needs with
 :mod:`ctypes` (which releases the GIL for each call): tensor, filter and convolution
@@ -18,8 +19,11 @@ the handle's stream, allocates the workspace from CuPy's pool and makes one cuDN
   like a gemm, as on the rest of the GPU path. A layout with no such algorithm within
   ``WORKSPACE_BYTES`` of workspace, or that cuDNN refuses, goes to the im2col path.
 - The library: ``libcudnn.so.9`` on the loader's path, else in the ``nvidia-cudnn-cu13``
-  (or ``-cu12``) wheel's ``nvidia/cudnn/lib`` (what torch installs). ``LUXLIB_CUDNN=0`` in
-  the environment turns this path off.
+  (or ``-cu12``) wheel's ``nvidia/cudnn/lib`` (what torch installs).
+- Off unless ``LUXLIB_CUDNN=1`` is in the environment: on an H200, the algorithms allowed
+  above were slower than luxlib's own kernels in every benchmark layout (doc/gpu_runs.md,
+  session 22); the deterministic direct backward-filter algorithm alone took 4.2 ms where
+  our gemm takes a tenth of that.
 """
 
 import ctypes
@@ -320,14 +324,15 @@ class CuDNN:
 _CUDNN = []
 
 
-def _disabled():
-    return os.environ.get("LUXLIB_CUDNN", "1") == "0"
+def _enabled():
+    return os.environ.get("LUXLIB_CUDNN", "0") == "1"
 
 
 def get_cudnn():
-    """The process's :class:`CuDNN`, or None without cuDNN 9 (or with ``LUXLIB_CUDNN=0``)."""
+    """The process's :class:`CuDNN` with ``LUXLIB_CUDNN=1`` in the environment and cuDNN 9
+    installed; else None (the convolutions run on luxlib's kernels)."""
     if not _CUDNN:
-        lib = None if _disabled() else load_library()
+        lib = load_library() if _enabled() else None
         _CUDNN.append(None if lib is None else CuDNN(lib))
     return _CUDNN[0]
 
@@ -338,6 +343,6 @@ def status():
     if dnn is not None:
         v = dnn._lib.cudnnGetVersion()
         return f"cuDNN {v // 10000}.{v // 100 % 100}.{v % 100} ({dnn._lib._name}): GPU convolutions"
-    if _disabled():
-        return "off (LUXLIB_CUDNN=0): GPU convolutions on luxlib's kernels"
+    if not _enabled():
+        return "off (LUXLIB_CUDNN=1 turns it on): GPU convolutions on luxlib's kernels"
     return "cuDNN 9 not found (pip install nvidia-cudnn-cu13): GPU convolutions on luxlib's kernels"

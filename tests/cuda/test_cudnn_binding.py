@@ -524,13 +524,18 @@ def test_a_handle_per_thread(stand_in):
     assert len(lib.handles) == 2 and lib.handles[0] != lib.handles[1]
 
 
-def test_luxlib_cudnn_0_turns_it_off(monkeypatch):
+@pytest.mark.parametrize("value", [None, "0", "", "yes"])
+def test_off_unless_luxlib_cudnn_1(monkeypatch, value):
+    """cuDNN is an opt-in: the library is not even loaded without LUXLIB_CUDNN=1."""
+    monkeypatch.setattr(_cudnn, "load_library", lambda: "lib")
     monkeypatch.setattr(_cudnn, "_CUDNN", [])
-    monkeypatch.setenv("LUXLIB_CUDNN", "0")
+    if value is None:
+        monkeypatch.delenv("LUXLIB_CUDNN", raising=False)
+    else:
+        monkeypatch.setenv("LUXLIB_CUDNN", value)
     assert _cudnn.get_cudnn() is None
     monkeypatch.setattr(_cudnn, "_CUDNN", [])
-    monkeypatch.setattr(_cudnn, "load_library", lambda: "lib")
-    monkeypatch.delenv("LUXLIB_CUDNN")
+    monkeypatch.setenv("LUXLIB_CUDNN", "1")
     assert isinstance(_cudnn.get_cudnn(), _cudnn.CuDNN)
 
 
@@ -540,9 +545,10 @@ def test_status(monkeypatch):
     monkeypatch.setattr(_cudnn, "_CUDNN", [_cudnn.CuDNN(lib)])
     assert _cudnn.status() == "cuDNN 9.28.1 (/x/libcudnn.so.9): GPU convolutions"
     monkeypatch.setattr(_cudnn, "_CUDNN", [None])
+    monkeypatch.setenv("LUXLIB_CUDNN", "1")
     assert _cudnn.status().startswith("cuDNN 9 not found (pip install nvidia-cudnn-cu13)")
-    monkeypatch.setenv("LUXLIB_CUDNN", "0")
-    assert _cudnn.status().startswith("off (LUXLIB_CUDNN=0)")
+    monkeypatch.delenv("LUXLIB_CUDNN")
+    assert _cudnn.status().startswith("off (LUXLIB_CUDNN=1 turns it on)")
 
 
 def test_missing_library_is_none(tmp_path):

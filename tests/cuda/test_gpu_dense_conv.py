@@ -82,11 +82,11 @@ GPU_CONV_CASES = CONV_CASES + DEPTHWISE_CASES + [
 
 @pytest.fixture(params=["cudnn", "kernels"])
 def engine(request, monkeypatch, cp):
-    """The convolutions on cuDNN where it takes them (skipped without cuDNN, and on the
-    emulated GPU), or on luxlib's kernels alone."""
-    if request.param == "kernels":
-        monkeypatch.setattr(_cudnn, "_CUDNN", [None])
-    elif _cudnn.get_cudnn() is None:
+    """The convolutions on cuDNN where it takes them (its opt-in, ``LUXLIB_CUDNN=1``;
+    skipped without cuDNN, and on the emulated GPU), or on luxlib's kernels alone."""
+    monkeypatch.setattr(_cudnn, "_CUDNN", [None] if request.param == "kernels" else [])
+    monkeypatch.setenv("LUXLIB_CUDNN", "1")
+    if request.param == "cudnn" and _cudnn.get_cudnn() is None:
         pytest.skip("cuDNN 9 is not installed (or the GPU is emulated)")
     return request.param
 

@@ -57,6 +57,18 @@ def test_session_script_parses():
     subprocess.run(["bash", "-n", str(SESSION)], check=True)
 
 
+def test_every_stage_imports_this_tree(tmp_path):
+    """A lent machine builds luxlib in place and does not install it, and a script under
+    tools/ has its own folder first on sys.path: the session puts the tree's root first."""
+    log, stub = tmp_path / "paths", tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$PYTHONPATH" >> {log}\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), OUT=str(tmp_path / "out"), PYTHONPATH="/elsewhere")
+    subprocess.run(["bash", str(SESSION), "launch_ab"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    paths = log.read_text().splitlines()
+    assert paths and set(paths) == {f"{TOOLS.parents[1]}:/elsewhere"}
+
+
 def test_session_refuses_an_unknown_stage(tmp_path):
     proc, calls, _ = _session(tmp_path, "tests", "benchmark")
     assert proc.returncode == 2 and "unknown stage 'benchmark'" in proc.stderr

@@ -12,7 +12,7 @@
 #   tests      pytest -m gpu (the whole GPU conformance set), then test_cupy_api on this CuPy
 #   bench      python -m luxlib.bench --device cuda, synchronized single calls (--calls 1)
 #   steady     the same with --calls 20 (back-to-back calls, one synchronization)
-#   cudnn      the conv rows on luxlib's kernels (LUXLIB_CUDNN=0), then on cuDNN, compared
+#   cudnn      the conv rows on luxlib's kernels, then on cuDNN (LUXLIB_CUDNN=1), compared
 #   launch_ab  host time per call: luxlib's launcher against CuPy's call (tools/gpu/launch_ab.py)
 #
 # Outputs go to $OUT (the device tool's folder that comes back; ./gpu_out without it): a log
@@ -20,6 +20,8 @@
 # status and seconds). The exit status is that of the first failed stage, 0 if none failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+# luxlib is built in place there, not installed: a script under tools/ imports it from here
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 STAGES=(build launcher tests bench steady cudnn launch_ab)
 OUT=${OUT:-gpu_out}
@@ -102,7 +104,8 @@ for stage in "${STAGES[@]}"; do
     cudnn)
         LUXLIB_CUDNN=0 run conv_kernels 90 "$PY" -m luxlib.bench --device cuda --filter conv \
             --json "$OUT/conv_kernels.json" &&
-            run conv_cudnn 90 "$PY" -m luxlib.bench --device cuda --filter conv --json "$OUT/conv_cudnn.json" &&
+            LUXLIB_CUDNN=1 run conv_cudnn 90 "$PY" -m luxlib.bench --device cuda --filter conv \
+                --json "$OUT/conv_cudnn.json" &&
             run conv_compare 30 "$PY" -m luxlib.bench --compare "$OUT/conv_kernels.json" "$OUT/conv_cudnn.json" ;;
     launch_ab)
         run launch_ab 120 "$PY" tools/gpu/launch_ab.py --json "$OUT/launch_ab.json" ;;
