@@ -5,6 +5,7 @@ launch paths (stand-in driver and compiler) and its cases (on the emulated GPU: 
 luxlib's GPU path)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import textwrap
@@ -19,11 +20,15 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools" / "gpu"
 SESSION = TOOLS / "session.sh"
 
 
-def _launch_ab():
-    spec = importlib.util.spec_from_file_location("launch_ab", TOOLS / "launch_ab.py")
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _launch_ab():
+    return _tool("launch_ab")
 
 
 def _session(tmp_path, *stages, launcher="1 passed", prints="", **env):
@@ -153,3 +158,57 @@ def test_launch_ab_ways_switch_the_launch_path(monkeypatch):
         else:
             assert kernel == ("raw kernel", "act_forward<float>")
     assert luxlib.cuda._mod("blas") == "cuBLAS"
+
+
+SMALL = ((4, 8), (16, 4))  # batched products small enough for the emulated cuBLAS
+
+
+def test_host_profile_on_the_emulated_gpu(monkeypatch, tmp_path, capsys):
+    """Every case runs on the GPU path and is reported with its shares and top functions."""
+    import emu_cupy
+
+    cupy = emu_cupy.install(monkeypatch)
+    tool = _tool("host_profile")
+    names = list(tool.all_cases(cupy, np.random.default_rng(0), SMALL))
+    assert set(_launch_ab().cases(cupy, np.random.default_rng(0))) < set(names)
+    for name, call in tool.all_cases(cupy, np.random.default_rng(0), SMALL).items():
+        with trace() as record:
+            call()
+        assert record and all(backend == "gpu" for _, backend in record), (name, record)
+    out = tmp_path / "profile.json"
+    assert tool.main(["--calls", "2", "--top", "3", "--json", str(out)], products=SMALL) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert [h.split(":")[0] for h in heads] == names
+    assert all("luxlib" in h and "cupy" in h and "other" in h for h in heads)
+    cases = json.loads(out.read_text())["cases"]
+    assert list(cases) == names and all(0 < len(c["rows"]) <= 3 for c in cases.values())
+    # luxlib's own Python is found among the profiled functions
+    assert all(any(row[2] == "luxlib" for row in tool.profile(call, 2, lambda: None)[1])
+               for call in tool.all_cases(cupy, np.random.default_rng(0), SMALL).values())
+
+
+def test_host_profile_report():
+    tool = _tool("host_profile")
+    assert tool.owner("/x/luxlib/cuda/_blas.py", "matmul") == "luxlib"
+    assert tool.owner("~", "<method 'get_function' of 'cupy._core.raw.RawModule' objects>") == "cupy"
+    assert tool.owner("/usr/lib/python3.12/ctypes/__init__.py", "__getattr__") == "other"
+    rows = [(3.0, 1.0, "cupy", "a"), (1.0, 2.0, "luxlib", "b"), (1.0, 1.0, "other", "c"), (0.5, 1.0, "luxlib", "d")]
+    lines = tool.report("op", 9.5, rows[:3] + rows[3:], top=2)
+    assert lines[0] == "op: 9.50 us a call; profiled shares luxlib 27%, cupy 55%, other 18%"
+    assert len(lines) == 3 and lines[1].split()[-2:] == ["cupy", "a"] and lines[2].split()[-2:] == ["luxlib", "b"]
+
+
+def test_host_profile_counts_per_call():
+    """Rows are per call of the op: its own time and how often each function ran in it."""
+    import time
+
+    tool = _tool("host_profile")
+
+    def op():
+        time.sleep(0.001)
+        time.sleep(0.001)
+
+    us, rows = tool.profile(op, 5, lambda: None)
+    (sleep,) = [r for r in rows if "sleep" in r[3]]
+    assert sleep[1] == 2.0 and 1800 < sleep[0] < 4000 and us > 1800
+    assert rows[0] == sleep  # the largest first
