@@ -212,3 +212,55 @@ def test_host_profile_counts_per_call():
     (sleep,) = [r for r in rows if "sleep" in r[3]]
     assert sleep[1] == 2.0 and 1800 < sleep[0] < 4000 and us > 1800
     assert rows[0] == sleep  # the largest first
+
+
+class _Event:
+    def __init__(self, name, device, us):
+        self.name, self.device_type = name, type("DeviceType", (), {"name": device})()
+        self.time_range = type("Interval", (), {"elapsed_us": lambda _: us})()
+
+
+def test_kernel_profile_sums_the_device_events():
+    tool = _tool("kernel_profile")
+    events = [_Event("gemm", "CUDA", 30.0), _Event("im2col", "CUDA", 10.0), _Event("gemm", "CUDA", 50.0),
+              _Event("aten::conv2d", "CPU", 500.0), _Event("Memcpy DtoD", "CUDA", 4.0)]
+    kernels = tool.device_kernels(events, 2)
+    assert kernels == {"gemm": (40.0, 1.0), "im2col": (5.0, 0.5), "Memcpy DtoD": (2.0, 0.5)}
+    assert list(kernels) == ["gemm", "im2col", "Memcpy DtoD"]  # the longest first
+    lines = tool.report("conv forward luxlib", 60.0, kernels, top=2)
+    assert lines[0] == "conv forward luxlib: 60.0 us a call, kernels 47.0 us (2.0 launches)"
+    assert len(lines) == 3 and lines[1].split()[-1] == "gemm" and lines[2].split()[-1] == "im2col"
+
+
+def test_kernel_profile_on_the_emulated_gpu(monkeypatch, tmp_path, capsys):
+    """The selected benchmark rows run on luxlib's GPU path, each profiled for as many calls
+    as it was timed (torch takes part only where it runs on CUDA: not here)."""
+    import contextlib
+
+    import emu_cupy
+
+    emu_cupy.install(monkeypatch)
+    tool = _tool("kernel_profile")
+    recorded = []
+
+    @contextlib.contextmanager
+    def profiler():
+        prof = type("Prof", (), {"events": lambda _: [_Event("k", "CUDA", 6.0 * len(recorded))]})()
+        recorded.append(prof)
+        yield prof
+
+    out = tmp_path / "kernels.json"
+    argv = ["--quick", "--filter", "conv 3x3 64", "--filter", "layernorm", "--calls", "3", "--json", str(out)]
+    assert tool.main(argv, profiler=profiler) == 0
+    names = [f"{case} {mode} luxlib" for case in ("layernorm", "conv 3x3 64->64 56x56")
+             for mode in ("forward", "forward_backward")]
+    heads = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert heads == names and len(recorded) == 4
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == names and [r["kernels"]["k"] for r in rows.values()] == [[2.0 * i, 1 / 3] for i in range(1, 5)]
+    from luxlib.bench.device import get_device
+
+    for name, call in tool.rows(["conv 3x3 64", "layernorm"], get_device("cuda"), None, quick=True):
+        with trace() as record:
+            call()
+        assert record and all(backend == "gpu" for _, backend in record), (name, record)

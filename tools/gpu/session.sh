@@ -15,6 +15,7 @@
 #   cudnn      the conv rows on luxlib's kernels, then on cuDNN (LUXLIB_CUDNN=1), compared
 #   launch_ab  host time per call: luxlib's launcher against CuPy's call (tools/gpu/launch_ab.py)
 #   profile    where the host time of small calls goes (tools/gpu/host_profile.py)
+#   kernels    per-kernel device time of the rows above torch, luxlib's and torch's (tools/gpu/kernel_profile.py)
 #
 # Outputs go to $OUT (the device tool's folder that comes back; ./gpu_out without it): a log
 # and, where there is one, a JSON record per stage, and summary.txt (a line per stage: its exit
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/../.."
 # luxlib is built in place there, not installed: a script under tools/ imports it from here
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-STAGES=(build launcher tests bench steady cudnn launch_ab profile)
+STAGES=(build launcher tests bench steady cudnn launch_ab profile kernels)
 OUT=${OUT:-gpu_out}
 PY=${PYTHON:-python3}
 DEADLINE=${DEADLINE:-570}  # seconds for all stages: under the device tool's 600 s a call
@@ -112,6 +113,8 @@ for stage in "${STAGES[@]}"; do
         run launch_ab 120 "$PY" tools/gpu/launch_ab.py --json "$OUT/launch_ab.json" ;;
     profile)
         run host_profile 90 "$PY" tools/gpu/host_profile.py --json "$OUT/host_profile.json" ;;
+    kernels)
+        run kernel_profile 120 "$PY" tools/gpu/kernel_profile.py --json "$OUT/kernel_profile.json" ;;
     esac
 done
 echo "session.sh: $((SECONDS - start))s, exit $status" | tee -a "$OUT/summary.txt"
