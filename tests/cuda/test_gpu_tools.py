@@ -264,3 +264,20 @@ def test_kernel_profile_on_the_emulated_gpu(monkeypatch, tmp_path, capsys):
         with trace() as record:
             call()
         assert record and all(backend == "gpu" for _, backend in record), (name, record)
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_per_call_times_host_time_or_up_to_the_devices_end(synced):
+    """The tools' one timing: 3 untimed calls, a sync, then n timed calls; kernel_profile's
+    timing waits for the device (``synced``), the host-time tools' does not."""
+    events, now = [], [0.0]
+
+    def clock():
+        events.append("t")
+        now[0] += 2.0
+        return now[0]
+
+    us = _launch_ab().per_call(lambda: events.append("c"), 4, lambda: events.append("s"), clock, synced=synced)
+    assert us == 2.0 / 4 * 1e6
+    timed = ["c"] * 4 + (["s", "t"] if synced else ["t"])
+    assert "".join(events) == "ccc" + "st" + "".join(timed) + "s"

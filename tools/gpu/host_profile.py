@@ -14,7 +14,6 @@ what to read.
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import luxlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from launch_ab import cases  # noqa: E402 (this folder is no package)
+from launch_ab import cases, dump, per_call  # noqa: E402 (this folder is no package)
 
 
 #: ``(batch, n)`` of the benchmark's small batched products, ``n x n`` matrices
@@ -54,14 +53,7 @@ def owner(filename, name):
 def profile(call, n, sync, clock=time.perf_counter):
     """``(us per call unprofiled, rows)``: rows ``(us per call, calls per call, owner, name)``
     of the profiled run's functions by their own time, the largest first."""
-    for _ in range(3):
-        call()
-    sync()
-    t0 = clock()
-    for _ in range(n):
-        call()
-    us = (clock() - t0) / n * 1e6
-    sync()
+    us = per_call(call, n, sync, clock)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(n):
@@ -99,9 +91,7 @@ def main(argv=None, products=PRODUCTS):
         us, rows = profile(call, args.calls, sync)
         print("\n".join(report(case, us, rows, args.top)), flush=True)
         record[case] = {"us_per_call": us, "rows": rows[: args.top]}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"calls": args.calls, "cases": record}, f, indent=1)
+    dump(args.json, {"calls": args.calls, "cases": record})
     return 0
 
 

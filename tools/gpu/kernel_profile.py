@@ -14,13 +14,16 @@ the kernels (and copies) that take it, the longest first.
 
 import argparse
 import collections
-import json
+import os
 import sys
 import time
 
 from luxlib.bench import cases as bench_cases
 from luxlib.bench.device import get_device
 from luxlib.bench.runner import MODES
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from launch_ab import dump, per_call  # noqa: E402 (this folder is no package)
 
 #: the rows profiled by default: those above torch in session 22's steady state
 ROWS = ("conv", "fast_activation relu", "dropout", "batched_matmul 512", "dense 1024->1024 relu")
@@ -40,14 +43,7 @@ def device_kernels(events, n):
 def profile(f, n, sync, profiler, clock=time.perf_counter):
     """``(us per call, kernels)``: ``n`` back-to-back calls of ``f`` timed (one ``sync``),
     then ``n`` more recorded in ``profiler()`` (a context manager with ``events()``)."""
-    for _ in range(3):
-        f()
-    sync()
-    t0 = clock()
-    for _ in range(n):
-        f()
-    sync()
-    us = (clock() - t0) / n * 1e6
+    us = per_call(f, n, sync, clock, synced=True)
     with profiler() as prof:
         for _ in range(n):
             f()
@@ -102,9 +98,7 @@ def main(argv=None, profiler=None):
         us, kernels = profile(call, args.calls, lambda: device.finish(None), profiler)
         print("\n".join(report(row, us, kernels, args.top)), flush=True)
         record[row] = {"us_per_call": us, "kernels": kernels}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"calls": args.calls, "rows": record}, f, indent=1)
+    dump(args.json, {"calls": args.calls, "rows": record})
     return 0
 
 

@@ -57,6 +57,30 @@ def cases(xp, rng):
     }
 
 
+def per_call(call, n, sync, clock=time.perf_counter, synced=False):
+    """Microseconds per call of ``n`` back-to-back calls of ``call`` after 3 untimed ones, the
+    device synchronized (``sync()``) before and after them: their host time alone, or with
+    ``synced`` up to the end of their device work."""
+    for _ in range(3):
+        call()
+    sync()
+    t0 = clock()
+    for _ in range(n):
+        call()
+    if synced:
+        sync()
+    t = clock() - t0
+    sync()
+    return t / n * 1e6
+
+
+def dump(path, record):
+    """Write ``record`` as JSON to ``path`` (nothing without one)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+
+
 def alternate(ways, calls, rounds, n, sync, clock=time.perf_counter):
     """``{case: {way: [us per call, one per round]}}``. ``ways`` maps a name to a function that
     makes that way current; round ``r`` takes the ways in order, reversed when ``r`` is odd,
@@ -68,15 +92,7 @@ def alternate(ways, calls, rounds, n, sync, clock=time.perf_counter):
         for case, call in calls.items():
             for way in order:
                 ways[way]()
-                for _ in range(3):
-                    call()
-                sync()
-                t0 = clock()
-                for _ in range(n):
-                    call()
-                t = clock() - t0
-                sync()
-                times[case][way].append(t / n * 1e6)
+                times[case][way].append(per_call(call, n, sync, clock))
     return times
 
 
@@ -130,9 +146,7 @@ def main(argv=None):
             return 1
     print(f"host time per call, median of {args.rounds} rounds of {args.calls} calls, rounds alternating")
     print("\n".join(report(times)))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rounds": args.rounds, "calls": args.calls, "us_per_call": times}, f, indent=1)
+    dump(args.json, {"rounds": args.rounds, "calls": args.calls, "us_per_call": times})
     return 0
 
 
