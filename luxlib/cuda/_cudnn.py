@@ -21,7 +21,7 @@ the handle's stream, allocates the workspace from CuPy's pool and makes one cuDN
 - The library: ``libcudnn.so.9`` on the loader's path, else in the ``nvidia-cudnn-cu13``
   (or ``-cu12``) wheel's ``nvidia/cudnn/lib`` (what torch installs).
 - Off unless ``LUXLIB_CUDNN=1`` is in the environment: on an H200, the algorithms allowed
-  above were slower than luxlib's own kernels in every benchmark layout (doc/gpu_runs.md,
+  above were slower than luxlib's own kernels in the benchmark's layouts (doc/gpu_runs.md,
   session 22); for a 1x1 layer, cuDNN's one such backward-filter algorithm took 4.2 ms, where
   luxlib's whole forward+backward of that layer takes 0.54 ms.
 """
